@@ -1,0 +1,375 @@
+"""
+Sampling from VATT: silent video (+ optional text) -> audio caption + audio (paper §3.2, §3.2.2).
+
+    video -> 5 fps CLIP features -> VATT Converter -> (caption) and last-layer hidden states
+    hidden states -> VATT Audio, iterative parallel decoding from all-MASK tokens -> codec -> wav
+
+Without a prompt the Converter captions the video and the audio is generated with the standard
+template prompt (the paper's "no text" mode); with --prompt the text steers the audio;
+--self_prompt generates with the Converter's own caption (paper appendix A).
+
+    python sample.py --video=clip.mp4                       # toy checkpoints in out/toy
+    python sample.py --video=clip.mp4 --prompt="a low bell rings twice"
+    python sample.py --video=videos/ --batch_size=8         # a folder (or a .txt list) of videos
+    python sample.py --video=clip.mp4 --caption_only        # video-to-audio captioning (Table 3)
+    python sample.py --preset=gemma-2b --video=clip.mp4 --ckpt_dir=out/gemma-2b
+    # a whole split of a V2A-Instruction JSON, prompts from a field (evaluation runs):
+    python sample.py --data_json=data/toy/v2a_instruction.json --prompt_field=output --name=gt_caption
+
+For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the original video stream copied,
+the new audio muxed in) and <video>.vatt.json (caption, prompt, seed, every setting).
+Videos longer than the model's window are generated window by window: each window's first
+`overlap` seconds of tokens are fixed to the previous window's last ones (in-painting), so the
+audio runs on continuously; the output lasts exactly as long as the video.
+"""
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils import atomic_path, parse_config, pick_device, record_timing, save_json
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class Config:
+    preset: str = "toy"
+    ckpt_dir: str = "out/toy"  # holds stage1.pt (Converter) and stage2.pt (VATT Audio)
+    video: str = ""  # a video file, a folder of videos or a .txt list of paths
+    out_dir: str = ""  # where outputs go (default: next to each video)
+    prompt: str = ""  # the text prompt; empty = no text (caption + standard template)
+    self_prompt: bool = False  # generate with the Converter's own caption as the prompt
+    caption_only: bool = False  # only write the caption (no audio)
+    # evaluation runs: every clip of `split` in a V2A-Instruction JSON, from the extracted features;
+    # prompts from `prompt_field` of each entry (empty = no text); outputs in ckpt_dir/samples/<name>
+    data_json: str = ""
+    split: str = "test"
+    prompt_field: str = ""
+    name: str = "samples"
+    # iterative parallel decoding (§3.2.2)
+    steps: int = 16  # decoding steps T
+    cfg: float = 5.0  # classifier-free guidance scale w: u + w (c - u)
+    temperature: float = 1.0  # token sampling temperature
+    top_k: int = 256  # sample among the k most likely tokens
+    mask_temperature: float = 25.5  # tau0 of the Gumbel noise on the confidences (released scripts: 25.5)
+    num_samples: int = 1  # audio samples per video (seeds seed, seed+1, ...)
+    seed: int = 0
+    overlap: float = 0.4  # seconds of tokens shared by consecutive windows of a long video
+    batch_size: int = 8  # videos per batch
+    device: str = "auto"
+    # the authors' released checkpoints instead of ckpt_dir (official.py; README "Paper notes")
+    official_ckpt: str = ""  # their checkpoint folder, laid out as their setup_inference.sh leaves it
+    official_model: str = "vatt_llama_T_final.ckpt"  # which of their vatt_models/*.ckpt
+
+
+PRESETS = {"toy": {}, "gemma-2b": dict(ckpt_dir="out/gemma-2b", overlap=2.0),
+           "llama-2-7b": dict(ckpt_dir="out/llama-2-7b", overlap=2.0)}
+
+# -----------------------------------------------------------------------------
+# iterative parallel decoding (MaskGIT, Chang et al. 2022; VATT §3.2.2)
+
+
+def masked_after(n_start, remaining, t, steps):
+    """How many tokens stay masked after step t of `steps` (cosine schedule): floor(N0 cos(pi/2
+    t/T)), at least one revealed per step while any is left, none left after the last step. The
+    cosine is taken in float32 as the released sampler does, so the counts match it exactly.
+    n_start, remaining: (B,) per sample (never summed over the batch)."""
+    gamma = torch.cos(torch.tensor(math.pi / 2 * t / steps, dtype=torch.float32)).clamp(min=0)
+    n = torch.floor(gamma * n_start.float()).long()
+    if t == steps:
+        return torch.zeros_like(n)
+    return torch.minimum(n.clamp(min=1), (remaining - 1).clamp(min=0))
+
+
+def reveal_counts(n_tokens, steps):
+    """The number of tokens newly revealed at each step for N0 = n_tokens."""
+    n0 = remaining = torch.tensor([n_tokens])
+    counts = []
+    for t in range(1, steps + 1):
+        after = masked_after(n0, remaining, t, steps)
+        counts.append(int(remaining - after))
+        remaining = after
+    return counts
+
+
+def noise(generators, shape, device):
+    """Uniform noise drawn from each sample's own generator, so a sample's randomness does not
+    depend on which other samples share its batch."""
+    return torch.stack([torch.rand(shape, generator=g) for g in generators]).to(device)
+
+
+def gumbel(u):
+    """Standard Gumbel noise -log(-log u) from uniform u; both logs are kept away from 0."""
+    return -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp(min=1e-20))
+
+
+def least_confident(confidence, unknown, n_masked):
+    """The new mask: per sample, the n_masked least confident of the still-unknown tokens.
+    confidence (B, N); unknown (B, N) bool; n_masked (B,). Known tokens count as infinitely
+    confident, so they are never masked again."""
+    rank = confidence.masked_fill(~unknown, float("inf")).argsort(-1).argsort(-1)  # 0 = least confident
+    return rank < n_masked[:, None].to(rank.device)
+
+
+@torch.no_grad()
+def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, temperature=1.0,
+                  top_k=256, mask_temperature=25.5, history=None):
+    """codes (B, L, T): known tokens, MASK (= bins) where unknown. Returns codes with every MASK
+    filled. Each step (t = 1..T): one batched forward for the conditional and null conditions
+    together, guidance u + w (c - u), sample every masked token (top-k, temperature) in parallel,
+    score it by log p + tau G with tau = tau0 (1 - t/T) and G ~ Gumbel(0, 1) (Gumbel-top-k = keeping
+    the most confident without replacement), and keep the best so that exactly masked_after(t)
+    stay masked. A revealed token never changes again. `history`, a list, collects the codes
+    after every step."""
+    B, L, T = codes.shape
+    mask_id = model.config.bins
+    unknown = codes == mask_id  # (B, L, T)
+    n_start = unknown.flatten(1).sum(-1)  # (B,) per sample
+    null = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(codes.device)
+    cond2, mask2 = torch.cat([cond, cond]), torch.cat([cond_mask, cond_mask])
+    for t in range(1, steps + 1):
+        logits = model(torch.cat([codes, codes]), cond2, mask2, null).float()  # (2B, L, T, V)
+        c, u = logits.chunk(2)
+        logits = u + cfg * (c - u)
+        k = min(top_k, logits.shape[-1])
+        kth = logits.topk(k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf")) / temperature
+        logp = logits.log_softmax(-1)
+        sampled = (logp + gumbel(noise(generators, (L, T, logp.shape[-1]), codes.device))).argmax(-1)  # Gumbel-max = a draw
+        sampled = torch.where(unknown, sampled, codes)
+        confidence = logp.gather(-1, sampled[..., None])[..., 0]  # (B, L, T) log p of the draw
+        tau = mask_temperature * (1 - t / steps)
+        confidence = confidence + tau * gumbel(noise(generators, (L, T), codes.device))
+        n_masked = masked_after(n_start, unknown.flatten(1).sum(-1), t, steps)  # (B,)
+        unknown = least_confident(confidence.flatten(1), unknown.flatten(1), n_masked).view(B, L, T)
+        codes = torch.where(unknown, torch.full_like(codes, mask_id), sampled)
+        if history is not None:
+            history.append(codes.clone())
+    return codes
+
+
+# -----------------------------------------------------------------------------
+# the pipeline: models from the checkpoint folder, windows, captions, audio
+
+
+def load_models(ckpt_dir, device):
+    from codec import load_codec
+    from stage1_caption import load_converter
+    from stage2_audio import load_vatt_audio
+
+    ckpt_dir = Path(ckpt_dir)
+    converter = load_converter(ckpt_dir / "stage1.pt", device)
+    if not (ckpt_dir / "stage2.pt").is_file():
+        sys.exit(f"error: {ckpt_dir / 'stage2.pt'}: no such checkpoint (train it with stage2_audio.py)")
+    audio, ckpt = load_vatt_audio(ckpt_dir / "stage2.pt", device)
+    if audio.config.cond_dim != converter.hidden_size:
+        sys.exit(f"error: {ckpt_dir}: stage2.pt expects {audio.config.cond_dim}-d LLM states, "
+                 f"stage1.pt gives {converter.hidden_size}-d")
+    return SimpleNamespace(converter=converter, audio=audio, codec=load_codec(ckpt["codec"]).to(device),
+                           meta=converter.features_meta)
+
+
+def generate(models, feats, durations, prompts, seeds, args, device):
+    """feats: list of (N_i, D) 5 fps features; durations in seconds; prompts: list of str or None
+    (None = no text); seeds: one per item. Returns a list of dicts with the captions, the prompts
+    used per window, and the codes (L, ceil(duration * 50))."""
+    conv, audio, meta = models.converter, models.audio, models.meta
+    fps, rate, window = meta["fps"], models.codec.frame_rate, meta["seconds"]
+    win_frames, win_tokens = round(window * fps), round(window * rate)
+    hop = window - args.overlap
+    n_windows = [1 + max(0, math.ceil(round((d - window) / hop, 6))) for d in durations]
+    results = [dict(captions=[], prompts=[], codes=[]) for _ in feats]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    for w in range(max(n_windows)):
+        active = [i for i, n in enumerate(n_windows) if w < n]
+        start = [round(w * hop * fps) for _ in active]
+        x = torch.stack([_window(feats[i], s, win_frames) for i, s in zip(active, start)]).to(device)
+        captions = conv.caption(x) if args.caption_only or args.self_prompt or any(prompts[i] is None for i in active) else [None] * len(active)
+        for j, i in enumerate(active):
+            results[i]["captions"].append(captions[j])
+        if args.caption_only:
+            continue
+        from stage1_caption import TEMPLATE
+
+        used = [captions[j] if args.self_prompt else prompts[i] if prompts[i] is not None else TEMPLATE
+                for j, i in enumerate(active)]
+        for j, i in enumerate(active):
+            results[i]["prompts"].append(used[j])
+        cond, cond_mask = conv.condition(x, used)
+        codes = torch.full((len(active), audio.config.n_q, win_tokens), audio.config.bins, dtype=torch.long, device=device)
+        keep = round(args.overlap * rate) if w > 0 else 0
+        for j, i in enumerate(active):  # in-painting: the overlap is fixed to the previous window's end
+            if keep:
+                codes[j, :, :keep] = results[i]["codes"][-1][:, -keep:]
+        codes = decode_tokens(audio, cond, cond_mask, codes, [generators[i] for i in active], args.steps,
+                              args.cfg, args.temperature, args.top_k, args.mask_temperature)
+        for j, i in enumerate(active):
+            results[i]["codes"].append(codes[j] if w == 0 else codes[j, :, keep:])
+    for r, d in zip(results, durations):
+        if r["codes"]:
+            r["codes"] = torch.cat(r["codes"], -1)[:, : math.ceil(round(d * rate, 6))]
+    return results
+
+
+def _window(feats, start, n):
+    """Features [start, start + n) of a video, holding its last frame past the end."""
+    x = feats[start: start + n]
+    return torch.cat([x, x[-1:].expand(n - len(x), -1)]) if len(x) < n else x
+
+
+# -----------------------------------------------------------------------------
+# outputs
+
+
+def write_wav(path, wav, sr):
+    """16-bit PCM mono wav, atomically."""
+    import wave
+
+    pcm = (np.clip(wav, -1, 1) * 32767).round().astype("<i2")
+    with atomic_path(path) as tmp:
+        with wave.open(tmp, "wb") as f:
+            f.setnchannels(1)
+            f.setsampwidth(2)
+            f.setframerate(sr)
+            f.writeframes(pcm.tobytes())
+
+
+def mux(video_path, wav, sr, out_path):
+    """The original video stream copied packet by packet (no re-encoding) + the new audio as AAC."""
+    import av
+
+    with atomic_path(out_path) as tmp:
+        with av.open(str(video_path)) as src, av.open(tmp, "w", format="mp4") as dst:
+            vin = src.streams.video[0]
+            vout = dst.add_stream_from_template(vin)
+            aout = dst.add_stream("aac", rate=sr, layout="mono")
+            for packet in src.demux(vin):
+                if packet.dts is None:  # the demuxer's final flush packet
+                    continue
+                packet.stream = vout
+                dst.mux(packet)
+            frame = av.AudioFrame.from_ndarray(wav[None].astype(np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = sr, 0
+            for packet in aout.encode(frame):
+                dst.mux(packet)
+            for packet in aout.encode(None):
+                dst.mux(packet)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_config(Config, PRESETS, argv)
+    t0 = time.time()
+    device = pick_device(args.device)
+    if not args.video and not args.data_json:
+        sys.exit("error: give --video=FILE|FOLDER|LIST or --data_json=FILE (see --help)")
+    if args.official_ckpt:
+        from official import load_official_models
+
+        models = load_official_models(args.official_ckpt, device, vatt=args.official_model)
+    else:
+        models = load_models(args.ckpt_dir, device)
+    sr = models.codec.sample_rate
+    settings = {k: getattr(args, k) for k in ("steps", "cfg", "temperature", "top_k", "mask_temperature", "overlap")}
+
+    if args.data_json:  # evaluation run on extracted features
+        from stage1_caption import load_features, load_split
+
+        features_dir = models.converter.features_dir
+        items, missing = load_split(args.data_json, features_dir, args.split)
+        if missing:
+            print(f"warning: {missing} {args.split} clips have no features in {features_dir}", file=sys.stderr)
+        entries = {Path(e["video_path"]).stem: e for e in json.loads(Path(args.data_json).read_text())}
+        out = Path(args.out_dir or Path(args.ckpt_dir) / "samples" / args.name)
+        jobs = [(stem, lambda s=stem: (load_features(features_dir, s), models.meta["seconds"]),
+                 entries[stem][args.prompt_field] if args.prompt_field else None) for stem, _ in items]
+    else:
+        from extract_features import list_videos
+
+        paths = [args.video] if Path(args.video).is_file() or not Path(args.video).exists() else list_videos(args.video)
+        encoder = VideoFeatures(models.meta, device)
+        out = Path(args.out_dir) if args.out_dir else None
+        jobs = [(p, lambda p=p: encoder(p), args.prompt or None) for p in paths]
+
+    failed, captions = [], {}
+    bar = tqdm(total=len(jobs) * args.num_samples, desc="videos", disable=len(jobs) < 2)
+    for b in range(0, len(jobs), args.batch_size):
+        batch, loaded = jobs[b: b + args.batch_size], []
+        for key, load, prompt in batch:
+            try:
+                loaded.append((key, *load(), prompt))
+            except (ValueError, OSError) as e:
+                failed.append(f"{key}: {e}" if str(key) not in str(e) else str(e))
+        for k in range(args.num_samples):
+            if not loaded:
+                break
+            try:
+                results = generate(models, [x[1] for x in loaded], [x[2] for x in loaded], [x[3] for x in loaded],
+                                   [args.seed + k] * len(loaded), args, device)
+            except ValueError as e:
+                failed += [f"{x[0]}: {e}" for x in loaded]
+                break
+            for (key, feats, duration, prompt), r in zip(loaded, results):
+                caption = " | ".join(dict.fromkeys(c for c in r["captions"] if c)) or None
+                suffix = f".{k}" if args.num_samples > 1 else ""
+                if args.data_json:
+                    stem = key
+                    captions[stem + suffix] = {"caption": caption, "prompt": prompt}
+                    if not args.caption_only:
+                        wav = models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()
+                        write_wav(out / f"{stem}{suffix}.wav", wav, sr)
+                else:
+                    path = Path(key)
+                    base = str((out or path.parent) / f"{path.stem}.vatt{suffix}")
+                    print(f"{path}: {caption!r}" if caption else f"{path}")
+                    record = {"video": str(path), "caption": caption, "prompt": prompt,
+                              "prompts_used": r["prompts"], "seed": args.seed + k, "duration": duration,
+                              **settings, "checkpoints": {"converter": str(Path(args.ckpt_dir) / "stage1.pt"),
+                                                          "audio": str(Path(args.ckpt_dir) / "stage2.pt")}}
+                    if not args.caption_only:
+                        wav = models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()[: round(duration * sr)]
+                        write_wav(base + ".wav", wav, sr)
+                        mux(path, wav, sr, base + ".mp4")
+                    save_json(record, base + ".json")
+                bar.update(1)
+    bar.close()
+    if args.data_json:
+        save_json(captions, out / "captions.json")
+        record_timing(args.ckpt_dir, f"sample_{args.name}", t0)
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} videos failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+class VideoFeatures:
+    """Video file -> (5 fps features (N, D), duration), with the Converter's own visual encoder
+    (rebuilt from the extraction settings stored in stage1.pt)."""
+
+    def __init__(self, meta, device):
+        from extract_features import build_visual_encoder
+
+        self.meta, self.device = meta, device
+        self.model, self.preprocess = build_visual_encoder(SimpleNamespace(**meta), device)
+
+    def __call__(self, path):
+        from extract_features import encode_frames, load_frames, preprocess_frames
+
+        frames, duration = load_frames(path, self.meta["fps"])
+        return encode_frames(self.model, preprocess_frames(self.preprocess, frames), self.device), duration
+
+
+if __name__ == "__main__":
+    sys.exit(main())

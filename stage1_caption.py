@@ -1,0 +1,418 @@
+"""
+Stage 1 of VATT: the VATT Converter (paper §3.1), a video-to-audio-caption LLM.
+
+    frame features (N, D) --avg-pool to video tokens--> Linear(D, d_lm)  = the VATT Projector
+    [video tokens ; instruction prompt ; audio caption]  --> instruction-tuned LLM with LoRA
+    loss: next-token cross-entropy on the caption tokens only (eq. 1)
+
+The trained Converter has two jobs later: it writes audio captions for silent videos, and its
+frozen last-layer hidden states are the condition of VATT Audio (stage2_audio.py).
+
+Toy world (CPU, ~1 min): a tiny random Gemma-architecture LLM with a word-level tokenizer; a random
+LM has nothing to preserve, so the toy trains all of its weights instead of LoRA.
+    python stage1_caption.py --preset=toy
+One GPU, Gemma-2B (gated on the hub: accept its licence and `huggingface-cli login`, or pass
+--llm=/path/to/local/folder):
+    python stage1_caption.py --preset=gemma-2b --data_json=vggsound/v2a_instruction.json --features_dir=vggsound/features --out_dir=out/gemma
+Many GPUs:
+    torchrun --nproc_per_node=8 stage1_caption.py --preset=llama-2-7b ...
+"""
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from utils import autocast, parse_config, pick_device, print0, record_timing, save_checkpoint, setup_ddp
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class Config:
+    preset: str = "toy"
+    data_json: str = "data/toy/v2a_instruction.json"  # V2A-Instruction JSON (video_path, output, split)
+    features_dir: str = "data/toy/features"  # written by extract_features.py
+    out_dir: str = "out/toy"  # stage1.pt (and, for the toy, the random base LLM) land here
+    # the LLM: "toy" builds a tiny random Gemma + word tokenizer; otherwise a hub id or local folder
+    llm: str = "toy"
+    toy_layers: int = 2
+    toy_width: int = 128
+    toy_heads: int = 4
+    # video tokens per second fed to the LLM: the released code average-pools 50 frames (10 s at
+    # 5 fps) to 10 tokens. The toy keeps all 5 per second: its strikes are 0.2 s apart, and one
+    # token per second would average away when they happen.
+    video_tokens_per_second: int = 5
+    # LoRA on q_proj / v_proj (paper §3.1: r 16, alpha 32; dropout 0.1 as the issue asks, the
+    # released scripts use 0.05). lora_r=0 trains the whole LLM (toy only: it starts random).
+    lora_r: int = 0
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    max_text_tokens: int = 24  # prompt and caption are each cut to this many tokens
+    # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
+    batch_size: int = 32  # per process and micro-step
+    grad_accum: int = 1
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    max_steps: int = 700
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_checkpointing: bool = False  # trade compute for memory on large LLMs
+    val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
+    eval_interval: int = 100
+    eval_batches: int = 4
+    resume: bool = True  # continue from out_dir/stage1.pt if it exists
+    seed: int = 1337
+    device: str = "auto"
+
+
+PRESETS = {
+    "toy": {},
+    "gemma-2b": dict(llm="google/gemma-2b-it", video_tokens_per_second=1, lora_r=16, lr=1e-4,
+                     batch_size=8, grad_accum=4, warmup_steps=100, max_steps=30000,
+                     weight_decay=0.0, eval_interval=1000, max_text_tokens=108,
+                     data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features",
+                     out_dir="out/gemma-2b"),
+    "llama-2-7b": dict(llm="meta-llama/Llama-2-7b-chat-hf", video_tokens_per_second=1, lora_r=16,
+                       lr=1e-4, batch_size=4, grad_accum=8, warmup_steps=100, max_steps=30000,
+                       eval_interval=1000, max_text_tokens=108, grad_checkpointing=True,
+                       data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features",
+                       out_dir="out/llama-2-7b"),
+}
+
+# The ten V2A instructions of the released code (drawn at random per training sample), and the
+# "standard template" used when the user gives no text (paper §3.2; released code: index 2).
+INSTRUCTIONS = [
+    "Imagine possible sounds for this video.",
+    "Describe possible sounds that could match the video.",
+    "What audio could be inferred from this video?",
+    "What sounds could match the video?",
+    "Infer the sounds that match the video.",
+    "What audio could best match this video?",
+    "What sound events could the video yields?",
+    "Caption possible sound events that describe the video.",
+    "What sound events make sense to this video?",
+    "Imagine audio events that match this video.",
+]
+TEMPLATE = INSTRUCTIONS[2]
+FPS = 5  # the rate of the visual features (extract_features.py)
+
+# -----------------------------------------------------------------------------
+# the LLM: a hub / local causal LM, or the toy's tiny Gemma built and saved in the same format
+
+
+def build_toy_llm(cfg, captions, folder):
+    """A word-level tokenizer over the toy vocabulary plus a random GemmaForCausalLM, saved with
+    save_pretrained so every later load goes through the same from_pretrained path as Gemma-2B."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
+
+    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    words = sorted({w for text in captions + INSTRUCTIONS + ["user model"]
+                    for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text.lower())})
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + words)}, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens(special)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    # Gemma's chat format, word-level
+    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}<start_of_turn> {{ m['role'] }} "
+                               "{{ m['content'] }} <end_of_turn> {% endfor %}"
+                               "{% if add_generation_prompt %}<start_of_turn> model {% endif %}")
+    torch.manual_seed(cfg.seed)
+    llm = GemmaForCausalLM(GemmaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.toy_width, intermediate_size=4 * cfg.toy_width,
+        num_hidden_layers=cfg.toy_layers, num_attention_heads=cfg.toy_heads, num_key_value_heads=1,
+        head_dim=cfg.toy_width // cfg.toy_heads, max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id))
+    llm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def load_llm(path, lora, device):
+    """from_pretrained a causal LM + tokenizer; `lora` = (r, alpha, dropout) wraps it with peft
+    (base frozen), r = 0 leaves every weight trainable."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        sys.exit(f"error: could not load the LLM {path!r} ({str(e).splitlines()[0]}). Gemma and "
+                 "LLaMA-2 are gated on the Hugging Face hub: accept the licence and run "
+                 "`huggingface-cli login`, or download the model and pass --llm=/local/folder.")
+    if tokenizer.pad_token is None:  # LLaMA has none; left padding makes any token safe
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    r, alpha, dropout = lora
+    if r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        llm = get_peft_model(llm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                             target_modules=["q_proj", "v_proj"], bias="none",
+                                             task_type="CAUSAL_LM"))
+    return llm.to(device), tokenizer
+
+
+# -----------------------------------------------------------------------------
+# the Converter
+
+
+class Converter(nn.Module):
+    def __init__(self, llm, tokenizer, feature_dim, video_tokens_per_second, max_text_tokens):
+        super().__init__()
+        self.llm, self.tokenizer = llm, tokenizer
+        self.proj = nn.Linear(feature_dim, llm.config.hidden_size)  # the VATT Projector: V_f W + b
+        self.video_tokens_per_second = video_tokens_per_second
+        self.max_text_tokens = max_text_tokens
+        self.hidden_size = llm.config.hidden_size
+
+    def n_video_tokens(self, n_frames):
+        return max(1, round(n_frames / FPS * self.video_tokens_per_second))
+
+    def video_embeds(self, feats):
+        """(B, N, D) frame features at 5 fps -> (B, N_v, d_lm) projected video tokens."""
+        x = F.adaptive_avg_pool1d(rearrange(feats, "b n d -> b d n"), self.n_video_tokens(feats.shape[1]))
+        return self.proj(rearrange(x, "b d n -> b n d"))
+
+    def prompt_ids(self, instruction):
+        """The instruction in the tokenizer's chat template (Gemma-it, LLaMA-2-chat, toy) when it
+        has one, else the released code's alpaca_short template. Returns (ids, was_cut)."""
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
+                                                      add_generation_prompt=True, tokenize=False)
+        else:
+            text = f"{self.tokenizer.bos_token or ''}### Instruction:\n{instruction}\n\n### Response:\n"
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return ids[: self.max_text_tokens], len(ids) > self.max_text_tokens
+
+    def _sequences(self, feats, prompts, captions=None, pad_to=None):
+        """Builds [video ; prompt (; caption eos)] per sample, LEFT-padded to one length (so a
+        generated caption continues right after the prompt). Positions count real tokens only,
+        so padding never changes a sample's hidden states. Returns embeds, mask, positions, labels."""
+        vid = self.video_embeds(feats)  # (B, N_v, d)
+        embed = self.llm.get_input_embeddings()
+        rows, labels = [], []
+        for b, prompt in enumerate(prompts):
+            ids, _ = self.prompt_ids(prompt)
+            lab = [-100] * (vid.shape[1] + len(ids))
+            if captions is not None:
+                cap = self.tokenizer(captions[b], add_special_tokens=False).input_ids[: self.max_text_tokens]
+                cap = cap + [self.tokenizer.eos_token_id]
+                lab, ids = lab + cap, ids + cap  # loss on the caption tokens only (eq. 1)
+            tok = embed(torch.tensor(ids, device=vid.device))
+            rows.append(torch.cat([vid[b].to(tok.dtype), tok]))
+            labels.append(lab)
+        length = pad_to or max(len(r) for r in rows)
+        pad = [length - len(r) for r in rows]
+        x = torch.stack([F.pad(r, (0, 0, p, 0)) for r, p in zip(rows, pad)])  # (B, L, d)
+        mask = torch.tensor([[0] * p + [1] * (length - p) for p in pad], device=x.device)  # (B, L)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        labels = torch.tensor([[-100] * p + lab for p, lab in zip(pad, labels)], device=x.device)
+        return x, mask, positions, labels
+
+    def forward(self, feats, prompts, captions):
+        x, mask, positions, labels = self._sequences(feats, prompts, captions)
+        return self.llm(inputs_embeds=x, attention_mask=mask, position_ids=positions, labels=labels).loss
+
+    @torch.no_grad()
+    def condition(self, feats, prompts, cut=False):
+        """VATT Audio's condition (paper §3.2.1): the LLM's last-layer hidden states (after the
+        final norm, before the LM head) over [video tokens ; prompt]. Always padded to the same
+        length N_v + max_text_tokens, so a sample's condition never depends on its batch.
+        A prompt longer than max_text_tokens is cut (`cut`, training) or refused (sampling).
+        Returns (B, Lc, d_lm) float32 and the (B, Lc) mask (1 = real token)."""
+        for p in prompts:
+            if not cut and self.prompt_ids(p)[1]:
+                raise ValueError(f"the prompt {p[:40]!r}... is longer than the {self.max_text_tokens} "
+                                 "tokens this model accepts")
+        x, mask, positions, _ = self._sequences(
+            feats, prompts, pad_to=self.n_video_tokens(feats.shape[1]) + self.max_text_tokens)
+        h = self.llm.get_decoder()(inputs_embeds=x, attention_mask=mask, position_ids=positions)
+        return h.last_hidden_state.float() * mask[..., None], mask
+
+    @torch.no_grad()
+    def caption(self, feats, instruction=TEMPLATE, max_new_tokens=40):
+        """Greedy audio captions for a batch of videos (paper Table 3's task)."""
+        x, mask, _, _ = self._sequences(feats, [instruction] * len(feats))
+        out = self.llm.generate(inputs_embeds=x, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                                eos_token_id=self.tokenizer.eos_token_id)
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def load_converter(ckpt_path, device):
+    """Rebuilds the frozen Converter from stage1.pt alone (its config names the base LLM)."""
+    if not os.path.isfile(ckpt_path):
+        sys.exit(f"error: {ckpt_path}: no such checkpoint (train it with stage1_caption.py)")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ckpt.get("kind") != "vatt-converter":
+        sys.exit(f"error: {ckpt_path}: not a stage-1 (Converter) checkpoint")
+    cfg = ckpt["config"]
+    local = Path(ckpt_path).parent / ckpt["llm_path"]  # the toy's base LLM sits next to stage1.pt
+    llm_path = str(local) if local.exists() else ckpt["llm_path"]
+    llm, tokenizer = load_llm(llm_path, (cfg["lora_r"], cfg["lora_alpha"], 0.0), device)
+    conv = Converter(llm, tokenizer, ckpt["features_meta"]["feature_dim"], cfg["video_tokens_per_second"],
+                     cfg["max_text_tokens"])
+    conv.features_meta, conv.features_dir = ckpt["features_meta"], cfg["features_dir"]
+    conv.proj.load_state_dict(ckpt["projector"])
+    missing = set(ckpt["trainable"]) - set(llm.state_dict())
+    assert not missing, f"{ckpt_path}: LLM weights not in the model: {sorted(missing)[:3]}"
+    llm.load_state_dict(ckpt["trainable"], strict=False)
+    return conv.to(device).eval().requires_grad_(False)
+
+
+# -----------------------------------------------------------------------------
+# data: (features, caption) pairs of the train split
+
+
+def load_split(data_json, features_dir, split):
+    """Entries of `split` whose features exist: [(stem, caption)]. Returns (items, n_missing)."""
+    entries = [e for e in json.loads(Path(data_json).read_text()) if e["split"] == split]
+    items = [(Path(e["video_path"]).stem, e["output"]) for e in entries]
+    have = [(s, c) for s, c in items if (Path(features_dir) / "video" / f"{s}.npy").exists()]
+    return have, len(items) - len(have)
+
+
+def load_features(features_dir, stem, expected_dim=None):
+    path = Path(features_dir) / "video" / f"{stem}.npy"
+    x = np.load(path)
+    if x.ndim != 2 or (expected_dim is not None and x.shape[1] != expected_dim):
+        raise ValueError(f"{path}: expected features of shape (frames, {expected_dim}), got {x.shape}")
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def get_lr(step, cfg):
+    # 1) linear warm-up, 2) cosine decay to lr/10 at max_steps
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    cfg = parse_config(Config, PRESETS, argv)
+    t0 = time.time()
+    rank, world = setup_ddp()
+    device = pick_device(cfg.device)
+    out = Path(cfg.out_dir)
+    # every rank draws the same global batch and keeps its slice: N processes see exactly the
+    # samples one process with an N times larger batch would see
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
+    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train")
+    if n_missing:
+        print0(f"warning: {n_missing} train clips have no features and are left out")
+    n_val = max(1, int(len(items) * cfg.val_fraction))
+    train, val = items[:-n_val], items[-n_val:]
+    print0(f"{len(train)} training and {len(val)} validation clips")
+
+    llm_path = cfg.llm
+    if cfg.llm == "toy":  # the random base LLM is part of this stage's output, next to stage1.pt
+        llm_path = "toy_llm"
+        if rank == 0 and not (out / llm_path / "config.json").exists():
+            build_toy_llm(cfg, [c for _, c in items], out / llm_path)
+        if world > 1:
+            torch.distributed.barrier()
+    llm, tokenizer = load_llm(str(out / llm_path) if cfg.llm == "toy" else llm_path,
+                              (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), device)
+    if cfg.grad_checkpointing:
+        llm.gradient_checkpointing_enable()
+    model = Converter(llm, tokenizer, meta["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    print0(f"trainable parameters: {sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,}")
+
+    step, ckpt_path = 0, out / "stage1.pt"
+    if cfg.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.proj.load_state_dict(ckpt["projector"])
+        llm.load_state_dict(ckpt["trainable"], strict=False)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        rng = np.random.default_rng([cfg.seed, step])
+        print0(f"resuming from {ckpt_path} at step {step}")
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    def batch(split_items, r):
+        mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+        pick = r.choice(len(split_items), cfg.batch_size * world)[mine]
+        prompts = [INSTRUCTIONS[j] for j in r.integers(len(INSTRUCTIONS), size=cfg.batch_size * world)[mine]]
+        feats = torch.stack([load_features(cfg.features_dir, split_items[i][0], meta["feature_dim"]) for i in pick])
+        return feats.to(device), prompts, [split_items[i][1] for i in pick]
+
+    @torch.no_grad()
+    def val_loss():
+        model.eval()
+        r = np.random.default_rng(0)  # the same validation batches every time
+        losses = []
+        for _ in range(cfg.eval_batches):
+            with autocast(device):
+                losses.append(model(*batch(val, r)).item())
+        model.train()
+        return sum(losses) / len(losses)
+
+    def save():
+        trainable = {k: v for k, v in llm.state_dict().items()
+                     if k in {n for n, p in llm.named_parameters() if p.requires_grad}}
+        save_checkpoint({"kind": "vatt-converter", "config": asdict(cfg), "step": step, "llm_path": llm_path,
+                         "features_meta": meta, "projector": model.proj.state_dict(),
+                         "trainable": trainable, "optimizer": optimizer.state_dict()}, ckpt_path)
+
+    model.train()
+    while True:
+        last = step == cfg.max_steps
+        if step % cfg.eval_interval == 0 or last:
+            loss = val_loss()
+            print0(f"step {step}: val loss {loss:.4f}")
+            if rank == 0 and step > 0:
+                save()
+        if last:
+            break
+        # ---- training step -------------------------------------------------------------
+        t1 = time.time()
+        lr = get_lr(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        for micro in range(cfg.grad_accum):
+            if world > 1:  # sync gradients only on the last micro-step
+                ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
+            with autocast(device):
+                loss = ddp_model(*batch(train, rng)) / cfg.grad_accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % 20 == 0:
+            print0(f"step {step}/{cfg.max_steps} | loss {loss.item() * cfg.grad_accum:.4f} | lr {lr:.2e} | {(time.time() - t1) * 1000:.0f} ms")
+
+    if rank == 0:
+        model.eval()
+        feats = torch.stack([load_features(cfg.features_dir, s, meta["feature_dim"]) for s, _ in val[:4]]).to(device)
+        for (stem, ref), hyp in zip(val[:4], model.caption(feats)):
+            print(f"{stem}: {hyp!r} (reference: {ref!r})")
+        record_timing(out, "stage1_caption", t0)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""
+Stage 2 of VATT: VATT Audio (paper §3.2), a bidirectional masked audio-token transformer.
+
+    condition  E_lm = Linear(H_lm)       H_lm: the frozen Converter's last-layer hidden states
+    audio      E_a^M = Linear(sum over the L = 4 codec levels of codebook[level, token])
+               (each level has its own learned MASK vector in place of a codebook entry)
+    Dec(Concat(E_lm, E_a^M)) -> the audio positions -> L parallel Linear heads -> token logits
+    loss: cross-entropy on the masked tokens only (eq. 2)
+
+As in the authors' released code, Dec is two stacks: first "multiway" layers (one shared
+self-attention, separate LayerNorms and FFNs for condition and audio tokens), then plain layers;
+ALiBi attention bias plus fixed sin-cos positions (audio positions continue after the condition);
+pre-LayerNorm; GELU FFN x4 without bias; dropout 0.1. Sampling (iterative parallel decoding,
+§3.2.2) lives in sample.py.
+
+Toy world (CPU, a few minutes):
+    python stage2_audio.py --preset=toy
+One GPU, after stage 1 with Gemma-2B:
+    python stage2_audio.py --preset=gemma-2b --converter=out/gemma-2b/stage1.pt --features_dir=vggsound/features --data_json=vggsound/v2a_instruction.json --out_dir=out/gemma-2b
+Many GPUs:
+    torchrun --nproc_per_node=4 stage2_audio.py --preset=llama-2-7b ...
+Parameter count of a preset at full size (random weights, no data needed):
+    python stage2_audio.py --preset=gemma-2b --count_params=true
+"""
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange, reduce
+
+from utils import autocast, parse_config, pick_device, print0, record_timing, save_checkpoint, setup_ddp
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class Config:
+    preset: str = "toy"
+    data_json: str = "data/toy/v2a_instruction.json"
+    features_dir: str = "data/toy/features"
+    converter: str = "out/toy/stage1.pt"  # the trained stage-1 checkpoint (frozen here)
+    out_dir: str = "out/toy"  # stage2.pt lands here
+    # the network (the paper's size: width 1024, 12 multiway + 12 plain layers, 16 heads of 64)
+    dim: int = 128
+    n_multiway: int = 2
+    n_plain: int = 2
+    n_head: int = 2
+    head_dim: int = 64  # fixed at 64 in the released code, whatever the width
+    dropout: float = 0.1
+    max_len: int = 1000  # length of the sin-cos position table (condition + audio tokens)
+    cond_dim: int = 0  # width of the LLM states; 0 = read it from the Converter checkpoint
+    # masking (§3.2.2): ratio r ~ Normal(0.75, 0.25) truncated to [0.5, 1], one draw per sample
+    mask_mean: float = 0.75
+    mask_std: float = 0.25
+    cond_dropout: float = 0.1  # per-sample probability of the null condition (classifier-free guidance)
+    label_smoothing: float = 0.1  # as the released code
+    # the prompt of a training sample: its ground-truth caption with this probability, otherwise
+    # one of the ten V2A instructions, so one model serves both generation modes of §3.2
+    caption_prob: float = 0.5
+    # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    max_steps: int = 1500
+    weight_decay: float = 1e-6  # as the released code
+    grad_clip: float = 1.0
+    val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
+    eval_interval: int = 250
+    eval_batches: int = 4
+    resume: bool = True
+    count_params: bool = False  # build the model with random weights, print its size, exit
+    seed: int = 1337
+    device: str = "auto"
+
+
+PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, lr=2e-4, batch_size=16,
+                  grad_accum=4, warmup_steps=1000, max_steps=300000, eval_interval=2000,
+                  data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features")
+PRESETS = {
+    "toy": {},
+    "gemma-2b": dict(PAPER_SIZE, cond_dim=2048, converter="out/gemma-2b/stage1.pt", out_dir="out/gemma-2b"),
+    "llama-2-7b": dict(PAPER_SIZE, cond_dim=4096, converter="out/llama-2-7b/stage1.pt", out_dir="out/llama-2-7b"),
+}
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+@dataclass
+class ModelConfig:
+    cond_dim: int  # width of the condition (the LLM's hidden size)
+    n_q: int = 4  # codec levels L
+    bins: int = 2048  # entries per codebook; index `bins` is MASK
+    codebook_dim: int = 128  # width of the codec's RVQ vectors
+    dim: int = 1024
+    n_multiway: int = 12
+    n_plain: int = 12
+    n_head: int = 16
+    head_dim: int = 64
+    dropout: float = 0.1
+    max_len: int = 1000
+
+
+def sincos_table(n, dim):
+    """Fixed 1-D sin-cos positions (MAE style): first half sin(p w_i), second half cos(p w_i),
+    w_i = 10000^(-i / (dim/2)), computed in float32 as the released code does."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angle = torch.arange(n, dtype=torch.float64)[:, None] * omega[None].float().double()
+    return torch.cat([torch.sin(angle), torch.cos(angle)], 1).float()  # (n, dim)
+
+
+def alibi_slopes(n_head):
+    """ALiBi's geometric head slopes (Press et al. 2022): 2^(-8/n), 2^(-16/n), ...; for a head
+    count that is not a power of two, the closest power's slopes plus every other slope of the
+    next power's, as in the ALiBi reference code."""
+    def power_of_2(n):
+        return [2 ** (-8 * (i + 1) / n) for i in range(n)]
+    p = 2 ** math.floor(math.log2(n_head))
+    return torch.tensor(power_of_2(p) + power_of_2(2 * p)[0::2][: n_head - p])
+
+
+class Attention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        inner = c.n_head * c.head_dim
+        self.n_head, self.dropout = c.n_head, c.dropout
+        self.to_q, self.to_k, self.to_v = (nn.Linear(c.dim, inner, bias=False) for _ in range(3))
+        self.to_out = nn.Linear(inner, c.dim, bias=False)
+
+    def forward(self, x, bias, pad):
+        q, k, v = (rearrange(f(x), "b l (h d) -> b h l d", h=self.n_head) for f in (self.to_q, self.to_k, self.to_v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        y = rearrange(y, "b h l d -> b l (h d)").masked_fill(pad[..., None], 0.0)  # padded rows stay 0
+        return self.to_out(y)
+
+
+def feed_forward(c):
+    return nn.Sequential(nn.Linear(c.dim, 4 * c.dim, bias=False), nn.GELU(), nn.Dropout(c.dropout),
+                         nn.Linear(4 * c.dim, c.dim, bias=False))
+
+
+def per_modality(modules, x, split):
+    """Multiway (BEiT-3 style): module 0 for condition tokens [0, split), module 1 for audio tokens."""
+    if len(modules) == 1:
+        return modules[0](x)
+    return torch.cat([modules[0](x[:, :split]), modules[1](x[:, split:])], 1)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block; `multiway` gives condition and audio tokens their own LayerNorms
+    and FFNs while they share one self-attention."""
+
+    def __init__(self, c, multiway):
+        super().__init__()
+        n = 2 if multiway else 1
+        self.norm1 = nn.ModuleList(nn.LayerNorm(c.dim) for _ in range(n))
+        self.attn = Attention(c)
+        self.norm2 = nn.ModuleList(nn.LayerNorm(c.dim) for _ in range(n))
+        self.ff = nn.ModuleList(feed_forward(c) for _ in range(n))
+
+    def forward(self, x, bias, pad, split):
+        x = x + self.attn(per_modality(self.norm1, x, split), bias, pad)
+        return x + per_modality(self.ff, per_modality(self.norm2, x, split), split)
+
+
+class VATTAudio(nn.Module):
+    def __init__(self, c: ModelConfig, codebooks=None):
+        super().__init__()
+        self.config = c
+        # the codec's RVQ codebooks, frozen (a buffer, saved with the model so a checkpoint is
+        # self-contained), and one learned MASK vector per level
+        self.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(c.n_q, c.bins, c.codebook_dim))
+        self.mask_embed = nn.Parameter(torch.randn(c.n_q, c.codebook_dim) * 0.02)
+        self.audio_proj = nn.Linear(c.codebook_dim, c.dim)
+        self.cond_proj = nn.Linear(c.cond_dim, c.dim)
+        self.register_buffer("pos", sincos_table(c.max_len, c.dim), persistent=False)
+        self.modality_cond = nn.Parameter(torch.randn(c.dim) * 0.02)
+        self.modality_audio = nn.Parameter(torch.randn(c.dim) * 0.02)
+        self.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
+        self.drop = nn.Dropout(c.dropout)
+        self.encoder = nn.ModuleList(Block(c, multiway=True) for _ in range(c.n_multiway))
+        self.encoder_norm = nn.ModuleList([nn.LayerNorm(c.dim), nn.LayerNorm(c.dim)])
+        self.decoder = nn.ModuleList(Block(c, multiway=False) for _ in range(c.n_plain))
+        self.decoder_norm = nn.LayerNorm(c.dim)
+        self.heads = nn.ModuleList(nn.Linear(c.dim, c.bins, bias=False) for _ in range(c.n_q))
+
+    def embed_audio(self, codes):
+        """(B, L, T) tokens, MASK = bins -> (B, T, codebook_dim): the sum of each level's vector."""
+        tables = torch.cat([self.codebooks, self.mask_embed[:, None]], 1)  # (L, bins+1, c)
+        offsets = torch.arange(self.config.n_q, device=codes.device)[:, None] * (self.config.bins + 1)
+        vectors = F.embedding(codes + offsets, tables.flatten(0, 1))  # (B, L, T, c)
+        return reduce(vectors, "b l t c -> b t c", "sum")
+
+    def forward(self, codes, cond, cond_mask, drop_cond=None):
+        """codes (B, L, T) with MASK where unknown; cond (B, Lc, cond_dim) LLM states; cond_mask
+        (B, Lc) 1 = real token; drop_cond (B,) bool selects the null condition per sample.
+        Returns logits (B, L, T, bins): logits[b, l, t] predicts codes[b, l, t]."""
+        B, _, T = codes.shape
+        Lc = cond.shape[1]
+        c = self.cond_proj(cond)  # (B, Lc, dim)
+        if drop_cond is not None:  # null condition = zeros, then positions and modality as usual
+            c = c.masked_fill(drop_cond[:, None, None], 0.0)
+        c = c + self.pos[:Lc] + self.modality_cond
+        a = self.audio_proj(self.embed_audio(codes)) + self.pos[Lc:Lc + T] + self.modality_audio  # (B, T, dim)
+        x = self.drop(torch.cat([c, a], 1))  # (B, Lc+T, dim)
+        # attention bias: ALiBi -|i-j| * slope per head; padded condition keys are shut off
+        pad = torch.cat([cond_mask == 0, torch.zeros(B, T, dtype=torch.bool, device=codes.device)], 1)  # (B, Lc+T)
+        idx = torch.arange(Lc + T, device=codes.device)
+        bias = -(idx[None, :] - idx[:, None]).abs() * self.slopes[:, None, None]  # (H, Lc+T, Lc+T)
+        bias = bias[None].masked_fill(pad[:, None, None, :], -torch.finfo(torch.float32).max / 2).to(x.dtype)
+        for block in self.encoder:
+            x = block(x, bias, pad, Lc)
+        x = per_modality(self.encoder_norm, x, Lc)
+        for block in self.decoder:
+            x = block(x, bias, pad, Lc)
+        x = self.decoder_norm(x)[:, Lc:]  # (B, T, dim): the audio positions only
+        return torch.stack([head(x) for head in self.heads], 1)  # (B, L, T, bins)
+
+
+# -----------------------------------------------------------------------------
+# the masking of §3.2.2 and the loss of eq. 2
+
+
+def sample_mask_ratios(n, generator=None, mean=0.75, std=0.25, low=0.5, high=1.0):
+    """n masking ratios from Normal(mean, std) truncated to [low, high], by inverting the CDF:
+    u uniform between Phi(a) and Phi(b) -> mean + std * Phi^-1(u). One draw per sample (the
+    released code draws one per batch)."""
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    a, b = phi((low - mean) / std), phi((high - mean) / std)
+    u = a + (b - a) * torch.rand(n, generator=generator, dtype=torch.float64)
+    return (mean + std * torch.special.ndtri(u)).clamp(low, high).float()
+
+
+def random_mask(ratios, shape, generator=None):
+    """Per sample, exactly max(1, round(r * N)) of its N = L*T tokens, uniformly at random.
+    Returns a bool mask of `shape` (B, L, T). Exact counts (not Bernoulli draws) never mask
+    zero tokens, which would make the loss 0/0."""
+    B, N = shape[0], shape[1] * shape[2]
+    n_masked = (ratios * N).round().clamp(min=1)  # (B,)
+    rank = torch.rand(B, N, generator=generator).argsort(-1).argsort(-1)  # a random permutation per row
+    return (rank < n_masked[:, None]).view(shape)
+
+
+def masked_loss(logits, codes, mask, label_smoothing=0.1):
+    """Cross-entropy of eq. 2 over the masked positions only; logits (B, L, T, V), codes and
+    mask (B, L, T)."""
+    return F.cross_entropy(logits[mask], codes[mask], label_smoothing=label_smoothing)
+
+
+# -----------------------------------------------------------------------------
+# loading a trained model
+
+
+def load_vatt_audio(ckpt_path, device):
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ckpt.get("kind") != "vatt-audio":
+        sys.exit(f"error: {ckpt_path}: not a stage-2 (VATT Audio) checkpoint")
+    model = VATTAudio(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval().requires_grad_(False), ckpt
+
+
+def get_lr(step, cfg):
+    # 1) linear warm-up, 2) cosine decay to lr/10 at max_steps
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    cfg = parse_config(Config, PRESETS, argv)
+    t0 = time.time()
+    if cfg.count_params:
+        model = VATTAudio(ModelConfig(cond_dim=cfg.cond_dim, dim=cfg.dim, n_multiway=cfg.n_multiway,
+                                      n_plain=cfg.n_plain, n_head=cfg.n_head, head_dim=cfg.head_dim))
+        n = sum(p.numel() for p in model.parameters())
+        print(f"{cfg.preset}: {n:,} parameters ({n / 1e6:.1f} M), plus the frozen codebooks")
+        return
+    from codec import load_codec
+    from stage1_caption import INSTRUCTIONS, load_converter, load_features, load_split
+
+    rank, world = setup_ddp()
+    device = pick_device(cfg.device)
+    out = Path(cfg.out_dir)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)  # the same global batch on every rank (see stage 1)
+
+    meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
+    converter = load_converter(cfg.converter, device)
+    codec = load_codec(meta["codec"])
+    mcfg = ModelConfig(cond_dim=converter.hidden_size, n_q=codec.n_q, bins=codec.bins, codebook_dim=codec.dim,
+                       dim=cfg.dim, n_multiway=cfg.n_multiway, n_plain=cfg.n_plain, n_head=cfg.n_head,
+                       head_dim=cfg.head_dim, dropout=cfg.dropout, max_len=cfg.max_len)
+    model = VATTAudio(mcfg, codec.codebooks.float().cpu()).to(device)
+    del codec
+    print0(f"VATT Audio: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
+
+    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train")
+    if n_missing:
+        print0(f"warning: {n_missing} train clips have no features and are left out")
+    n_val = max(1, int(len(items) * cfg.val_fraction))
+    train, val = items[:-n_val], items[-n_val:]
+    print0(f"{len(train)} training and {len(val)} validation clips")
+
+    def load_codes(stem):
+        path = Path(cfg.features_dir) / "audio" / f"{stem}.npy"
+        x = np.load(path)
+        if x.ndim != 2 or x.shape[0] != mcfg.n_q:
+            raise ValueError(f"{path}: expected tokens of shape ({mcfg.n_q}, frames), got {x.shape}")
+        return torch.from_numpy(x.astype(np.int64))
+
+    def batch(split_items, r, g):
+        mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+        n = cfg.batch_size * world
+        pick = r.choice(len(split_items), n)[mine]
+        use_caption = (r.random(n) < cfg.caption_prob)[mine]
+        instr = r.integers(len(INSTRUCTIONS), size=n)[mine]
+        prompts = [split_items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
+        feats = torch.stack([load_features(cfg.features_dir, split_items[i][0], meta["feature_dim"]) for i in pick])
+        codes = torch.stack([load_codes(split_items[i][0]) for i in pick])  # (B, L, T)
+        ratios = sample_mask_ratios(n, g, cfg.mask_mean, cfg.mask_std)[mine]
+        mask = random_mask(ratios, (n,) + codes.shape[1:], g)[mine]
+        drop = (torch.rand(n, generator=g) < cfg.cond_dropout)[mine]
+        with autocast(device):
+            cond, cond_mask = converter.condition(feats.to(device), prompts, cut=True)  # frozen, no grad
+        return codes.to(device), mask.to(device), cond, cond_mask, drop.to(device)
+
+    def loss_of(codes, mask, cond, cond_mask, drop):
+        with autocast(device):
+            logits = ddp_model(codes.masked_fill(mask, mcfg.bins), cond, cond_mask, drop)
+        return masked_loss(logits.float(), codes, mask, cfg.label_smoothing)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, ckpt_path = 0, out / "stage2.pt"
+    if cfg.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        print0(f"resuming from {ckpt_path} at step {step}")
+    rng = np.random.default_rng([cfg.seed, step])
+    g = torch.Generator().manual_seed(cfg.seed + step)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    @torch.no_grad()
+    def val_loss():
+        model.eval()
+        r, vg = np.random.default_rng(0), torch.Generator().manual_seed(0)  # fixed validation batches
+        losses = [loss_of(*batch(val, r, vg)).item() for _ in range(cfg.eval_batches)]
+        model.train()
+        return sum(losses) / len(losses)
+
+    model.train()
+    while True:
+        last = step == cfg.max_steps
+        if step % cfg.eval_interval == 0 or last:
+            print0(f"step {step}: val loss {val_loss():.4f}")
+            if rank == 0 and step > 0:
+                save_checkpoint({"kind": "vatt-audio", "config": asdict(cfg), "model_config": asdict(mcfg),
+                                 "codec": meta["codec"], "converter": cfg.converter, "step": step,
+                                 "model": model.state_dict(), "optimizer": optimizer.state_dict()}, ckpt_path)
+        if last:
+            break
+        # ---- training step -------------------------------------------------------------
+        t1 = time.time()
+        lr = get_lr(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(cfg.grad_accum):
+            if world > 1:  # sync gradients only on the last micro-step
+                ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
+            loss = loss_of(*batch(train, rng, g)) / cfg.grad_accum
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % 25 == 0:
+            print0(f"step {step}/{cfg.max_steps} | loss {loss.item() * cfg.grad_accum:.4f} | lr {lr:.2e} | {(time.time() - t1) * 1000:.0f} ms")
+    if rank == 0:
+        record_timing(out, "stage2_audio", t0)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

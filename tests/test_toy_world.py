@@ -1,0 +1,243 @@
+"""
+Tests of the toy world (data/toy): caption grammar, analyzer, struck frames, ToyCodec, prepare.py.
+Exact wherever the world is exact (strike times, frame indices, shapes); the whole file runs in
+well under 30 s on 2 CPU cores.
+"""
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # so `data.toy` imports however pytest is started
+from data.toy import world  # noqa: E402
+from data.toy.codec import ToyCodec  # noqa: E402
+
+
+def clips(n, seed, **kw):
+    return [world.render_clip(np.random.default_rng([seed, i]), **kw) for i in range(n)]
+
+
+def assert_heard_right(analysis, meta, onset_tol):
+    assert (analysis["class"], analysis["pitch"], analysis["count"]) == (meta["class"], meta["pitch"], meta["count"])
+    assert np.allclose(analysis["onsets"], meta["onsets"], atol=onset_tol)
+
+# -----------------------------------------------------------------------------
+# captions
+
+
+def test_captions_parse_back_for_every_combination():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for cls, pitch, count in itertools.product(world.CLASSES, world.PITCHES, (1, 2, 3)):
+        for _ in range(30):
+            caption = world.make_caption(cls, pitch, count, rng)
+            seen.add(caption)
+            assert re.fullmatch(r"[a-z]+( [a-z]+)*", caption), caption  # lower case, no punctuation
+            words = caption.split()
+            assert sum(w in world.CLASSES for w in words) == 1, caption
+            assert sum(w in world.PITCH_OF_WORD for w in words) == 1, caption
+            assert world.parse_caption(caption) == {"class": cls, "pitch": pitch, "count": count}, caption
+    assert len(seen) > 300  # the grammar has real variety
+
+
+def test_swap_pitch_flips_only_the_pitch():
+    rng = np.random.default_rng(1)
+    for cls, pitch, count in itertools.product(world.CLASSES, world.PITCHES, (1, 2, 3)):
+        for _ in range(10):
+            caption = world.make_caption(cls, pitch, count, rng)
+            swapped = world.swap_pitch(caption)
+            flipped = "high" if pitch == "low" else "low"
+            assert world.parse_caption(swapped) == {"class": cls, "pitch": flipped, "count": count}
+            assert len(swapped.split()) == len(caption.split())
+            assert world.swap_pitch(swapped) == caption
+    assert world.swap_pitch("two deep drum hits") == "two bright drum hits"
+    assert world.swap_pitch("a high bell rings twice") == "a low bell rings twice"
+
+
+def test_parse_caption_tolerates_model_output():
+    assert world.parse_caption("Two BELLS, bright!!") == {"class": "bell", "pitch": "high", "count": 2}
+    assert world.parse_caption("a deep drum drum is hit three times.") == {"class": "drum", "pitch": "low", "count": 3}
+    assert world.parse_caption("whistles blowing") == {"class": "whistle", "pitch": None, "count": None}
+    assert world.parse_caption("") == {"class": None, "pitch": None, "count": None}
+
+# -----------------------------------------------------------------------------
+# the clips and the analyzer
+
+
+def test_render_clip_shapes_and_strike_grid():
+    for seconds, fps, size in [(2.0, 25, 128), (1.0, 10, 64), (10.0, 30, 32)]:
+        for frames, audio, meta in clips(20, 2, seconds=seconds, fps=fps, size=size):
+            assert frames.shape == (round(seconds * fps), size, size, 3) and frames.dtype == np.uint8
+            assert audio.shape == (round(seconds * world.SAMPLE_RATE),) and audio.dtype == np.float32
+            ks = np.round(np.array(meta["onsets"]) * world.FEATURE_FPS)
+            assert np.allclose(ks / world.FEATURE_FPS, meta["onsets"], atol=1e-12)  # on the 5 fps grid
+            assert ks.min() >= 1 and ks.max() <= round(seconds * world.FEATURE_FPS) - 3
+            assert np.all(np.diff(ks) >= 2) and meta["count"] == len(ks) and 1 <= len(ks) <= 3
+            assert meta["class"] in world.CLASSES and meta["pitch"] in world.PITCHES
+            # each strike starts at its onset sample: before it only the -60 dB floor (and, from the
+            # second strike on, the previous sound's tail, > 25 dB down); within 5 ms it rises
+            # clearly above that, and it peaks near -6 dBFS
+            for e, ts in enumerate(meta["onsets"]):
+                start = round(ts * world.SAMPLE_RATE)
+                before = np.abs(audio[start - 200: start]).max()
+                assert before < (0.01 if e == 0 else 0.03)
+                first = np.argmax(np.abs(audio[start - 200:]) > 2 * before + 0.005) - 200
+                assert 0 <= first <= 80
+                assert 0.3 < np.abs(audio[start: start + 1600]).max() <= 0.52
+
+
+def test_struck_frames_exactly_on_the_feature_frames():
+    """Resampling the file frames to 5 fps by nearest frame shows the struck object exactly at the
+    strikes' feature frames; every other feature frame shows the idle picture."""
+    bright = lambda f: (f.min(axis=-1) > 200).sum()
+    for fps in (25, 8, 12, 30):
+        for frames, _, meta in clips(15, 3, fps=fps, size=64):
+            idle = frames[0]  # t = 0 is never a strike (k >= 1)
+            # every file frame within 0.07 s of a strike is struck, every other one idle
+            t = np.arange(len(frames)) / fps
+            near = np.min(np.abs(t[:, None] - np.array(meta["onsets"])[None]), axis=1) < 0.07
+            assert [not np.array_equal(f, idle) for f in frames] == near.tolist()
+            strikes = {round(ts * world.FEATURE_FPS) for ts in meta["onsets"]}
+            for k in range(round(2.0 * world.FEATURE_FPS)):
+                frame = frames[min(round(k / world.FEATURE_FPS * fps), len(frames) - 1)]
+                if k in strikes:  # near-white, larger, ringed: many more bright pixels
+                    assert bright(frame) > bright(idle) + 100, (fps, k)
+                else:
+                    assert np.array_equal(frame, idle), (fps, k)
+
+
+def test_analyzer_hears_fresh_audio_exactly():
+    truths, analyses = [], []
+    for _, audio, meta in clips(60, 4, size=16):
+        analysis = world.analyze(audio)
+        assert_heard_right(analysis, meta, onset_tol=0.010)
+        truths.append(meta)
+        analyses.append(analysis)
+    assert world.score(analyses, truths) == {"class_acc": 1.0, "count_acc": 1.0, "onset_f1": 1.0, "pitch_acc": 1.0}
+    flipped = [dict(t, target="high" if t["pitch"] == "low" else "low") for t in truths]
+    assert world.score(analyses, flipped, pitch_key="target")["pitch_acc"] == 0.0
+
+
+def test_analyzer_on_silence_and_noise():
+    rng = np.random.default_rng(5)
+    for wav in (np.zeros(32000), 1e-3 * rng.standard_normal(32000), 0.1 * rng.standard_normal(32000), np.zeros(10)):
+        assert world.analyze(wav) == {"class": None, "pitch": None, "count": 0, "onsets": []}
+
+
+def test_analyzer_ignores_mild_noise_and_reverb():
+    rng = np.random.default_rng(6)
+    for _, audio, meta in clips(20, 7, size=16):
+        assert_heard_right(world.analyze(audio + 0.01 * rng.standard_normal(len(audio))), meta, 0.010)
+        room = np.exp(-np.arange(800) / 480.0) * rng.standard_normal(800) * 0.02  # a 30 ms tail
+        room[0] = 1.0
+        assert_heard_right(world.analyze(np.convolve(audio, room)[: len(audio)]), meta, 0.010)
+
+
+def test_score_counts_onsets_one_to_one():
+    truth = {"class": "bell", "pitch": "low", "count": 2, "onsets": [0.4, 1.0]}
+    guess = {"class": "drum", "pitch": "low", "count": 3, "onsets": [0.43, 0.45, 1.2]}
+    s = world.score([guess], [truth])
+    assert s == {"class_acc": 0.0, "count_acc": 0.0, "onset_f1": 2 * 1 / (3 + 2), "pitch_acc": 1.0}
+
+# -----------------------------------------------------------------------------
+# ToyCodec
+
+
+def test_codec_interface():
+    codec = ToyCodec()
+    assert (codec.sample_rate, codec.frame_rate, codec.n_q) == (16000, 50, 4)
+    assert codec.codebooks.shape == (codec.n_q, codec.bins, codec.dim) and codec.codebooks.dtype == torch.float32
+    assert len(list(codec.parameters())) == 0
+    books = codec.codebooks
+    near = torch.cosine_similarity(books[:, 1:], books[:, :-1], dim=-1)
+    far = torch.cosine_similarity(books[:, :1], books[:, -1:], dim=-1)
+    assert near.min() > 0.9 and far.max() < 0.5  # neighbouring bins alike, the ends apart
+
+    for S in (32000, 32017, 320, 5):
+        wav = 0.3 * torch.randn(3, 1, S, generator=torch.Generator().manual_seed(S))
+        codes = codec.encode(wav)
+        T = -(-S // 320)
+        assert codes.shape == (3, 4, T) and codes.dtype == torch.int64
+        assert codes.min() >= 0 and codes.max() < codec.bins
+        out = codec.decode(codes)
+        assert out.shape == (3, 1, T * 320) and torch.isfinite(out).all()
+        assert torch.equal(codec.encode(wav), codes)  # deterministic
+        assert torch.equal(codec.decode(codes), out)
+        assert torch.allclose(codec.decode(codes[1:2]), out[1:2], atol=1e-6)  # independent of the batch
+    assert codec.decode(codec.encode(torch.zeros(1, 1, 3200))).abs().max() == 0  # silence stays silent
+
+
+def test_codec_round_trip_keeps_what_the_analyzer_hears():
+    codec = ToyCodec()
+    rendered = clips(30, 8, size=16)
+    wav = torch.from_numpy(np.stack([audio for _, audio, _ in rendered]))[:, None]
+    out = codec.decode(codec.encode(wav))[:, 0].numpy()
+    for y, (_, _, meta) in zip(out, rendered):
+        assert_heard_right(world.analyze(y), meta, onset_tol=0.020)
+
+# -----------------------------------------------------------------------------
+# prepare.py end to end
+
+
+def read_mp4(path, sr=16000):
+    """The audio decoding recipe documented in prepare.py, plus the video stream's properties."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        info = (video.average_rate, video.codec_context.name, video.width, video.height)
+        n_frames = sum(1 for _ in container.decode(video))
+    with av.open(str(path)) as container:
+        audio_stream = container.streams.audio[0]
+        assert audio_stream.codec_context.name == "aac"
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        chunks, first_pts = [], None
+        for frame in container.decode(audio_stream):
+            first_pts = frame.pts if first_pts is None else first_pts
+            chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+    assert first_pts == 0  # the AAC priming samples are already dropped
+    return info, n_frames, np.concatenate(chunks)
+
+
+def test_prepare_end_to_end(tmp_path):
+    script = ROOT / "data" / "toy" / "prepare.py"
+    args = [sys.executable, str(script), "--n_train=4", "--n_test=2", f"--out_dir={tmp_path}", "--workers=2"]
+    subprocess.run(args, check=True, capture_output=True)
+    entries = json.loads((tmp_path / "v2a_instruction.json").read_text())
+    assert [e["split"] for e in entries] == ["train"] * 4 + ["test"] * 2
+    assert [e["video_path"] for e in entries] == [f"clips/train_{i:05d}.mp4" for i in range(4)] + \
+        [f"clips/test_{i:05d}.mp4" for i in range(2)]
+    for e in entries:
+        assert set(e) == {"video_path", "output", "split", "class", "pitch", "f0", "onsets", "count"}
+        assert world.parse_caption(e["output"]) == {k: e[k] for k in ("class", "pitch", "count")}
+        info, n_frames, audio = read_mp4(tmp_path / e["video_path"])
+        assert info == (25, "h264", 128, 128) and n_frames == 50
+        assert 32000 <= len(audio) < 32000 + 1024  # only the last AAC frame's padding is extra
+        assert_heard_right(world.analyze(audio[:32000]), e, onset_tol=0.020)
+
+    # deterministic: clip i of a split is seeded from (seed, split, i) alone
+    rng = np.random.default_rng([1337, 1, 1])
+    _, _, meta = world.render_clip(rng, 2.0, 25, 128)
+    assert {k: entries[5][k] for k in meta} == meta
+    # resumable: a second run keeps the existing files and writes the same JSON
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "clips").iterdir()}
+    subprocess.run(args, check=True, capture_output=True)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "clips").iterdir()} == stamps
+    assert json.loads((tmp_path / "v2a_instruction.json").read_text()) == entries
+    assert not [p for p in os.listdir(tmp_path / "clips") if not p.endswith(".mp4")]  # no temp files left
+
+
+def test_prepare_rejects_unknown_options(tmp_path):
+    script = ROOT / "data" / "toy" / "prepare.py"
+    bad = subprocess.run([sys.executable, str(script), "--n_trian=3"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "n_trian" in bad.stderr
+    usage = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True)
+    assert "n_train: int = 2000" in usage.stdout

@@ -1,0 +1,135 @@
+"""
+The few helpers every stage shares: config parsing, device/dtype, DDP, atomic writes.
+Everything model- or stage-specific lives in its own script.
+"""
+import dataclasses
+import inspect
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+# -----------------------------------------------------------------------------
+# config: a dataclass of commented defaults, a preset, then --key=value overrides
+
+
+def parse_config(cfg_cls, presets, argv=None):
+    """Build `cfg_cls` from `--preset=NAME` (a dict of overrides in `presets`) and
+    `--key=value` overrides, in that order. `--help` prints the script's docstring and
+    the dataclass source, whose comments are the documentation of every field."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(sys.modules[cfg_cls.__module__].__doc__)
+        print(inspect.getsource(cfg_cls))
+        print("presets:", ", ".join(presets))
+        sys.exit(0)
+    kv = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            sys.exit(f"error: unexpected argument {arg!r} (use --key=value)")
+        key, eq, value = arg[2:].partition("=")
+        kv[key] = value if eq else "true"  # a bare --flag means flag=true
+    preset = kv.pop("preset", "toy")
+    if preset not in presets:
+        sys.exit(f"error: unknown preset {preset!r}; choose one of {', '.join(presets)}")
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    cfg = cfg_cls(**presets[preset])
+    cfg.preset = preset
+    for key, value in kv.items():
+        if key not in fields:
+            sys.exit(f"error: unknown option --{key} (see --help)")
+        setattr(cfg, key, _cast(value, type(getattr(cfg, key))))
+    return cfg
+
+
+def _cast(value, typ):
+    if typ is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            sys.exit(f"error: expected true/false, got {value!r}")
+        return value.lower() in ("true", "1")
+    return typ(value)
+
+
+# -----------------------------------------------------------------------------
+# device and precision: cuda -> mps -> cpu; bf16 autocast only on cuda, where it pays
+
+
+def pick_device(name="auto"):
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; plain float32 elsewhere (CPU bf16 is slow and MPS is partial)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# -----------------------------------------------------------------------------
+# distributed: torchrun sets RANK/WORLD_SIZE; on one process all of this disappears
+
+
+def setup_ddp():
+    """Returns (rank, world_size). Initialises the process group under torchrun
+    (NCCL on GPU, gloo on CPU); a plain `python script.py` gets (0, 1)."""
+    if "RANK" not in os.environ:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# files: every output is written to a temporary name, then renamed, so an interrupted
+# job never leaves a half-written file that a resumed job would take for finished
+
+
+@contextmanager
+def atomic_path(path):
+    """Yields a temporary path next to `path`; renames it to `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_json(obj, path):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def record_timing(out_dir, name, t0):
+    """Adds `name: seconds since t0` to out_dir/timing.json (the demo's per-stage table)."""
+    path = Path(out_dir) / "timing.json"
+    timing = json.loads(path.read_text()) if path.exists() else {}
+    timing[name] = round(time.time() - t0, 1)
+    save_json(timing, path)
