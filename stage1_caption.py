@@ -63,12 +63,12 @@ class Config:
     grad_accum: int = 1
     lr: float = 2e-3
     warmup_steps: int = 50
-    max_steps: int = 700
+    max_steps: int = 3000
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     grad_checkpointing: bool = False  # trade compute for memory on large LLMs
     val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
-    eval_interval: int = 100
+    eval_interval: int = 500
     eval_batches: int = 4
     resume: bool = True  # continue from out_dir/stage1.pt if it exists
     seed: int = 1337
@@ -199,28 +199,30 @@ class Converter(nn.Module):
         return ids[: self.max_text_tokens], len(ids) > self.max_text_tokens
 
     def _sequences(self, feats, prompts, captions=None, pad_to=None):
-        """Builds [video ; prompt (; caption eos)] per sample, LEFT-padded to one length (so a
-        generated caption continues right after the prompt). Positions count real tokens only,
-        so padding never changes a sample's hidden states. Returns embeds, mask, positions, labels."""
+        """Builds [video ; pad ; prompt (; caption eos)] per sample: the video tokens first (as the
+        released code prepends them), the text LEFT-padded after them, so every video token sits at
+        the same index in every sample and a generated caption continues right after the prompt.
+        Positions count real tokens only, so padding never changes a sample's hidden states.
+        Returns embeds (B, L, d), mask (B, L), positions (B, L), labels (B, L)."""
         vid = self.video_embeds(feats)  # (B, N_v, d)
         embed = self.llm.get_input_embeddings()
-        rows, labels = [], []
+        texts, labels = [], []
         for b, prompt in enumerate(prompts):
             ids, _ = self.prompt_ids(prompt)
-            lab = [-100] * (vid.shape[1] + len(ids))
+            lab = [-100] * len(ids)
             if captions is not None:
                 cap = self.tokenizer(captions[b], add_special_tokens=False).input_ids[: self.max_text_tokens]
                 cap = cap + [self.tokenizer.eos_token_id]
                 lab, ids = lab + cap, ids + cap  # loss on the caption tokens only (eq. 1)
-            tok = embed(torch.tensor(ids, device=vid.device))
-            rows.append(torch.cat([vid[b].to(tok.dtype), tok]))
+            texts.append(embed(torch.tensor(ids, device=vid.device)))
             labels.append(lab)
-        length = pad_to or max(len(r) for r in rows)
-        pad = [length - len(r) for r in rows]
-        x = torch.stack([F.pad(r, (0, 0, p, 0)) for r, p in zip(rows, pad)])  # (B, L, d)
-        mask = torch.tensor([[0] * p + [1] * (length - p) for p in pad], device=x.device)  # (B, L)
+        n_text = (pad_to - vid.shape[1]) if pad_to else max(len(t) for t in texts)
+        pad = [n_text - len(t) for t in texts]
+        x = torch.stack([torch.cat([v.to(t.dtype), F.pad(t, (0, 0, p, 0))]) for v, t, p in zip(vid, texts, pad)])  # (B, L, d)
+        n_vid = vid.shape[1]
+        mask = torch.tensor([[1] * n_vid + [0] * p + [1] * (n_text - p) for p in pad], device=x.device)  # (B, L)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        labels = torch.tensor([[-100] * p + lab for p, lab in zip(pad, labels)], device=x.device)
+        labels = torch.tensor([[-100] * (n_vid + p) + lab for p, lab in zip(pad, labels)], device=x.device)
         return x, mask, positions, labels
 
     def forward(self, feats, prompts, captions):
@@ -294,6 +296,22 @@ def load_features(features_dir, stem, expected_dim=None):
     return torch.from_numpy(x.astype(np.float32))
 
 
+@torch.no_grad()
+def init_projector(model, feats):
+    """Data-dependent init of the projector (as in weight-norm init, Salimans & Kingma 2016):
+    frame features usually share a large common component (the toy's random ViT: per-dimension
+    means 3x the spread), so a plain init gives video tokens that look alike and the LLM learns
+    to ignore them. Scaling by the per-dimension spread and centring with the bias makes the
+    projected tokens differ from clip to clip at the size of the LLM's own token embeddings from
+    step 0. It changes the starting point only, not the architecture (still one Linear)."""
+    x = feats.flatten(0, 1).to(model.proj.weight.device)  # (N * frames, D)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    target = model.llm.get_input_embeddings().weight.std() * getattr(model.llm.get_input_embeddings(), "embed_scale", 1.0)
+    w = torch.randn_like(model.proj.weight) / math.sqrt(x.shape[1]) / std * target
+    model.proj.weight.copy_(w)
+    model.proj.bias.copy_(-w @ mean)
+
+
 def get_lr(step, cfg):
     # 1) linear warm-up, 2) cosine decay to lr/10 at max_steps
     if step < cfg.warmup_steps:
@@ -349,6 +367,8 @@ def main(argv=None):
         step = ckpt["step"]
         rng = np.random.default_rng([cfg.seed, step])
         print0(f"resuming from {ckpt_path} at step {step}")
+    if step == 0:
+        init_projector(model, torch.stack([load_features(cfg.features_dir, s, meta["feature_dim"]) for s, _ in train[:256]]))
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     def batch(split_items, r):

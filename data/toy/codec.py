@@ -37,19 +37,21 @@ class ToyCodec(nn.Module):
     db_min = -70.0
     f_min, f_max = 100.0, 6400.0
     spread_max = 2.0  # octaves
+    chunk = 64  # clips per internal batch
 
     def __init__(self):
         super().__init__()
         # Each level owns dim / n_q = 8 coordinates holding a smooth embedding of its quantised
         # value v in [0, 1]: (cos, sin)(pi * m * v) for m = 1..4, scaled to unit norm. Neighbouring
         # bins get similar vectors, and the sum over levels is a concatenation of the 4 parameters.
+        width = self.dim // self.n_q
         v = torch.arange(self.bins, dtype=torch.float64) / (self.bins - 1)
-        m = torch.arange(1, self.dim // self.n_q // 2 + 1, dtype=torch.float64)
+        m = torch.arange(1, width // 2 + 1, dtype=torch.float64)
         angle = math.pi * v[:, None] * m[None, :]
         emb = torch.cat([angle.cos(), angle.sin()], dim=1) / math.sqrt(len(m))
         books = torch.zeros(self.n_q, self.bins, self.dim, dtype=torch.float64)
         for k in range(self.n_q):
-            books[k, :, 8 * k: 8 * k + 8] = emb
+            books[k, :, width * k: width * (k + 1)] = emb
         self.register_buffer("codebooks", books.float())
 
     # -----------------------------------------------------------------------------
@@ -59,6 +61,8 @@ class ToyCodec(nn.Module):
     def encode(self, wav):
         """(B, 1, S) float audio at 16 kHz -> (B, n_q, T) int64 codes, T = ceil(S / 320)
         (the end is zero-padded to whole frames, as EnCodec does)."""
+        if len(wav) > self.chunk:  # bounded memory for big batches
+            return torch.cat([self.encode(w) for w in wav.split(self.chunk)])
         B, _, S = wav.shape
         T = -(-S // self.hop)
         x = F.pad(wav[:, 0].float(), (0, T * self.hop - S))
@@ -127,6 +131,8 @@ class ToyCodec(nn.Module):
     def decode(self, codes):
         """(B, n_q, T) codes -> (B, 1, T * 320) float audio. A clip's audio depends only on its
         own codes (not on the rest of the batch)."""
+        if len(codes) > self.chunk:
+            return torch.cat([self.decode(c) for c in codes.split(self.chunk)])
         codes = codes.long().clamp(0, self.bins - 1)
         B, _, T = codes.shape
         top = self.bins - 1

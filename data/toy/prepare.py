@@ -10,7 +10,7 @@ V2A-Instruction-style JSON, so that the pipeline reads the toy world exactly lik
 Output:
     {out_dir}/clips/{split}_{i:05d}.mp4
     {out_dir}/v2a_instruction.json: a list of {"video_path" (relative to the JSON's folder),
-        "output" (the caption), "split", "class", "pitch", "f0", "onsets", "count"}
+        "output" (the caption), "split", "class", "pitch", "f0", "onsets", "count", "swapped"}
 
 Every clip is seeded from (seed, split, index) alone, so a clip does not depend on how many
 clips are made, and an interrupted run resumes: clips whose file exists are not encoded again
@@ -20,15 +20,17 @@ clips are made, and an interrupted run resumes: clips whose file exists are not 
 Reading the audio back: FFmpeg's AAC encoder puts 1024 priming samples in front of the audio and
 the mp4 muxer records them in an edit list; FFmpeg's demuxer and decoder drop them again. So
 decoding the audio stream with PyAV (container.decode(audio=0)), passing every frame through
-av.AudioResampler(format="flt", layout="mono", rate=16000) and concatenating gives audio that
-starts at t = 0 (first frame pts 0), aligned with the video to the sample.
+av.AudioResampler(format="flt", layout="mono", rate=16000) (then flushing it with
+resample(None)) and concatenating gives audio that starts at t = 0 (the first decoded frame has
+pts 0), aligned with the video to the sample; only the end carries up to 1023 samples of AAC
+padding, so cut it to round(seconds * 16000) samples.
 """
 import json
 import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing import Pool
 
@@ -36,11 +38,14 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from world import SAMPLE_RATE, make_caption, render_clip
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo root
+from data.toy.world import SAMPLE_RATE, make_caption, render_clip, swap_pitch  # noqa: E402
+from utils import parse_config, record_timing  # noqa: E402
 
 
 @dataclass
 class Config:
+    preset: str = "toy"
     n_train: int = 2000  # training clips
     n_test: int = 200  # test clips
     seconds: float = 2.0  # clip length (>= 0.8 s; strikes lie on the 5 fps grid, see world.py)
@@ -50,25 +55,6 @@ class Config:
     out_dir: str = "data/toy"  # where clips/ and v2a_instruction.json go
     workers: int = os.cpu_count() or 1  # encoding processes
     crf: int = 18  # x264 quality (lower = better, larger files); 18 is visually lossless
-
-
-def parse_args(argv):
-    """--key=value overrides of Config, cast to the field's type; --help lists the fields."""
-    cfg = Config()
-    types = {f.name: f.type for f in fields(Config)}
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            src = open(__file__).read().split("class Config:")[1].split("\n\n")[0]
-            print("options (--key=value):" + src + "\n")
-            sys.exit(0)
-        key, sep, value = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or not sep or key not in types:
-            sys.exit(f"unknown argument {arg!r}; expected --key=value with key in {sorted(types)}")
-        try:
-            setattr(cfg, key, types[key](value))
-        except ValueError:
-            sys.exit(f"--{key} expects {types[key].__name__}, got {value!r}")
-    return cfg
 
 
 SPLITS = ("train", "test")
@@ -84,8 +70,8 @@ def write_mp4(path, frames, audio, fps, crf, sr=SAMPLE_RATE):
                                      options={"crf": str(crf), "preset": "veryfast", "threads": "1"})
         video.width, video.height = frames.shape[2], frames.shape[1]
         video.pix_fmt = "yuv420p"
-        # FFmpeg's "fast" AAC coder is 4x quicker than its default and, at the default 69 kb/s
-        # for 16 kHz mono, changes nothing that world.analyze can hear
+        # FFmpeg's "fast" AAC coder is 4x quicker than its default; at the default 69 kb/s for
+        # 16 kHz mono, world.analyze still hears every clip right (tests/test_toy_world.py)
         sound = container.add_stream("aac", rate=sr, layout="mono", options={"aac_coder": "fast"})
         for image in frames:
             container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
@@ -109,11 +95,13 @@ def make_clip(job):
     path = os.path.join(cfg.out_dir, name)
     if not os.path.exists(path):
         write_mp4(path, frames, audio, cfg.fps, cfg.crf)
-    return {"video_path": name, "output": caption, "split": split, **meta}
+    # `swapped`: the caption with its pitch word flipped, the prompt of the demo's test of whether
+    # the text, not the video, sets the register
+    return {"video_path": name, "output": caption, "split": split, **meta, "swapped": swap_pitch(caption)}
 
 
 def main(argv):
-    cfg = parse_args(argv)
+    cfg = parse_config(Config, {"toy": {}}, argv)
     os.makedirs(os.path.join(cfg.out_dir, "clips"), exist_ok=True)
     jobs = [(cfg, split, i) for split, n in zip(SPLITS, (cfg.n_train, cfg.n_test)) for i in range(n)]
     t0 = time.time()
@@ -125,6 +113,7 @@ def main(argv):
     os.replace(path + ".tmp", path)
 
     print(f"{len(entries)} clips in {time.time() - t0:.1f} s -> {path}")
+    record_timing(cfg.out_dir, "prepare", t0)
     for key in ("split", "class", "pitch", "count"):
         print(f"  {key:6s}", dict(sorted(Counter(e[key] for e in entries).items())))
     for e in entries[:3]:
