@@ -105,6 +105,11 @@ def load_frames(path, fps, seconds=None):
                 t = frame.time - origin if frame.time is not None else len(picked) / fps
                 if prev_t is not None and t > prev_t:
                     last_dt = t - prev_t
+                if frame.duration and frame.time_base:
+                    # the frame's own duration (its packet's) when the container stores one: with a
+                    # variable frame rate the last frame need not last as long as the gap before it,
+                    # and this is where the video ends for a player (and for the copied stream)
+                    last_dt = float(frame.duration * frame.time_base)
                 # every target time passed by this frame takes the nearer of it and its predecessor
                 while (n_max is None or len(picked) < n_max) and len(picked) / fps <= t:
                     target = len(picked) / fps

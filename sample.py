@@ -17,13 +17,15 @@ template prompt (the paper's "no text" mode); with --prompt the text steers the 
     python sample.py --data_json=data/toy/v2a_instruction.json --prompt_field=output --name=gt_caption
 
 For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the original video stream copied,
-the new audio muxed in) and <video>.vatt.json (caption, prompt, seed, every setting).
+the new audio muxed in; .vatt.mkv when the video codec cannot go into mp4, e.g. VP8) and
+<video>.vatt.json (caption, prompt, seed, every setting).
 Videos longer than the model's window are generated window by window: each window's first
 `overlap` seconds of tokens are fixed to the previous window's last ones (in-painting), so the
 audio runs on continuously; the output lasts exactly as long as the video.
 """
 import json
 import math
+import pickle
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -55,12 +57,14 @@ class Config:
     split: str = "test"
     prompt_field: str = ""
     name: str = "samples"
-    # iterative parallel decoding (§3.2.2)
+    # iterative parallel decoding (§3.2.2). The paper-size presets use the released scripts'
+    # settings (guidance 5, temperature 1, tau0 25.5); the toy's small, briefly trained model
+    # samples better cooler and with less noise on the confidences (README, "Paper notes").
     steps: int = 16  # decoding steps T
-    cfg: float = 5.0  # classifier-free guidance scale w: u + w (c - u)
-    temperature: float = 1.0  # token sampling temperature
+    cfg: float = 2.0  # classifier-free guidance scale w: u + w (c - u)
+    temperature: float = 0.5  # token sampling temperature
     top_k: int = 256  # sample among the k most likely tokens
-    mask_temperature: float = 25.5  # tau0 of the Gumbel noise on the confidences (released scripts: 25.5)
+    mask_temperature: float = 2.0  # tau0 of the Gumbel noise on the confidences
     num_samples: int = 1  # audio samples per video (seeds seed, seed+1, ...)
     seed: int = 0
     overlap: float = 0.4  # seconds of tokens shared by consecutive windows of a long video
@@ -71,8 +75,9 @@ class Config:
     official_model: str = "vatt_llama_T_final.ckpt"  # which of their vatt_models/*.ckpt
 
 
-PRESETS = {"toy": {}, "gemma-2b": dict(ckpt_dir="out/gemma-2b", overlap=2.0),
-           "llama-2-7b": dict(ckpt_dir="out/llama-2-7b", overlap=2.0)}
+PAPER_SAMPLING = dict(cfg=5.0, temperature=1.0, mask_temperature=25.5, overlap=2.0)
+PRESETS = {"toy": {}, "gemma-2b": dict(PAPER_SAMPLING, ckpt_dir="out/gemma-2b"),
+           "llama-2-7b": dict(PAPER_SAMPLING, ckpt_dir="out/llama-2-7b")}
 
 # -----------------------------------------------------------------------------
 # iterative parallel decoding (MaskGIT, Chang et al. 2022; VATT §3.2.2)
@@ -189,6 +194,10 @@ def generate(models, feats, durations, prompts, seeds, args, device):
     n_windows = [1 + max(0, math.ceil(round((d - window) / hop, 6))) for d in durations]
     results = [dict(captions=[], prompts=[], codes=[]) for _ in feats]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
+    # progress over the decoding, one tick per window of `steps` steps (a long video has many);
+    # shown on a terminal only (disable=None), so logs and captured stderr stay one line per error
+    bar = tqdm(total=max(n_windows) * (0 if args.caption_only else args.steps), desc="decoding",
+               unit="step", leave=False, disable=None)
     for w in range(max(n_windows)):
         active = [i for i, n in enumerate(n_windows) if w < n]
         start = [round(w * hop * fps) for _ in active]
@@ -204,7 +213,9 @@ def generate(models, feats, durations, prompts, seeds, args, device):
                 for j, i in enumerate(active)]
         for j, i in enumerate(active):
             results[i]["prompts"].append(used[j])
-        cond, cond_mask = conv.condition(x, used)
+        # the Converter's own caption may run past the prompt length the model accepts: it is cut
+        # as training cuts long captions; a user's prompt that is too long is refused instead
+        cond, cond_mask = conv.condition(x, used, cut=args.self_prompt)
         codes = torch.full((len(active), audio.config.n_q, win_tokens), audio.config.bins, dtype=torch.long, device=device)
         keep = round(args.overlap * rate) if w > 0 else 0
         for j, i in enumerate(active):  # in-painting: the overlap is fixed to the previous window's end
@@ -214,6 +225,8 @@ def generate(models, feats, durations, prompts, seeds, args, device):
                               args.cfg, args.temperature, args.top_k, args.mask_temperature)
         for j, i in enumerate(active):
             results[i]["codes"].append(codes[j] if w == 0 else codes[j, :, keep:])
+        bar.update(args.steps)
+    bar.close()
     for r, d in zip(results, durations):
         if r["codes"]:
             r["codes"] = torch.cat(r["codes"], -1)[:, : math.ceil(round(d * rate, 6))]
@@ -243,18 +256,44 @@ def write_wav(path, wav, sr):
             f.writeframes(pcm.tobytes())
 
 
-def mux(video_path, wav, sr, out_path):
-    """The original video stream copied packet by packet (no re-encoding) + the new audio as AAC."""
-    import av
+def mux(video_path, wav, sr, out_base):
+    """The original video stream copied packet by packet (no re-encoding) + the new audio as AAC,
+    in <out_base>.mp4, or in <out_base>.mkv when MP4 cannot hold the video's codec (VP8, raw
+    video, ...): Matroska holds nearly every codec. Returns the path written, or None when
+    neither can hold it (nothing is written then)."""
+    import io
 
-    with atomic_path(out_path) as tmp:
-        with av.open(str(video_path)) as src, av.open(tmp, "w", format="mp4") as dst:
-            vin = src.streams.video[0]
-            vout = dst.add_stream_from_template(vin)
+    import av
+    from extract_features import _origin
+
+    with av.open(str(video_path)) as src:
+        vin = src.streams.video[0]
+
+        def holds(fmt):  # a container that is never started writes nothing
+            with av.open(io.BytesIO(), "w", format=fmt) as probe:
+                return vin.codec_context.codec.name in probe.supported_codecs
+
+        fmt, ext = next(((f, e) for f, e in (("mp4", ".mp4"), ("matroska", ".mkv")) if holds(f)), (None, None))
+        if fmt is None:
+            return None
+        with atomic_path(out_base + ext) as tmp, av.open(tmp, "w", format=fmt) as dst:
+            # opaque: reuse the decoder's codec for the copied stream, so a codec FFmpeg can decode
+            # but not encode (no encoder to look up) still copies
+            vout = dst.add_stream_from_template(vin, opaque=True)
             aout = dst.add_stream("aac", rate=sr, layout="mono")
+            # the audio was generated for the timeline that starts at the container's start
+            # (load_frames' origin), so the copy moves that start to 0 and the audio starts at 0 too,
+            # as ffmpeg's stream copy does: a video whose frames start at, say, 3 s stays in sync, and
+            # the MP4 muxer can trim the AAC encoder's priming (it does so only before time 0)
+            shift = round(_origin(src) / vin.time_base)
             for packet in src.demux(vin):
-                if packet.dts is None:  # the demuxer's final flush packet
+                # skip the demuxer's final, empty flush packet. A real packet may lack a dts (B-frames
+                # in Matroska, whose first keyframe has none): the muxer derives it from the pts, so it
+                # must not be dropped, or the copied stream starts without its keyframe
+                if packet.size == 0:
                     continue
+                packet.pts = packet.pts - shift if packet.pts is not None else None
+                packet.dts = packet.dts - shift if packet.dts is not None else None
                 packet.stream = vout
                 dst.mux(packet)
             frame = av.AudioFrame.from_ndarray(wav[None].astype(np.float32), format="fltp", layout="mono")
@@ -263,6 +302,7 @@ def mux(video_path, wav, sr, out_path):
                 dst.mux(packet)
             for packet in aout.encode(None):
                 dst.mux(packet)
+    return out_base + ext
 
 
 # -----------------------------------------------------------------------------
@@ -279,9 +319,18 @@ def main(argv=None):
 
         models = load_official_models(args.official_ckpt, device, vatt=args.official_model)
     else:
-        models = load_models(args.ckpt_dir, device)
+        try:
+            models = load_models(args.ckpt_dir, device)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
+            # torch.load of a file that is no checkpoint at all (garbage, truncated, empty); its own
+            # messages run to many lines (or none) and rarely say so
+            sys.exit(f"error: {args.ckpt_dir}: stage1.pt or stage2.pt is not a readable PyTorch checkpoint "
+                     f"({type(e).__name__})")
     sr = models.codec.sample_rate
     settings = {k: getattr(args, k) for k in ("steps", "cfg", "temperature", "top_k", "mask_temperature", "overlap")}
+    # the files actually used: the authors' checkpoints (official.py resolves them) replace ckpt_dir's
+    checkpoints = (models.files if args.official_ckpt else
+                   {"converter": str(Path(args.ckpt_dir) / "stage1.pt"), "audio": str(Path(args.ckpt_dir) / "stage2.pt")})
 
     if args.data_json:  # evaluation run on extracted features
         from stage1_caption import load_features, load_split
@@ -297,7 +346,8 @@ def main(argv=None):
     else:
         from extract_features import list_videos
 
-        paths = [args.video] if Path(args.video).is_file() or not Path(args.video).exists() else list_videos(args.video)
+        # a folder or a .txt list of paths; anything else is one video (a missing one fails as such)
+        paths = list_videos(args.video) if Path(args.video).is_dir() or args.video.endswith(".txt") else [args.video]
         encoder = VideoFeatures(models.meta, device)
         out = Path(args.out_dir) if args.out_dir else None
         jobs = [(p, lambda p=p: encoder(p), args.prompt or None) for p in paths]
@@ -335,12 +385,19 @@ def main(argv=None):
                     print(f"{path}: {caption!r}" if caption else f"{path}")
                     record = {"video": str(path), "caption": caption, "prompt": prompt,
                               "prompts_used": r["prompts"], "seed": args.seed + k, "duration": duration,
-                              **settings, "checkpoints": {"converter": str(Path(args.ckpt_dir) / "stage1.pt"),
-                                                          "audio": str(Path(args.ckpt_dir) / "stage2.pt")}}
+                              **settings, "checkpoints": checkpoints}
                     if not args.caption_only:
                         wav = models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()[: round(duration * sr)]
-                        write_wav(base + ".wav", wav, sr)
-                        mux(path, wav, sr, base + ".mp4")
+                        try:
+                            write_wav(base + ".wav", wav, sr)
+                            record["video_out"] = mux(path, wav, sr, base)
+                        except (ValueError, OSError) as e:  # a stream the muxer refuses, a full disk: this video
+                            failed.append(f"{path}: could not write its outputs ({e})")  # fails, the rest go on
+                            bar.update(1)
+                            continue
+                        if record["video_out"] is None:
+                            print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; "
+                                  "wrote the wav and json only", file=sys.stderr)
                     save_json(record, base + ".json")
                 bar.update(1)
     bar.close()
@@ -349,7 +406,7 @@ def main(argv=None):
         record_timing(args.ckpt_dir, f"sample_{args.name}", t0)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
-    if failed:
+    if failed and len(jobs) > 1:  # a single video's failure is its one line
         print(f"{len(failed)} of {len(jobs)} videos failed", file=sys.stderr)
     return 1 if failed else 0
 
@@ -368,7 +425,11 @@ class VideoFeatures:
         from extract_features import encode_frames, load_frames, preprocess_frames
 
         frames, duration = load_frames(path, self.meta["fps"])
-        return encode_frames(self.model, preprocess_frames(self.preprocess, frames), self.device), duration
+        # a long video's frames are preprocessed and encoded a chunk at a time: all at once, an
+        # hour at 5 fps would be 18000 images of 3 x 336 x 336 floats in memory
+        chunks = [frames[i: i + 64] for i in range(0, len(frames), 64)]
+        feats = [encode_frames(self.model, preprocess_frames(self.preprocess, c), self.device) for c in chunks]
+        return torch.cat(feats), duration
 
 
 if __name__ == "__main__":

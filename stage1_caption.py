@@ -351,6 +351,12 @@ def main(argv=None):
             torch.distributed.barrier()
     llm, tokenizer = load_llm(str(out / llm_path) if cfg.llm == "toy" else llm_path,
                               (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), device)
+    if cfg.lora_r == 0:
+        # The toy trains its random LLM fully, except the token embeddings (tied to the LM head),
+        # which stay fixed as a pretrained LLM's do under LoRA: trained on captions, words the
+        # video cannot tell apart ("high" / "low") would be pulled onto one vector (measured
+        # cosine 0.88), and stage 2 could no longer read the register from the prompt.
+        llm.get_input_embeddings().requires_grad_(False)
     if cfg.grad_checkpointing:
         llm.gradient_checkpointing_enable()
     model = Converter(llm, tokenizer, meta["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens).to(device)

@@ -52,8 +52,8 @@ class Config:
     dim: int = 128
     n_multiway: int = 2
     n_plain: int = 2
-    n_head: int = 2
-    head_dim: int = 64  # fixed at 64 in the released code, whatever the width
+    n_head: int = 4
+    head_dim: int = 32  # the released code fixes 64, whatever the width (paper size: 16 x 64)
     dropout: float = 0.0  # 0.1 at paper size; the toy has data to spare, and CPU dropout is slow
     max_len: int = 1000  # length of the sin-cos position table (condition + audio tokens)
     cond_dim: int = 0  # width of the LLM states; 0 = read it from the Converter checkpoint
@@ -70,11 +70,11 @@ class Config:
     grad_accum: int = 1
     lr: float = 1e-3
     warmup_steps: int = 100
-    max_steps: int = 1200
+    max_steps: int = 2000
     weight_decay: float = 1e-6  # as the released code
     grad_clip: float = 1.0
     val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
-    eval_interval: int = 250
+    eval_interval: int = 500
     eval_batches: int = 4
     resume: bool = True
     count_params: bool = False  # build the model with random weights, print its size, exit
@@ -82,7 +82,7 @@ class Config:
     device: str = "auto"
 
 
-PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, dropout=0.1, lr=2e-4, batch_size=16,
+PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, head_dim=64, dropout=0.1, lr=2e-4, batch_size=16,
                   grad_accum=4, warmup_steps=1000, max_steps=300000, eval_interval=2000,
                   data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features")
 PRESETS = {
