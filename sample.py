@@ -28,7 +28,7 @@ import math
 import pickle
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -187,6 +187,8 @@ def generate(models, feats, durations, prompts, seeds, args, device):
     """feats: list of (N_i, D) 5 fps features; durations in seconds; prompts: list of str or None
     (None = no text); seeds: one per item. Returns a list of dicts with the captions, the prompts
     used per window, and the codes (L, ceil(duration * 50))."""
+    from stage1_caption import TEMPLATE
+
     conv, audio, meta = models.converter, models.audio, models.meta
     fps, rate, window = meta["fps"], models.codec.frame_rate, meta["seconds"]
     win_frames, win_tokens = round(window * fps), round(window * rate)
@@ -207,8 +209,6 @@ def generate(models, feats, durations, prompts, seeds, args, device):
             results[i]["captions"].append(captions[j])
         if args.caption_only:
             continue
-        from stage1_caption import TEMPLATE
-
         used = [captions[j] if args.self_prompt else prompts[i] if prompts[i] is not None else TEMPLATE
                 for j, i in enumerate(active)]
         for j, i in enumerate(active):

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from utils import autocast, parse_config, pick_device, print0, record_timing, save_checkpoint, setup_ddp
+from utils import autocast, get_lr, parse_config, pick_device, print0, record_timing, save_checkpoint, setup_ddp
 
 # -----------------------------------------------------------------------------
 # config
@@ -136,7 +136,7 @@ def build_toy_llm(cfg, captions, folder):
         num_hidden_layers=cfg.toy_layers, num_attention_heads=cfg.toy_heads, num_key_value_heads=1,
         head_dim=cfg.toy_width // cfg.toy_heads, max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id))
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False))  # see the freeze in main()
     llm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -312,14 +312,6 @@ def init_projector(model, feats):
     model.proj.bias.copy_(-w @ mean)
 
 
-def get_lr(step, cfg):
-    # 1) linear warm-up, 2) cosine decay to lr/10 at max_steps
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-
-
 # -----------------------------------------------------------------------------
 
 
@@ -352,10 +344,11 @@ def main(argv=None):
     llm, tokenizer = load_llm(str(out / llm_path) if cfg.llm == "toy" else llm_path,
                               (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), device)
     if cfg.lora_r == 0:
-        # The toy trains its random LLM fully, except the token embeddings (tied to the LM head),
-        # which stay fixed as a pretrained LLM's do under LoRA: trained on captions, words the
-        # video cannot tell apart ("high" / "low") would be pulled onto one vector (measured
-        # cosine 0.88), and stage 2 could no longer read the register from the prompt.
+        # The toy trains its random LLM fully, except the input token embeddings, which stay fixed
+        # as a pretrained LLM's do under LoRA: trained on captions, words the video cannot tell
+        # apart ("high" / "low") would be pulled onto one vector (measured cosine 0.88 with tied,
+        # trained embeddings), and stage 2 could no longer read the register from the prompt.
+        # The toy's LM head is untied from them, so captioning keeps its full output layer.
         llm.get_input_embeddings().requires_grad_(False)
     if cfg.grad_checkpointing:
         llm.gradient_checkpointing_enable()

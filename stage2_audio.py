@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
-from utils import autocast, parse_config, pick_device, print0, record_timing, save_checkpoint, setup_ddp
+from utils import autocast, get_lr, parse_config, pick_device, print0, record_timing, save_checkpoint, setup_ddp
 
 # -----------------------------------------------------------------------------
 # config
@@ -63,8 +63,9 @@ class Config:
     cond_dropout: float = 0.1  # per-sample probability of the null condition (classifier-free guidance)
     label_smoothing: float = 0.1  # as the released code
     # the prompt of a training sample: its ground-truth caption with this probability, otherwise
-    # one of the ten V2A instructions, so one model serves both generation modes of §3.2
-    caption_prob: float = 0.5
+    # one of the ten V2A instructions, so one model serves both generation modes of §3.2 (the
+    # text carries what the video cannot show, so it gets the larger share)
+    caption_prob: float = 0.7
     # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
     batch_size: int = 32
     grad_accum: int = 1
@@ -267,14 +268,6 @@ def load_vatt_audio(ckpt_path, device):
     model = VATTAudio(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval().requires_grad_(False), ckpt
-
-
-def get_lr(step, cfg):
-    # 1) linear warm-up, 2) cosine decay to lr/10 at max_steps
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
 # -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Everything model- or stage-specific lives in its own script.
 import dataclasses
 import inspect
 import json
+import math
 import os
 import sys
 import tempfile
@@ -74,6 +75,15 @@ def autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def get_lr(step, cfg):
+    """The training stages' schedule: 1) linear warm-up to cfg.lr, 2) cosine decay to lr/10 at
+    cfg.max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
 # -----------------------------------------------------------------------------

@@ -22,29 +22,11 @@ import numpy as np
 import pytest
 import torch
 
-import extract_features
 import sample
-import stage1_caption
-import stage2_audio
-from data.toy import prepare
-from test_pipeline import TINY_STAGE1, TINY_STAGE2
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 16000
 CODEC_FRAME = 320  # samples per codec frame (16 kHz / 50 Hz): "to within one codec frame"
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """The toy world and tiny trained checkpoints (prepare -> extract -> stage 1 -> stage 2)."""
-    d = tmp_path_factory.mktemp("toy")
-    prepare.main([f"--out_dir={d}", "--n_train=6", "--n_test=2", "--workers=1"])
-    data = f"--data_json={d}/v2a_instruction.json"
-    assert extract_features.main([f"--input={d}/v2a_instruction.json", f"--out_dir={d}/features", "--num_workers=0"]) == 0
-    stage1_caption.main([data, f"--features_dir={d}/features", f"--out_dir={d}/out"] + TINY_STAGE1)
-    stage2_audio.main([data, f"--features_dir={d}/features", f"--converter={d}/out/stage1.pt",
-                       f"--out_dir={d}/out"] + TINY_STAGE2)
-    return d
 
 
 def run(world, video, *extra):
