@@ -215,7 +215,8 @@ def test_prepare_end_to_end(tmp_path):
     assert [e["video_path"] for e in entries] == [f"clips/train_{i:05d}.mp4" for i in range(4)] + \
         [f"clips/test_{i:05d}.mp4" for i in range(2)]
     for e in entries:
-        assert set(e) == {"video_path", "output", "split", "class", "pitch", "f0", "onsets", "count"}
+        assert set(e) == {"video_path", "output", "split", "class", "pitch", "f0", "onsets", "count", "swapped"}
+        assert world.parse_caption(e["swapped"])["pitch"] != world.parse_caption(e["output"])["pitch"]
         assert world.parse_caption(e["output"]) == {k: e[k] for k in ("class", "pitch", "count")}
         info, n_frames, audio = read_mp4(tmp_path / e["video_path"])
         assert info == (25, "h264", 128, 128) and n_frames == 50

@@ -164,7 +164,7 @@ def render_clip(rng, seconds=2.0, fps=25, size=128, sr=SAMPLE_RATE):
     c1, c2 = rng.uniform(0.05, 0.6, size=(2, 3))
     background = c1 + (c2 - c1) * np.clip(ramp, 0, 1)[..., None]
     r = size * rng.uniform(0.22, 0.27)
-    margin = 1.45 * r + 2  # room for the grown object and its ring
+    margin = min(1.45 * r + 2, size / 2)  # room for the grown object and its ring (tiny test frames: centred)
     cx, cy = rng.uniform(margin, size - margin, size=2)
     local = background[int(cy), int(cx)]
     while True:
