@@ -10,7 +10,7 @@ so their files can be dropped in instead. Every clip is cut or padded to one fix
 (`seconds`): frames past the end of a short video repeat its last frame, audio is padded with
 silence, longer clips are cropped from their start.
 
-Toy world (CPU, ~1 min):
+Toy world (CPU, ~80 s):
     python extract_features.py --preset=toy
 Real scale, one GPU (EVA02-CLIP and AudioGen weights are fetched from the Hugging Face hub, or
 point --clip_pretrained / --codec at local files):

@@ -8,7 +8,7 @@ Stage 1 of VATT: the VATT Converter (paper §3.1), a video-to-audio-caption LLM.
 The trained Converter has two jobs later: it writes audio captions for silent videos, and its
 frozen last-layer hidden states are the condition of VATT Audio (stage2_audio.py).
 
-Toy world (CPU, ~1 min): a tiny random Gemma-architecture LLM with a word-level tokenizer; a random
+Toy world (CPU, ~3 min): a tiny random Gemma-architecture LLM with a word-level tokenizer; a random
 LM has nothing to preserve, so the toy trains all of its weights instead of LoRA.
     python stage1_caption.py --preset=toy
 One GPU, Gemma-2B (gated on the hub: accept its licence and `huggingface-cli login`, or pass
