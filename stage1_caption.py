@@ -53,7 +53,8 @@ class Config:
     # token per second would average away when they happen.
     video_tokens_per_second: int = 5
     # LoRA on q_proj / v_proj (paper §3.1: r 16, alpha 32; dropout 0.1 as the issue asks, the
-    # released scripts use 0.05). lora_r=0 trains the whole LLM (toy only: it starts random).
+    # released scripts use 0.05). lora_r=0 trains the whole LLM but its input embeddings (toy only:
+    # it starts random; see main).
     lora_r: int = 0
     lora_alpha: int = 32
     lora_dropout: float = 0.1
