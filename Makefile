@@ -28,4 +28,4 @@ test: .venv/installed
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf out/toy data/toy/clips data/toy/features data/toy/v2a_instruction.json
+	rm -rf out/toy data/toy/clips data/toy/features data/toy/v2a_instruction.json data/toy/timing.json
