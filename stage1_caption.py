@@ -9,7 +9,8 @@ The trained Converter has two jobs later: it writes audio captions for silent vi
 frozen last-layer hidden states are the condition of VATT Audio (stage2_audio.py).
 
 Toy world (CPU, ~3 min): a tiny random Gemma-architecture LLM with a word-level tokenizer; a random
-LM has nothing to preserve, so the toy trains all of its weights instead of LoRA.
+LM has nothing to preserve, so the toy trains all of its weights but the frozen input embeddings
+instead of LoRA.
     python stage1_caption.py --preset=toy
 One GPU, Gemma-2B (gated on the hub: accept its licence and `huggingface-cli login`, or pass
 --llm=/path/to/local/folder):
@@ -312,7 +313,8 @@ def init_projector(model, feats):
     step 0. It changes the starting point only, not the architecture (still one Linear)."""
     x = feats.flatten(0, 1).to(model.proj.weight.device)  # (N * frames, D)
     mean, std = x.mean(0), x.std(0) + 1e-6
-    target = model.llm.get_input_embeddings().weight.std() * getattr(model.llm.get_input_embeddings(), "embed_scale", 1.0)
+    embed = model.llm.get_input_embeddings()
+    target = embed.weight.std() * getattr(embed, "embed_scale", 1.0)  # Gemma scales by sqrt(width)
     w = torch.randn_like(model.proj.weight) / math.sqrt(x.shape[1]) / std * target
     model.proj.weight.copy_(w)
     model.proj.bias.copy_(-w @ mean)

@@ -3,8 +3,9 @@ The toy audio-visual world: procedurally generated clips on which the whole VATT
 trained from scratch on a CPU in minutes (the project's counterpart of nanoGPT's shakespeare_char).
 
 It shows the paper's thesis in miniature:
-  * the VIDEO decides WHEN and WHAT sounds: one object per clip, its shape picks the sound source
-    (circle = bell, square = drum, triangle = whistle) and it visibly strikes 1 to 3 times;
+  * the VIDEO decides WHEN and WHAT sounds: one object per clip, its shape and surface pattern pick
+    the sound source (ringed circle = bell, banded square = drum, ribbed triangle = whistle; see
+    stripes()) and it visibly strikes 1 to 3 times;
   * the TEXT adds what the video cannot show: the pitch register (low / high) is drawn at random,
     nothing in the picture depends on it, and only the caption says it.
 Everything else (background, object colour, size and position) is a random distractor.
