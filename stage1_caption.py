@@ -112,14 +112,14 @@ FPS = 5  # the rate of the visual features (extract_features.py)
 # the LLM: a hub / local causal LM, or the toy's tiny Gemma built and saved in the same format
 
 
-def build_toy_llm(cfg, captions, folder):
-    """A word-level tokenizer over the toy vocabulary plus a random GemmaForCausalLM, saved with
-    save_pretrained so every later load goes through the same from_pretrained path as Gemma-2B."""
+def toy_tokenizer(texts):
+    """A word-level tokenizer over the words of `texts` (lower-cased), with Gemma's special tokens
+    and its chat format. The toy LLM's tokenizer; the speed benchmark (sample.py --bench) reuses it."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-    words = sorted({w for text in captions + INSTRUCTIONS + ["user model"]
+    words = sorted({w for text in texts + ["user model"]
                     for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text.lower())})
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + words)}, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
@@ -132,6 +132,15 @@ def build_toy_llm(cfg, captions, folder):
     tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}<start_of_turn> {{ m['role'] }} "
                                "{{ m['content'] }} <end_of_turn> {% endfor %}"
                                "{% if add_generation_prompt %}<start_of_turn> model {% endif %}")
+    return tokenizer
+
+
+def build_toy_llm(cfg, captions, folder):
+    """The toy tokenizer over the toy vocabulary plus a random GemmaForCausalLM, saved with
+    save_pretrained so every later load goes through the same from_pretrained path as Gemma-2B."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    tokenizer = toy_tokenizer(captions + INSTRUCTIONS)
     torch.manual_seed(cfg.seed)
     llm = GemmaForCausalLM(GemmaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.toy_width, intermediate_size=4 * cfg.toy_width,

@@ -111,6 +111,13 @@ class ModelConfig:
     max_len: int = 1000
 
 
+def model_config(cfg, cond_dim, codec):
+    """The network of a stage-2 Config for an LLM of width cond_dim and a codec's token tables."""
+    return ModelConfig(cond_dim=cond_dim, n_q=codec.n_q, bins=codec.bins, codebook_dim=codec.dim, dim=cfg.dim,
+                       n_multiway=cfg.n_multiway, n_plain=cfg.n_plain, n_head=cfg.n_head, head_dim=cfg.head_dim,
+                       dropout=cfg.dropout, max_len=cfg.max_len)
+
+
 def sincos_table(n, dim):
     """Fixed 1-D sin-cos positions (MAE style): first half sin(p w_i), second half cos(p w_i),
     w_i = 10000^(-i / (dim/2)), computed in float32 as the released code does."""
@@ -217,7 +224,10 @@ class VATTAudio(nn.Module):
         pad = torch.cat([cond_mask == 0, torch.zeros(B, T, dtype=torch.bool, device=codes.device)], 1)  # (B, Lc+T)
         idx = torch.arange(Lc + T, device=codes.device)
         bias = -(idx[None, :] - idx[:, None]).abs() * self.slopes[:, None, None]  # (H, Lc+T, Lc+T)
-        bias = bias[None].masked_fill(pad[:, None, None, :], -torch.finfo(torch.float32).max / 2).to(x.dtype)
+        # built once in the dtype attention runs in: under bf16 autocast scaled_dot_product_attention
+        # would otherwise re-cast this (B, H, L, L) tensor from float32 in every layer
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        bias = bias[None].masked_fill(pad[:, None, None, :], -torch.finfo(torch.float32).max / 2).to(dtype)
         for block in self.encoder:
             x = block(x, bias, pad, Lc)
         x = per_modality(self.encoder_norm, x, Lc)
@@ -294,9 +304,7 @@ def main(argv=None):
     meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
     converter = load_converter(cfg.converter, device)
     codec = load_codec(meta["codec"])
-    mcfg = ModelConfig(cond_dim=converter.hidden_size, n_q=codec.n_q, bins=codec.bins, codebook_dim=codec.dim,
-                       dim=cfg.dim, n_multiway=cfg.n_multiway, n_plain=cfg.n_plain, n_head=cfg.n_head,
-                       head_dim=cfg.head_dim, dropout=cfg.dropout, max_len=cfg.max_len)
+    mcfg = model_config(cfg, converter.hidden_size, codec)
     model = VATTAudio(mcfg, codec.codebooks.float().cpu()).to(device)
     del codec
     print0(f"VATT Audio: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
