@@ -32,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from utils import autocast, get_lr, parse_config, pick_device, print0, record_timing, save_checkpoint, setup_ddp
+from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, record_timing, save_checkpoint,
+                   setup_ddp, weights_digest)
 
 # -----------------------------------------------------------------------------
 # config
@@ -70,8 +71,9 @@ class Config:
     grad_clip: float = 1.0
     grad_checkpointing: bool = False  # trade compute for memory on large LLMs
     val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
-    eval_interval: int = 500
+    eval_interval: int = 500  # validate and save stage1.pt every this many steps
     eval_batches: int = 4
+    log_interval: int = 20  # print the training loss every this many steps
     resume: bool = True  # continue from out_dir/stage1.pt if it exists
     seed: int = 1337
     device: str = "auto"
@@ -242,8 +244,13 @@ class Converter(nn.Module):
         return x, mask, positions, labels
 
     def forward(self, feats, prompts, captions):
+        """The caption loss (eq. 1) SUMMED over the batch's caption tokens, and their number: the
+        training loop divides by the count over all ranks (see main)."""
         x, mask, positions, labels = self._sequences(feats, prompts, captions)
-        return self.llm(inputs_embeds=x, attention_mask=mask, position_ids=positions, labels=labels).loss
+        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=positions).logits[:, :-1]
+        targets = labels[:, 1:]  # token t predicts token t + 1
+        caption = targets != -100  # (float32 logits of these rows only: the vocabulary may be 256 k wide)
+        return F.cross_entropy(logits[caption].float(), targets[caption], reduction="sum"), caption.sum()
 
     @torch.no_grad()
     def condition(self, feats, prompts, cut=False):
@@ -338,10 +345,7 @@ def main(argv=None):
     rank, world = setup_ddp()
     device = pick_device(cfg.device)
     out = Path(cfg.out_dir)
-    # every rank draws the same global batch and keeps its slice: N processes see exactly the
-    # samples one process with an N times larger batch would see
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see below)
 
     meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
     items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train")
@@ -381,12 +385,13 @@ def main(argv=None):
         llm.load_state_dict(ckpt["trainable"], strict=False)
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
-        rng = np.random.default_rng([cfg.seed, step])
         print0(f"resuming from {ckpt_path} at step {step}")
     if step == 0:
         init_projector(model, torch.stack([load_features(cfg.features_dir, s, meta["feature_dim"]) for s, _ in train[:256]]))
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
+    # every rank draws the same global batch and keeps its slice: N processes see exactly the
+    # samples one process with an N times larger batch would see
     def batch(split_items, r):
         mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
         pick = r.choice(len(split_items), cfg.batch_size * world)[mine]
@@ -396,14 +401,16 @@ def main(argv=None):
 
     @torch.no_grad()
     def val_loss():
+        """The mean over the caption tokens of all validation batches, on all ranks."""
         model.eval()
         r = np.random.default_rng(0)  # the same validation batches every time
-        losses = []
+        total = count = 0
         for _ in range(cfg.eval_batches):
             with autocast(device):
-                losses.append(model(*batch(val, r)).item())
+                loss_sum, n_tokens = model(*batch(val, r))
+            total, count = total + loss_sum, count + n_tokens
         model.train()
-        return sum(losses) / len(losses)
+        return (all_mean(total) / all_mean(count)).item()
 
     def save():
         trainable = {k: v for k, v in llm.state_dict().items()
@@ -424,22 +431,36 @@ def main(argv=None):
             break
         # ---- training step -------------------------------------------------------------
         t1 = time.time()
+        # Every random draw of a step is a function of (seed, step) alone, so a run resumed from
+        # the checkpoint of step k replays exactly what an uninterrupted run does from step k on.
+        rng = np.random.default_rng([cfg.seed, step])  # the global batch: the same on every rank
+        torch.manual_seed(int(rng.integers(2**62)) + rank)  # dropout (LoRA's): one stream per rank
         lr = get_lr(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
+        train_loss = 0.0
         for micro in range(cfg.grad_accum):
             if world > 1:  # sync gradients only on the last micro-step
                 ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
             with autocast(device):
-                loss = ddp_model(*batch(train, rng)) / cfg.grad_accum
+                loss_sum, n_tokens = ddp_model(*batch(train, rng))
+            # The loss is the mean over the caption tokens of the GLOBAL batch. Each rank divides
+            # its sum by the mean token count per rank, not by its own count: DDP then averages
+            # over ranks exactly the global token mean and its gradient, as one process with the
+            # whole batch computes them (a mean per rank would weigh each token by its rank's
+            # caption lengths).
+            loss = loss_sum / all_mean(n_tokens) / cfg.grad_accum
             loss.backward()
+            train_loss += loss.detach()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if step % 20 == 0:
-            print0(f"step {step}/{cfg.max_steps} | loss {loss.item() * cfg.grad_accum:.4f} | lr {lr:.2e} | {(time.time() - t1) * 1000:.0f} ms")
+        if step % cfg.log_interval == 0:
+            train_loss = all_mean(train_loss).item()  # on every rank: a collective
+            print0(f"step {step}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | {(time.time() - t1) * 1000:.0f} ms")
 
+    print(f"rank {rank}: weights {weights_digest(params)}", flush=True)  # the same on every rank
     if rank == 0:
         model.eval()
         feats = torch.stack([load_features(cfg.features_dir, s, meta["feature_dim"]) for s, _ in val[:4]]).to(device)

@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
-from utils import autocast, get_lr, parse_config, pick_device, print0, record_timing, save_checkpoint, setup_ddp
+from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, record_timing, save_checkpoint,
+                   setup_ddp, weights_digest)
 
 # -----------------------------------------------------------------------------
 # config
@@ -75,9 +76,10 @@ class Config:
     weight_decay: float = 1e-6  # as the released code
     grad_clip: float = 1.0
     val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
-    eval_interval: int = 500
+    eval_interval: int = 500  # validate and save stage2.pt every this many steps
     eval_batches: int = 4
-    resume: bool = True
+    log_interval: int = 25  # print the training loss every this many steps
+    resume: bool = True  # continue from out_dir/stage2.pt if it exists
     count_params: bool = False  # build the model with random weights, print its size, exit
     seed: int = 1337
     device: str = "auto"
@@ -298,8 +300,7 @@ def main(argv=None):
     rank, world = setup_ddp()
     device = pick_device(cfg.device)
     out = Path(cfg.out_dir)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)  # the same global batch on every rank (see stage 1)
+    torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see below)
 
     meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
     converter = load_converter(cfg.converter, device)
@@ -323,6 +324,7 @@ def main(argv=None):
             raise ValueError(f"{path}: expected tokens of shape ({mcfg.n_q}, frames), got {x.shape}")
         return torch.from_numpy(x.astype(np.int64))
 
+    # every rank draws the same global batch, masks included, and keeps its slice (see stage 1)
     def batch(split_items, r, g):
         mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
         n = cfg.batch_size * world
@@ -332,7 +334,7 @@ def main(argv=None):
         prompts = [split_items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
         feats = torch.stack([load_features(cfg.features_dir, split_items[i][0], meta["feature_dim"]) for i in pick])
         codes = torch.stack([load_codes(split_items[i][0]) for i in pick])  # (B, L, T)
-        ratios = sample_mask_ratios(n, g, cfg.mask_mean, cfg.mask_std)[mine]
+        ratios = sample_mask_ratios(n, g, cfg.mask_mean, cfg.mask_std)
         mask = random_mask(ratios, (n,) + codes.shape[1:], g)[mine]
         drop = (torch.rand(n, generator=g) < cfg.cond_dropout)[mine]
         with autocast(device):
@@ -340,9 +342,13 @@ def main(argv=None):
         return codes.to(device), mask.to(device), cond, cond_mask, drop.to(device)
 
     def loss_of(codes, mask, cond, cond_mask, drop):
+        """The masked-token mean of the GLOBAL batch, as stage 1's caption loss: this rank's sum
+        over its masked tokens divided by the mean count per rank, so that DDP's average over
+        ranks is the mean over all masked tokens of the global batch."""
         with autocast(device):
             logits = ddp_model(codes.masked_fill(mask, mcfg.bins), cond, cond_mask, drop)
-        return masked_loss(logits.float(), codes, mask, cfg.label_smoothing)
+        n = mask.sum()
+        return masked_loss(logits.float(), codes, mask, cfg.label_smoothing) * n / all_mean(n)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, ckpt_path = 0, out / "stage2.pt"
@@ -352,15 +358,13 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         print0(f"resuming from {ckpt_path} at step {step}")
-    rng = np.random.default_rng([cfg.seed, step])
-    g = torch.Generator().manual_seed(cfg.seed + step)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     @torch.no_grad()
     def val_loss():
         model.eval()
         r, vg = np.random.default_rng(0), torch.Generator().manual_seed(0)  # fixed validation batches
-        losses = [loss_of(*batch(val, r, vg)).item() for _ in range(cfg.eval_batches)]
+        losses = [all_mean(loss_of(*batch(val, r, vg))).item() for _ in range(cfg.eval_batches)]
         model.train()
         return sum(losses) / len(losses)
 
@@ -377,20 +381,29 @@ def main(argv=None):
             break
         # ---- training step -------------------------------------------------------------
         t1 = time.time()
+        # every random draw of a step is a function of (seed, step) alone: a resumed run replays
+        # exactly what an uninterrupted run does (see stage 1)
+        rng = np.random.default_rng([cfg.seed, step])  # the global batch: the same on every rank
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))  # its masks, null conditions: the same too
+        torch.manual_seed(int(rng.integers(2**62)) + rank)  # dropout: one stream per rank
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        train_loss = 0.0
         for micro in range(cfg.grad_accum):
             if world > 1:  # sync gradients only on the last micro-step
                 ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
             loss = loss_of(*batch(train, rng, g)) / cfg.grad_accum
             loss.backward()
+            train_loss += loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if step % 25 == 0:
-            print0(f"step {step}/{cfg.max_steps} | loss {loss.item() * cfg.grad_accum:.4f} | lr {lr:.2e} | {(time.time() - t1) * 1000:.0f} ms")
+        if step % cfg.log_interval == 0:
+            train_loss = all_mean(train_loss).item()  # on every rank: a collective
+            print0(f"step {step}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | {(time.time() - t1) * 1000:.0f} ms")
+    print(f"rank {rank}: weights {weights_digest(model.parameters())}", flush=True)  # the same on every rank
     if rank == 0:
         record_timing(out, "stage2_audio", t0)
     if world > 1:

@@ -3,6 +3,7 @@ The few helpers every stage shares: config parsing, device/dtype, DDP, atomic wr
 Everything model- or stage-specific lives in its own script.
 """
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -100,6 +101,24 @@ def setup_ddp():
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def all_mean(x):
+    """The mean of a tensor over ranks (the tensor itself on one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    x = x.clone()
+    torch.distributed.all_reduce(x)
+    return x / torch.distributed.get_world_size()
+
+
+def weights_digest(params):
+    """A short sha256 of the parameters' bytes. Each rank of a DDP job prints it at the end of
+    training: the ranks hold the same weights exactly when they print the same digest."""
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def print0(*args, **kwargs):

@@ -1,8 +1,10 @@
 """
 Shared fixture: a tiny toy world and tiny trained checkpoints, built once per test session
-(prepare -> extract -> stage 1 -> stage 2 on 6 train + 2 test clips, a few seconds on a CPU).
+(prepare -> extract -> stage 1 -> stage 2 on 6 train + 2 test clips, a few seconds on a CPU);
+and make_llm, a tiny random LLaMA or Gemma saved the way the hub's models are.
 """
 import pytest
+import torch
 
 import extract_features
 import stage1_caption
@@ -25,3 +27,34 @@ def world(tmp_path_factory):
     stage2_audio.main([data, f"--features_dir={d}/features", f"--converter={d}/out/stage1.pt",
                        f"--out_dir={d}/out"] + TINY_STAGE2)
     return d
+
+
+def make_llm(folder, family, cfg, text, chat_template=None):
+    """A tiny random LLaMA ("vicuna") or Gemma with a word-level tokenizer over the words of
+    `text` (BOS added like the authors'), saved with save_pretrained, so it loads through the
+    same from_pretrained path as Vicuna / LLaMA-2 / Gemma-2B. `chat_template` (a Jinja string)
+    makes it an instruction-tuned model's tokenizer. `cfg`: the model config's sizes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if family == "vicuna":  # LLaMA's ids: unk 0 (= pad, as the official), bos 1, eos 2
+        special, bos, eos, unk, pad = ["<unk>", "<s>", "</s>"], "<s>", "</s>", "<unk>", None
+    else:
+        special, bos, eos, unk, pad = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], \
+            "<bos>", "<eos>", "<unk>", "<pad>"
+    words = sorted({w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)} - set(special))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + words)}, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(special)
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, special.index(bos))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, pad_token=pad)
+    tokenizer.chat_template = chat_template
+    assert len(tokenizer) <= cfg["vocab_size"]
+    torch.manual_seed(0)
+    if family == "vicuna":
+        llm = LlamaForCausalLM(LlamaConfig(**cfg))
+    else:
+        llm = GemmaForCausalLM(GemmaConfig(**cfg, pad_token_id=0, eos_token_id=1, bos_token_id=2))
+    llm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -19,9 +19,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so `import official` works however pytest is started
 import official as O  # noqa: E402
+from conftest import make_llm  # noqa: E402
 from stage2_audio import VATTAudio, masked_loss, sincos_table  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
+# the tiny LLMs' vocabulary: their prompt templates and the test prompts
+WORDS = " ".join(O.TEMPLATES.values()) + " user model a dog barks twice loudly then rain falls " + " ".join(
+    f"w{i}" for i in range(40))
 ATOL, RTOL = 1e-5, 1e-4  # float32 on CPU (README §4)
 
 
@@ -207,36 +211,6 @@ def test_official_sampler_schedule(tiny):
 # the Converter: their stage-1 keys on current transformers + peft
 
 
-def make_llm(folder, family, cfg):
-    """A tiny random LLaMA or Gemma + word-level tokenizer (BOS added like theirs), saved with
-    save_pretrained, so it loads through the same from_pretrained path as Vicuna / Gemma-2B."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    if family == "vicuna":  # LLaMA's ids: unk 0 (= pad, as the official), bos 1, eos 2
-        special, bos, eos, unk, pad = ["<unk>", "<s>", "</s>"], "<s>", "</s>", "<unk>", None
-    else:
-        special, bos, eos, unk, pad = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"], \
-            "<bos>", "<eos>", "<unk>", "<pad>"
-    text = " ".join(O.TEMPLATES.values()) + " user model a dog barks twice loudly then rain falls " + " ".join(
-        f"w{i}" for i in range(40))
-    words = sorted({w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)} - set(special))
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + words)}, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(special)
-    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, special.index(bos))])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, pad_token=pad)
-    assert len(tokenizer) <= cfg["vocab_size"]
-    torch.manual_seed(0)
-    if family == "vicuna":
-        llm = LlamaForCausalLM(LlamaConfig(**cfg))
-    else:
-        llm = GemmaForCausalLM(GemmaConfig(**cfg, pad_token_id=0, eos_token_id=1, bos_token_id=2))
-    llm.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def official_stage1_file(manifest, family):
     """A state dict in exactly the key names (and shapes) of their Trainer's pytorch_model.bin:
     random trained keys (LoRA B nonzero, unlike an untrained LoRA) + some frozen base keys."""
@@ -260,7 +234,7 @@ def converter_manifest():
 def test_official_converter_keys(family, converter_manifest, tmp_path):
     m = converter_manifest
     cfg = m["source"]["tiny_configs"]["llama" if family == "vicuna" else "gemma"]
-    base = make_llm(tmp_path / "llm", family, cfg)
+    base = make_llm(tmp_path / "llm", family, cfg, WORDS)
     sd, frozen = official_stage1_file(m["tiny"], family)
     assert len(sd) - len(frozen) == 10  # 2 layers x (q, v) x (A, B) + video_proj weight and bias
     path = tmp_path / "checkpoint-1" / "pytorch_model.bin"
@@ -340,7 +314,7 @@ def test_official_converter_other_files(converter_manifest, tmp_path):
     adapter_model.bin (no `.default`, no video_proj: refused with a pointer to the right file)."""
     m = converter_manifest
     cfg = m["source"]["tiny_configs"]["gemma"]
-    base = make_llm(tmp_path / "llm", "gemma", cfg)
+    base = make_llm(tmp_path / "llm", "gemma", cfg, WORDS)
     sd, _ = official_stage1_file(m["tiny"], "gemma")
     trained = {k: v for k, v in sd.items() if "lora_" in k or "video" in k}
     lightning = {"encoder." + k.replace("base_model.model.model.", "base_model.model."): v for k, v in trained.items()}
@@ -370,7 +344,7 @@ def test_official_end_to_end(tiny, tmp_path):
     fx = tiny
     hidden = fx["config"]["encoder_dim"]  # the tiny VT2AModel takes 32-d LLM states
     llm = make_llm(tmp_path / "vicuna", "vicuna", dict(vocab_size=100, hidden_size=hidden, intermediate_size=64,
-                                                         num_hidden_layers=2, num_attention_heads=2))
+                                                         num_hidden_layers=2, num_attention_heads=2), WORDS)
     # one Lightning file holding both parts, as the authors' stage-2 checkpoints do
     g = torch.Generator().manual_seed(2)
     sd = {O.PREFIX + k: v for k, v in fx["state_dict"].items()}

@@ -1,0 +1,143 @@
+"""
+Training on several processes and resuming after a kill, for both stages, on the tiny toy world
+of conftest.py:
+- torchrun with 2 processes (gloo on CPU) and batch B per process trains as 1 process with batch
+  2B does: the same losses, the same weights to float tolerance, and every rank ends with
+  bit-identical weights (each prints a digest of its weights; rank 0's checkpoint has the same).
+- a run killed right after its checkpoint at step k and started again replays the uninterrupted
+  run exactly: the same losses after step k and bit-identical final weights and optimizer state.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import stage1_caption
+import stage2_audio
+from conftest import TINY_STAGE1, TINY_STAGE2
+from utils import weights_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_gloo = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                reason="torch.distributed with the gloo backend is not available")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The toy models are tiny: one thread per process is the fastest, and on a busy 2-core
+    machine two threads per process spend most of their time waiting for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def stage_args(stage, world):
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features"]
+    if stage is stage1_caption:
+        return data + TINY_STAGE1
+    return data + [f"--converter={world}/out/stage1.pt"] + TINY_STAGE2
+
+
+def stage_ckpt(stage):
+    return "stage1.pt" if stage is stage1_caption else "stage2.pt"
+
+
+def losses(log):
+    """{'step 1': 4.067, 'val 0': 4.125, ...} from a training log. (Not anchored to line starts:
+    under torchrun a rank's print may land between another rank's text and its newline.)"""
+    train = {f"step {s}": float(v) for s, v in re.findall(r"step (\d+)/\d+ \| loss (\d+\.\d{4})", log)}
+    val = {f"val {s}": float(v) for s, v in re.findall(r"step (\d+): val loss (\d+\.\d{4})", log)}
+    return train | val
+
+
+def trained_weights(stage, ckpt_path):
+    """The trainable weights in a checkpoint, in the order the training loop digests them."""
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    if stage is stage1_caption:
+        return list(ckpt["trainable"].values()) + list(ckpt["projector"].values())
+    model, _ = stage2_audio.load_vatt_audio(ckpt_path, torch.device("cpu"))
+    return list(model.parameters())
+
+
+def assert_identical(a, b, where="checkpoint"):
+    """Two checkpoints (nested dicts / lists of tensors and numbers) equal bit for bit."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+@needs_gloo
+@pytest.mark.parametrize("stage", [stage1_caption, stage2_audio], ids=["stage1", "stage2"])
+def test_two_processes_train_as_one(world, tmp_path, capsys, stage):
+    # stage 1 also accumulates gradients over 2 micro-steps (DDP syncs only on the last one)
+    args = stage_args(stage, world) + ["--max_steps=3", "--eval_interval=3", "--log_interval=1"] + \
+        (["--grad_accum=2"] if stage is stage1_caption else [])
+    stage.main(args + [f"--out_dir={tmp_path}/one", "--batch_size=4"])
+    one = capsys.readouterr().out
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          Path(stage.__file__).name, *args, f"--out_dir={tmp_path}/two", "--batch_size=2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = run.stdout
+
+    # the same global batches, and the loss a mean over the global batch's tokens: the same
+    # losses (printed to 4 decimals) and weights as one process with the whole batch
+    assert len(losses(one)) == 5 and losses(two) == pytest.approx(losses(one), abs=2e-4)
+    for a, b in zip(trained_weights(stage, tmp_path / "one" / stage_ckpt(stage)),
+                    trained_weights(stage, tmp_path / "two" / stage_ckpt(stage))):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    # every rank holds exactly the weights rank 0 saved
+    digests = dict(re.findall(r"rank (\d+): weights ([0-9a-f]{16})", two))
+    saved = weights_digest(trained_weights(stage, tmp_path / "two" / stage_ckpt(stage)))
+    assert digests == {"0": saved, "1": saved}
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", [stage1_caption, stage2_audio], ids=["stage1", "stage2"])
+def test_resume_after_kill_replays_the_uninterrupted_run(world, tmp_path, capsys, monkeypatch, stage):
+    args = stage_args(stage, world) + ["--max_steps=4", "--eval_interval=2", "--log_interval=1"] + \
+        (["--dropout=0.1"] if stage is stage2_audio else [])  # dropout draws must replay too
+    stage.main(args + [f"--out_dir={tmp_path}/whole"])
+    whole = capsys.readouterr().out
+
+    save = stage.save_checkpoint
+
+    def save_then_die(obj, path):  # killed right after its checkpoint at step 2: only the files survive
+        save(obj, path)
+        if obj["step"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(stage, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        stage.main(args + [f"--out_dir={tmp_path}/killed"])
+    monkeypatch.setattr(stage, "save_checkpoint", save)
+    capsys.readouterr()
+    stage.main(args + [f"--out_dir={tmp_path}/killed"])  # started again: resumes at step 2
+    resumed = capsys.readouterr().out
+
+    assert "at step 2" in resumed and "step 1/4" not in resumed
+    assert losses(resumed) == {k: losses(whole)[k] for k in ("val 2", "step 3", "step 4", "val 4")}
+    a = torch.load(tmp_path / "whole" / stage_ckpt(stage), weights_only=True)
+    b = torch.load(tmp_path / "killed" / stage_ckpt(stage), weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for part in ("trainable", "projector", "model", "optimizer"):  # bit for bit
+        if part in a:
+            assert_identical(a[part], b[part], part)
