@@ -582,15 +582,17 @@ def evaluate_audio(generated, reference, models: dict, captions: Optional[dict] 
 
 
 def read_captions(path) -> dict[str, list[str]]:
-    """{id: [captions]} from a JSON dict {id: caption or [captions]} or a list of records with "id" or "video_path"
-    and "caption" or "output" (VATT's V2A-Instruction files). Ids are cut to their file stem ("a/b_01.mp4" ->
-    "b_01") so that they also match audio file names."""
+    """{id: [captions]} from a JSON dict {id: caption or [captions]}, the captions.json of
+    `sample.py --data_json` ({id: {"caption", "prompt"}}), or a list of records with "id" or
+    "video_path" and "caption" or "output" (VATT's V2A-Instruction files). Ids are cut to their file
+    stem ("a/b_01.mp4" -> "b_01") so that they also match audio file names."""
     data = json.loads(Path(path).read_text())
-    pairs = data.items() if isinstance(data, dict) else [
+    pairs = [(k, v["caption"] if isinstance(v, dict) else v) for k, v in data.items()] if isinstance(data, dict) else [
         (e.get("id", e.get("video_path")), e.get("caption", e.get("output"))) for e in data]
     out = {}
     for k, v in pairs:
-        assert k is not None and v is not None, f"{path}: a record lacks its id/video_path or caption/output"
+        assert k is not None and v is not None, (f"{path}: a record lacks its id/video_path or caption/output "
+                                                 "(sample.py writes captions only when it runs without a prompt)")
         out.setdefault(Path(str(k)).stem, []).extend([v] if isinstance(v, str) else v)
     return out
 

@@ -138,6 +138,21 @@ def test_captions_cli_end_to_end(tmp_path, capsys):
     assert "| gen | – | 0.497 | 0.785 | 4.435 | – |" in printed
 
 
+def test_read_captions_accepts_every_format_it_documents(tmp_path):
+    # sample.py --data_json writes {id: {"caption", "prompt"}}; the metrics must see the caption,
+    # not the record's keys
+    formats = {"sample.json": {"v0": {"caption": "a dog barks", "prompt": "What audio could be inferred?"}},
+               "plain.json": {"a/v0.mp4": "a dog barks"},
+               "refs.json": {"v0": ["a dog barks"]},
+               "records.json": [{"video_path": "clips/v0.mp4", "output": "a dog barks"}]}
+    for name, data in formats.items():
+        (tmp_path / name).write_text(json.dumps(data))
+        assert vatt_eval.read_captions(tmp_path / name) == {"v0": ["a dog barks"]}, name
+    (tmp_path / "prompted.json").write_text(json.dumps({"v0": {"caption": None, "prompt": "a dog barks"}}))
+    with pytest.raises(AssertionError, match="without a prompt"):
+        vatt_eval.read_captions(tmp_path / "prompted.json")
+
+
 def test_bertscore_loader_with_tiny_random_roberta(tmp_path):
     write_tiny_roberta(tmp_path / "roberta-large")
     embed = vatt_eval.load_bertscore(tmp_path)
