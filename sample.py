@@ -75,7 +75,10 @@ class Config:
     cfg: float = 2.0  # classifier-free guidance scale w: u + w (c - u)
     temperature: float = 0.5  # token sampling temperature
     top_k: int = 256  # sample among the k most likely tokens
-    mask_temperature: float = 2.0  # tau0 of the Gumbel noise on the confidences
+    # tau0 of the Gumbel noise on the confidences. The toy reveals nearly in confidence order: its
+    # model, trained mostly on nearly full masks, keeps a source coherent when the clearest tokens
+    # come first (video-only source accuracy 0.875 / 0.92 / 0.955 at tau0 5 / 1 / 0.5, measured)
+    mask_temperature: float = 0.5
     num_samples: int = 1  # audio samples per video (seeds seed, seed+1, ...)
     seed: int = 0
     overlap: float = 0.4  # seconds of tokens shared by consecutive windows of a long video
