@@ -13,7 +13,7 @@ ALiBi attention bias plus fixed sin-cos positions (audio positions continue afte
 pre-LayerNorm; GELU FFN x4 without bias; dropout 0.1. Sampling (iterative parallel decoding,
 §3.2.2) lives in sample.py.
 
-Toy world (CPU, ~8 min):
+Toy world (CPU, ~9 min):
     python stage2_audio.py --preset=toy
 One GPU, after stage 1 with Gemma-2B:
     python stage2_audio.py --preset=gemma-2b --converter=out/gemma-2b/stage1.pt --features_dir=vggsound/features --data_json=vggsound/v2a_instruction.json --out_dir=out/gemma-2b
