@@ -356,19 +356,30 @@ def mux(video_path, wav, sr, out_base):
 # Guidance makes every decoder step 2 sequences (conditional and null): steps * 2 forwards per clip.
 
 # the LLM each preset's Converter wraps, as Hugging Face config fields (google/gemma-2b,
-# meta-llama/Llama-2-7b-hf, and stage1_caption's toy Gemma), the width of the 5 fps video
-# features (EVA02-CLIP-L, the toy ViT) and the window in seconds
+# meta-llama/Llama-2-7b-hf; the toy's is stage1_caption.toy_llm_config), the width of the 5 fps
+# video features (EVA02-CLIP-L, the toy ViT) and the window in seconds
 GEMMA_2B = dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
                 num_key_value_heads=1, head_dim=256, vocab_size=256000)
 LLAMA_2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                   num_key_value_heads=32, vocab_size=32000)
-TOY_LLM = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=1, head_dim=32, vocab_size=128)
-BENCH = {"toy": dict(llm=("gemma", TOY_LLM), feature_dim=256, seconds=2.0),
+BENCH = {"toy": dict(llm=("toy", None), feature_dim=256, seconds=2.0),
          "gemma-2b": dict(llm=("gemma", GEMMA_2B), feature_dim=768, seconds=10.0),
          "llama-2-7b": dict(llm=("llama", LLAMA_2_7B), feature_dim=768, seconds=10.0)}
 # dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets); the first key in the device's name wins
 PEAK_BF16 = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def bench_llm_config(preset, tokenizer):
+    """The preset's LLM as a Hugging Face config, at full depth."""
+    import stage1_caption as s1
+    from transformers import GemmaConfig, LlamaConfig
+
+    family, fields = BENCH[preset]["llm"]
+    if family == "toy":
+        return s1.toy_llm_config(parse_config(s1.Config, s1.PRESETS, ["--preset=toy"]), tokenizer)
+    return (GemmaConfig if family == "gemma" else LlamaConfig)(
+        **fields, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id)
 
 
 def bench_converter(preset, n_layers, dtype, device):
@@ -376,18 +387,15 @@ def bench_converter(preset, n_layers, dtype, device):
     `dtype`. The toy's word-level tokenizer stands in for Gemma's or LLaMA's: token ids only index
     the embedding table, and the prompt is padded to max_text_tokens either way."""
     import stage1_caption as s1
-    from transformers import GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    family, hf = BENCH[preset]["llm"]
-    config_cls, model_cls = (GemmaConfig, GemmaForCausalLM) if family == "gemma" else (LlamaConfig, LlamaForCausalLM)
     tokenizer = s1.toy_tokenizer(s1.INSTRUCTIONS)
-    config = config_cls(**{**hf, "num_hidden_layers": n_layers or hf["num_hidden_layers"]},
-                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)
+    config = bench_llm_config(preset, tokenizer)
+    config.num_hidden_layers = n_layers or config.num_hidden_layers
     cfg = parse_config(s1.Config, s1.PRESETS, [f"--preset={preset}"])
     torch.manual_seed(0)
     with torch.device(device):  # built in place: on a GPU the LLM never passes through host memory
-        llm = model_cls(config).to(dtype)
+        llm = AutoModelForCausalLM.from_config(config).to(dtype)
     conv = s1.Converter(llm, tokenizer, BENCH[preset]["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens)
     return conv.to(device).eval().requires_grad_(False)
 
@@ -449,7 +457,6 @@ def bench(args):
     """Builds the preset's models with random weights, times the sampler on random clips at each
     batch size (and, with --naive, the baseline), prints the table and writes bench.json."""
     import stage1_caption as s1
-    from stage1_caption import TEMPLATE
 
     device = pick_device(args.device)
     cuda = device.type == "cuda"
@@ -457,7 +464,8 @@ def bench(args):
     sizes = ([int(b) for b in args.bench_batch_sizes.split(",")] if args.bench_batch_sizes
              else [1, 8, 32] if cuda else [1, 4])
     fast_dtype = torch.bfloat16 if cuda else torch.float32  # the LLM as load_llm loads it
-    audio, codec = bench_audio(args.preset, spec["llm"][1]["hidden_size"], device)
+    llm_config = bench_llm_config(args.preset, s1.toy_tokenizer(s1.INSTRUCTIONS))  # full depth
+    audio, codec = bench_audio(args.preset, llm_config.hidden_size, device)
     fast_audio = torch.compile(audio) if args.compile else audio  # --naive never compiles
     forwards = {"decoder": [], "llm": []}  # the batch size of every forward, counted as they happen
     audio.register_forward_pre_hook(lambda m, a: forwards["decoder"].append(len(a[0])))
@@ -485,7 +493,7 @@ def bench(args):
             codes = torch.full((len(x), audio.config.n_q, n_audio), audio.config.bins, dtype=torch.long,
                                device=device)
             with nullcontext() if naive else autocast(device):
-                cond, cond_mask = timed("prefill", lambda: conv.condition(x, [TEMPLATE] * len(x)))
+                cond, cond_mask = timed("prefill", lambda: conv.condition(x, [s1.TEMPLATE] * len(x)))
                 codes = timed("decoder", lambda: decode_tokens(
                     audio if naive else fast_audio, cond, cond_mask, codes, g, args.steps, args.cfg,
                     args.temperature, args.top_k, args.mask_temperature, separate_guidance=naive))
@@ -511,7 +519,7 @@ def bench(args):
             flops["total"] = sum(flops.values())
             params = dict(llm=sum(p.numel() for p in conv.llm.parameters()),
                           llm_layers=conv.llm.config.num_hidden_layers,
-                          llm_layers_full=spec["llm"][1]["num_hidden_layers"],
+                          llm_layers_full=llm_config.num_hidden_layers,
                           vatt_audio=sum(p.numel() for p in audio.parameters()),
                           codec=sum(p.numel() for p in codec.parameters()))
         for B in sizes if mode == "fast" else [min(sizes)]:

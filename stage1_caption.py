@@ -137,19 +137,27 @@ def toy_tokenizer(texts):
     return tokenizer
 
 
-def build_toy_llm(cfg, captions, folder):
-    """The toy tokenizer over the toy vocabulary plus a random GemmaForCausalLM, saved with
-    save_pretrained so every later load goes through the same from_pretrained path as Gemma-2B."""
-    from transformers import GemmaConfig, GemmaForCausalLM
+def toy_llm_config(cfg, tokenizer):
+    """The toy LLM: a tiny Gemma of cfg's toy width, layers and heads over the toy tokenizer (the
+    speed benchmark, sample.py --bench, builds the same)."""
+    from transformers import GemmaConfig
 
-    tokenizer = toy_tokenizer(captions + INSTRUCTIONS)
-    torch.manual_seed(cfg.seed)
-    llm = GemmaForCausalLM(GemmaConfig(
+    return GemmaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.toy_width, intermediate_size=4 * cfg.toy_width,
         num_hidden_layers=cfg.toy_layers, num_attention_heads=cfg.toy_heads, num_key_value_heads=1,
         head_dim=cfg.toy_width // cfg.toy_heads, max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False))  # see the freeze in main()
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)  # see the freeze in main()
+
+
+def build_toy_llm(cfg, captions, folder):
+    """The toy tokenizer over the toy vocabulary plus a random GemmaForCausalLM, saved with
+    save_pretrained so every later load goes through the same from_pretrained path as Gemma-2B."""
+    from transformers import GemmaForCausalLM
+
+    tokenizer = toy_tokenizer(captions + INSTRUCTIONS)
+    torch.manual_seed(cfg.seed)
+    llm = GemmaForCausalLM(toy_llm_config(cfg, tokenizer))
     # The input embeddings stay frozen (main()), so they are drawn at the scale of the hidden
     # states (unit RMS after Gemma's sqrt(width) scaling) rather than Gemma's 0.02: a word's
     # identity then survives to the last layer, whose states stage 2 reads. With 0.02, the

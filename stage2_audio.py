@@ -90,8 +90,8 @@ class Config:
     device: str = "auto"
 
 
-PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, head_dim=64, dropout=0.1, mask_mean=0.75, mask_std=0.25,
-                  lr=2e-4, batch_size=16,
+PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, head_dim=64, dropout=0.1,
+                  mask_mean=0.75, mask_std=0.25, lr=2e-4, batch_size=16,
                   grad_accum=4, warmup_steps=1000, max_steps=300000, eval_interval=2000,
                   data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features")
 PRESETS = {
