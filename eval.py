@@ -681,7 +681,7 @@ def run_toy(args):
     from extract_features import load_audio
 
     data = Path(args.data_json)
-    test = [e for e in json.loads(data.read_text()) if e["split"] == "test"]
+    test = [e for e in json.loads(data.read_text()) if e["split"] == args.split]
     stems = [Path(e["video_path"]).stem for e in test]
     meta = json.loads((Path(args.features_dir) / "meta.json").read_text())
     sr, samples = meta["sample_rate"], Path(args.samples_dir)
@@ -712,13 +712,18 @@ def run_toy(args):
     for folder in (data.parent, Path(args.features_dir), samples.parent):
         if (folder / "timing.json").exists():
             timing.update(json.loads((folder / "timing.json").read_text()))
-    result = {"captions": caption_row, "audio": audio, "timing": timing,
-              "settings": {"n_test_clips": len(test), "onset_tolerance_s": 0.05, "analyzer": "data/toy/world.py analyze",
+    seeds = {}  # every stage's seed, read from what it wrote
+    for stage in ("stage1", "stage2"):
+        ckpt = samples.parent / f"{stage}.pt"
+        if ckpt.exists():
+            seeds[stage] = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]["seed"]
+    result = {"captions": caption_row, "audio": audio, "timing": timing, "seeds": seeds,
+              "settings": {"split": args.split, "n_clips": len(test), "onset_tolerance_s": 0.05, "analyzer": "data/toy/world.py analyze",
                            "swapped_prompts": "the test caption with its pitch word flipped (world.swap_pitch)"}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"captions ({len(test)} test clips): " + ", ".join(f"{k} {v:.3f}" for k, v in caption_row.items()))
+    print(f"captions ({len(test)} {args.split} clips): " + ", ".join(f"{k} {v:.3f}" for k, v in caption_row.items()))
     print(f"| {'audio':20s} | class | count | onset F1 | pitch |")
     print("|" + "-" * 22 + "|-------|-------|----------|-------|")
     for name, r in audio.items():
@@ -750,6 +755,7 @@ def main(argv=None):
     toy.add_argument("--data_json", default="data/toy/v2a_instruction.json", help="the toy world's JSON")
     toy.add_argument("--features_dir", default="data/toy/features", help="extracted features and tokens")
     toy.add_argument("--samples_dir", default="out/toy/samples", help="sample.py outputs, one folder per mode")
+    toy.add_argument("--split", default="test", help="the clips scored: test for the table, val for tuning")
     toy.add_argument("--out", default="out/toy/eval.json", help="output JSON")
     toy.set_defaults(func=run_toy)
     args = parser.parse_args(argv)

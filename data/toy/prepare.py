@@ -2,7 +2,7 @@
 Generates the toy audio-visual data set: real mp4 files (H.264 video + AAC audio) and a
 V2A-Instruction-style JSON, so that the pipeline reads the toy world exactly like real data.
 
-    python data/toy/prepare.py                                  # 2000 train + 200 test clips in data/toy
+    python data/toy/prepare.py                                  # 2000 train + 200 val + 200 test clips in data/toy
     python data/toy/prepare.py --n_train=4 --n_test=2 --out_dir=/tmp/toy   # a quick look
     python data/toy/prepare.py --seconds=10 --fps=30            # longer clips, another frame rate
     python data/toy/prepare.py --help                           # every option with its default
@@ -47,7 +47,8 @@ from utils import parse_config, record_timing  # noqa: E402
 class Config:
     preset: str = "toy"
     n_train: int = 2000  # training clips
-    n_test: int = 200  # test clips
+    n_test: int = 200  # test clips: the final table only
+    n_val: int = 200  # validation clips: every toy setting is tuned on these, never on the test clips
     seconds: float = 2.0  # clip length (>= 0.8 s; strikes lie on the 5 fps grid, see world.py)
     fps: int = 25  # frame rate of the mp4 files (the model resamples to 5 fps; keep >= 8)
     size: int = 128  # video width = height in pixels
@@ -57,7 +58,7 @@ class Config:
     crf: int = 18  # x264 quality (lower = better, larger files); 18 is visually lossless
 
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")  # the index seeds a split's clips: append, never reorder
 
 
 def write_mp4(path, frames, audio, fps, crf, sr=SAMPLE_RATE):
@@ -103,7 +104,7 @@ def make_clip(job):
 def main(argv):
     cfg = parse_config(Config, {"toy": {}}, argv)
     os.makedirs(os.path.join(cfg.out_dir, "clips"), exist_ok=True)
-    jobs = [(cfg, split, i) for split, n in zip(SPLITS, (cfg.n_train, cfg.n_test)) for i in range(n)]
+    jobs = [(cfg, split, i) for split, n in zip(SPLITS, (cfg.n_train, cfg.n_test, cfg.n_val)) for i in range(n)]
     t0 = time.time()
     with Pool(cfg.workers) as pool:
         entries = list(tqdm(pool.imap(make_clip, jobs, chunksize=8), total=len(jobs), desc="clips"))
