@@ -18,7 +18,8 @@ template prompt (the paper's "no text" mode); with --prompt the text steers the 
 
 For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the original video stream copied,
 the new audio muxed in; .vatt.mkv when the video codec cannot go into mp4, e.g. VP8) and
-<video>.vatt.json (caption, prompt, seed, every setting).
+<video>.vatt.json (caption, prompt, seed, every setting); with --save_steps also <video>.vatt.steps.json,
+the step at which each token was revealed (report.py draws it).
 Videos longer than the model's window are generated window by window: each window's first
 `overlap` seconds of tokens are fixed to the previous window's last ones (in-painting), so the
 audio runs on continuously; the output lasts exactly as long as the video.
