@@ -19,6 +19,9 @@ def find_chromium():
 
 
 class Chromium:
+    """One headless browser: send() runs a DevTools command, open_page() loads a page in a new
+    tab, evaluate() runs JavaScript in it; close() ends the browser."""
+
     def __init__(self, binary, profile_dir, timeout=60.0):
         self.timeout, self.next_id, self.buffer, self.events = timeout, 0, b"", []
         to_browser, self.to_browser = os.pipe()
@@ -72,7 +75,9 @@ class Chromium:
         message = {"id": self.next_id, "method": method, "params": params}
         if session:
             message["sessionId"] = session
-        os.write(self.to_browser, json.dumps(message).encode() + b"\0")
+        data = json.dumps(message).encode() + b"\0"
+        while data:  # a pipe may take a long message in parts
+            data = data[os.write(self.to_browser, data):]
         deadline = time.monotonic() + self.timeout
         while True:
             reply = self._message(deadline)

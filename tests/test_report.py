@@ -116,17 +116,22 @@ def test_report_page_in_chromium(run, world, chromium):
 
 
 def test_browser_check_catches_missing_and_broken_media(run, world, chromium, tmp_path):
+    """The same check on a copy of the page with two images and two videos missing or broken."""
     shutil.copy(run / "report.html", tmp_path)
     media = shutil.copytree(run / "report_media", tmp_path / "report_media")
     (media / "test_00000.spectrograms.png").unlink()
     (media / "decoding.png").write_bytes((media / "decoding.png").read_bytes()[:200])  # truncated
     (media / "test_00001.gt_caption.mp4").unlink()
     (media / "test_00000.video_only.mp4").write_bytes(b"\0" * 5000)  # not a video
-    problems, _ = page_problems(chromium, tmp_path / "report.html", 2.0)
-    assert sorted(p.split(":")[0] for p in problems) == sorted(
-        ["report_media/test_00000.spectrograms.png", "report_media/decoding.png",
-         "report_media/test_00001.gt_caption.mp4", "report_media/test_00000.video_only.mp4",
-         "report_media/test_00000.spectrograms.png", "report_media/test_00001.gt_caption.mp4"])  # + 2 broken links
+    seconds = json.loads((world / "features" / "meta.json").read_text())["seconds"]
+    problems, _ = page_problems(chromium, tmp_path / "report.html", seconds)
+    assert sorted(problems) == sorted([
+        "report_media/test_00000.spectrograms.png: the image does not decode",
+        "report_media/test_00000.spectrograms.png: broken relative link",
+        "report_media/decoding.png: the image does not decode",
+        "report_media/test_00001.gt_caption.mp4: the video does not load (MediaError code 4)",
+        "report_media/test_00001.gt_caption.mp4: broken relative link",
+        "report_media/test_00000.video_only.mp4: the video does not load (MediaError code 4)"])
 
 
 # -----------------------------------------------------------------------------
