@@ -23,12 +23,14 @@ demo: .venv/installed
 	$(PY) stage1_caption.py --preset=toy --seed=$(SEED) --out_dir=$(OUT)
 	$(PY) stage2_audio.py --preset=toy --seed=$(SEED) --out_dir=$(OUT) --converter=$(OUT)/stage1.pt
 	$(SAMPLE) --name=video_only
-	$(SAMPLE) --name=gt_caption --prompt_field=output
+	$(SAMPLE) --name=gt_caption --prompt_field=output --save_steps
 	$(SAMPLE) --name=self_caption --self_prompt
 	$(SAMPLE) --name=swapped_pitch_text --prompt_field=swapped
 	$(PY) eval.py toy --samples_dir=$(OUT)/samples --out=$(OUT)/eval.json
 
+# the browser test's Chromium (Debian's package) is installed when missing, where we may (as root)
 test: .venv/installed
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "could not install chromium: the browser tests will skip"
 	$(PY) -m pytest -q tests
 
 clean:

@@ -675,7 +675,9 @@ TOY_ROWS = ("ground_truth", "codec_roundtrip", "video_only", "gt_caption", "self
 def run_toy(args):
     """out/toy/eval.json: caption accuracy + coco metrics of the Converter's captions, and per
     generation mode (video only, ground-truth caption, own caption, pitch-swapped caption) how
-    often the generated audio has the test clip's source, count, onsets and register."""
+    often the generated audio has the test clip's source, count, onsets and register; then the
+    report page beside it (report.py: out/toy/report.html)."""
+    import report
     from codec import load_codec
     from data.toy.world import analyze, parse_caption, score
     from extract_features import load_audio
@@ -733,6 +735,9 @@ def run_toy(args):
             print(f"| {name:20s} | {r['class_acc']:.3f} | {r['count_acc']:.3f} | {r['onset_f1']:8.3f} | {r['pitch_acc']:.3f} |")
     print("timing (s): " + ", ".join(f"{k} {v}" for k, v in timing.items()))
     print(f"wrote {out}")
+    report.write_report(report.Config(data_json=args.data_json, features_dir=args.features_dir,
+                                      samples_dir=args.samples_dir, eval_json=str(out),
+                                      out=str(out.with_name("report.html"))))
 
 
 def main(argv=None):

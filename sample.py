@@ -18,7 +18,8 @@ template prompt (the paper's "no text" mode); with --prompt the text steers the 
 
 For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the original video stream copied,
 the new audio muxed in; .vatt.mkv when the video codec cannot go into mp4, e.g. VP8) and
-<video>.vatt.json (caption, prompt, seed, every setting).
+<video>.vatt.json (caption, prompt, seed, every setting); with --save_steps also <video>.vatt.steps.json,
+the step at which each token was revealed (report.py draws it).
 Videos longer than the model's window are generated window by window: each window's first
 `overlap` seconds of tokens are fixed to the previous window's last ones (in-painting), so the
 audio runs on continuously; the output lasts exactly as long as the video.
@@ -83,6 +84,7 @@ class Config:
     seed: int = 0
     overlap: float = 0.4  # seconds of tokens shared by consecutive windows of a long video
     batch_size: int = 8  # videos per batch
+    save_steps: bool = False  # also write <clip>.steps.json: the step at which each token was revealed (report.py draws it)
     device: str = "auto"
     compile: bool = False  # torch.compile VATT Audio: GPU-oriented, pays off over many batches of one shape
     # the speed benchmark (--bench): random weights at the preset's full size, no checkpoint, no data
@@ -192,6 +194,15 @@ def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, 
     return codes
 
 
+def revealed_at(history, mask_id):
+    """history: [the codes before step 1, after step 1, ..., after step T] (decode_tokens' `history`
+    with the start prepended), each (B, L, T). Returns (B, L, T) the step at which each token was
+    revealed, 0 for the tokens given before decoding (in-painting): a revealed token never
+    changes again, so a token revealed at step s is MASK in the s entries before it."""
+    start_unknown = history[0] == mask_id
+    return torch.where(start_unknown, sum((h == mask_id).long() for h in history), 0)
+
+
 # -----------------------------------------------------------------------------
 # the pipeline: models from the checkpoint folder, windows, captions, audio
 
@@ -250,10 +261,15 @@ def generate(models, feats, durations, prompts, seeds, args, device):
         for j, i in enumerate(active):  # in-painting: the overlap is fixed to the previous window's end
             if keep:
                 codes[j, :, :keep] = results[i]["codes"][-1][:, -keep:]
+        history = [codes] if args.save_steps else None
         with autocast(device):  # bf16 on a GPU, float32 elsewhere
             cond, cond_mask = conv.condition(x, used, cut=args.self_prompt)  # once per window, never per step
             codes = decode_tokens(audio, cond, cond_mask, codes, [generators[i] for i in active], args.steps,
-                                  args.cfg, args.temperature, args.top_k, args.mask_temperature)
+                                  args.cfg, args.temperature, args.top_k, args.mask_temperature, history)
+        if history is not None:  # per window, cut like the codes below; main() joins and saves them
+            steps = revealed_at(history, audio.config.bins)
+            for j, i in enumerate(active):
+                results[i].setdefault("revealed_at", []).append(steps[j] if w == 0 else steps[j, :, keep:])
         for j, i in enumerate(active):
             results[i]["codes"].append(codes[j] if w == 0 else codes[j, :, keep:])
         bar.update(args.steps)
@@ -285,6 +301,14 @@ def write_wav(path, wav, sr):
             f.setsampwidth(2)
             f.setframerate(sr)
             f.writeframes(pcm.tobytes())
+
+
+def save_steps(path, result, steps):
+    """<clip>.steps.json, the clip's decoding order (its windows joined as its codes are):
+    revealed_at[level][frame] = the step (1..steps) at which that token was revealed, 0 = given."""
+    grid = torch.cat(result["revealed_at"], -1)[:, : result["codes"].shape[-1]]  # (L, T)
+    with atomic_path(path) as tmp:  # one line: indented, a 10 s clip's 2000 numbers would take 2000 lines
+        Path(tmp).write_text(json.dumps({"steps": steps, "revealed_at": grid.tolist()}) + "\n")
 
 
 def mux(video_path, wav, sr, out_base):
@@ -666,6 +690,8 @@ def main(argv=None):
                     if not args.caption_only:
                         wav = models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()
                         write_wav(out / f"{stem}{suffix}.wav", wav, sr)
+                        if args.save_steps:
+                            save_steps(out / f"{stem}{suffix}.steps.json", r, args.steps)
                 else:
                     path = Path(key)
                     base = str((out or path.parent) / f"{path.stem}.vatt{suffix}")
@@ -686,6 +712,8 @@ def main(argv=None):
                             print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; "
                                   "wrote the wav and json only", file=sys.stderr)
                     save_json(record, base + ".json")
+                    if args.save_steps and not args.caption_only:
+                        save_steps(base + ".steps.json", r, args.steps)
                 bar.update(1)
     bar.close()
     if args.data_json:
