@@ -20,7 +20,7 @@ TINY_STAGE2 = ["--max_steps=2", "--eval_interval=1", "--eval_batches=1", "--batc
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("toy")
-    prepare.main([f"--out_dir={d}", "--n_train=6", "--n_test=2", "--workers=1"])
+    prepare.main([f"--out_dir={d}", "--n_train=6", "--n_test=2", "--n_val=2", "--workers=1"])
     data = f"--data_json={d}/v2a_instruction.json"
     assert extract_features.main([f"--input={d}/v2a_instruction.json", f"--out_dir={d}/features", "--num_workers=0"]) == 0
     stage1_caption.main([data, f"--features_dir={d}/features", f"--out_dir={d}/out"] + TINY_STAGE1)

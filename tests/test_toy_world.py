@@ -43,7 +43,10 @@ def test_captions_parse_back_for_every_combination():
             assert re.fullmatch(r"[a-z]+( [a-z]+)*", caption), caption  # lower case, no punctuation
             words = caption.split()
             assert sum(w in world.CLASSES for w in words) == 1, caption
-            assert sum(w in world.PITCH_OF_WORD for w in words) == 1, caption
+            # the register as a pair of its two words, joined by "and", in either order
+            pitch_words = [w for w in words if w in world.PITCH_OF_WORD]
+            assert sorted(pitch_words) == sorted(world.PITCH_WORDS[pitch]), caption
+            assert " and ".join(pitch_words) in caption, caption
             assert world.parse_caption(caption) == {"class": cls, "pitch": pitch, "count": count}, caption
     assert len(seen) > 300  # the grammar has real variety
 
@@ -208,12 +211,12 @@ def read_mp4(path, sr=16000):
 
 def test_prepare_end_to_end(tmp_path):
     script = ROOT / "data" / "toy" / "prepare.py"
-    args = [sys.executable, str(script), "--n_train=4", "--n_test=2", f"--out_dir={tmp_path}", "--workers=2"]
+    args = [sys.executable, str(script), "--n_train=4", "--n_test=2", "--n_val=1", f"--out_dir={tmp_path}", "--workers=2"]
     subprocess.run(args, check=True, capture_output=True)
     entries = json.loads((tmp_path / "v2a_instruction.json").read_text())
-    assert [e["split"] for e in entries] == ["train"] * 4 + ["test"] * 2
+    assert [e["split"] for e in entries] == ["train"] * 4 + ["test"] * 2 + ["val"]
     assert [e["video_path"] for e in entries] == [f"clips/train_{i:05d}.mp4" for i in range(4)] + \
-        [f"clips/test_{i:05d}.mp4" for i in range(2)]
+        [f"clips/test_{i:05d}.mp4" for i in range(2)] + ["clips/val_00000.mp4"]
     for e in entries:
         assert set(e) == {"video_path", "output", "split", "class", "pitch", "f0", "onsets", "count", "swapped"}
         assert world.parse_caption(e["swapped"])["pitch"] != world.parse_caption(e["output"])["pitch"]
@@ -241,3 +244,24 @@ def test_prepare_rejects_unknown_options(tmp_path):
     assert bad.returncode != 0 and "n_trian" in bad.stderr
     usage = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True)
     assert "n_train: int = 2000" in usage.stdout
+
+# -----------------------------------------------------------------------------
+# the text-path diagnostic (data/toy/text_gain.py)
+
+
+def test_text_gain_finds_the_pitch_words_and_runs(world, capsys):  # noqa: F811 (the fixture, not the module)
+    from data.toy import text_gain
+    from data.toy.world import PITCH_OF_WORD
+    from stage1_caption import load_converter
+
+    conv = load_converter(world / "out" / "stage1.pt", torch.device("cpu"))
+    prompts = ["a high and bright bell rings twice", "two deep and low drum hits"]
+    n_cond = conv.n_video_tokens(10) + conv.max_text_tokens
+    at = text_gain.pitch_positions(conv, prompts, n_cond)
+    for prompt, row in zip(prompts, at):
+        ids, _ = conv.prompt_ids(prompt)
+        words = conv.tokenizer.convert_ids_to_tokens([ids[i - (n_cond - len(ids))] for i in row.nonzero()[:, 0]])
+        assert sorted(words) == sorted(w for w in prompt.split() if w in PITCH_OF_WORD)
+    text_gain.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json", "--split=val"])
+    out = capsys.readouterr().out
+    assert "1. condition" in out and "2. attention" in out and out.count(" | ") >= 4

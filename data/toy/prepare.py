@@ -3,7 +3,7 @@ Generates the toy audio-visual data set: real mp4 files (H.264 video + AAC audio
 V2A-Instruction-style JSON, so that the pipeline reads the toy world exactly like real data.
 
     python data/toy/prepare.py                                  # 2000 train + 200 val + 200 test clips in data/toy
-    python data/toy/prepare.py --n_train=4 --n_test=2 --out_dir=/tmp/toy   # a quick look
+    python data/toy/prepare.py --n_train=4 --n_val=1 --n_test=2 --out_dir=/tmp/toy   # a quick look
     python data/toy/prepare.py --seconds=10 --fps=30            # longer clips, another frame rate
     python data/toy/prepare.py --help                           # every option with its default
 

@@ -215,22 +215,28 @@ HIT_NOUNS = {  # (singular, plural) for "two deep drum hits"
     "whistle": (("blow", "blows"), ("toot", "toots"), ("call", "calls")),
 }
 TEMPLATES = (
-    "a {p} {c} {v3} {n}",                    # a high bell rings twice
-    "{num} {p} {c} {hit}",                   # two deep drum hits
-    "the sound of a {p} {c} {ving} {n}",     # the sound of a low whistle blowing three times
-    "a {c} is {vpp} {n} with a {p} {tone}",  # a drum is hit once with a high pitch
-    "someone {vt} a {p} {c} {n}",            # someone strikes a bright bell three times
-    "{p} {c} sound heard {n}",               # deep bell sound heard twice
+    "a {p} {c} {v3} {n}",                    # a high and bright bell rings twice
+    "{num} {p} {c} {hit}",                   # two deep and low drum hits
+    "the sound of a {p} {c} {ving} {n}",     # the sound of a low and deep whistle blowing three times
+    "a {c} is {vpp} {n} with a {p} {tone}",  # a drum is hit once with a bright and high pitch
+    "someone {vt} a {p} {c} {n}",            # someone strikes a high and bright bell three times
+    "{p} {c} sound heard {n}",               # deep and low bell sound heard twice
 )
 
 
 def make_caption(cls, pitch, count, rng):
-    """A random caption from the grammar: exactly one class word, one pitch word, one count."""
+    """A random caption from the grammar: exactly one class word, one count, and the register as a
+    pair of pitch words in either order ("high and bright", "deep and low"). The pair is what
+    makes the register survive in a captioner's states: after "high and" comes "bright", after "low
+    and" comes "deep", so an LLM trained to write these captions must keep the register in its
+    last layer. With one pitch word nothing later depends on it, and the captioner's training maps
+    "high" and "low" onto nearly the same state (README, "Paper notes")."""
     pick = lambda options: options[rng.integers(len(options))]
     v3, ving, vpp, vt = VERBS[cls]
     singular, plural = pick(HIT_NOUNS[cls])
+    first, second = rng.permutation(PITCH_WORDS[pitch])
     return pick(TEMPLATES).format(
-        p=pick(PITCH_WORDS[pitch]), c=cls, n=COUNT_ADVERBS[count], num=COUNT_NUMBERS[count],
+        p=f"{first} and {second}", c=cls, n=COUNT_ADVERBS[count], num=COUNT_NUMBERS[count],
         hit=singular if count == 1 else plural, v3=pick(v3), ving=pick(ving), vpp=pick(vpp),
         vt=pick(vt), tone=pick(("pitch", "tone", "sound")))
 
