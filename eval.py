@@ -736,7 +736,7 @@ def run_toy(args):
     print("timing (s): " + ", ".join(f"{k} {v}" for k, v in timing.items()))
     print(f"wrote {out}")
     report.write_report(report.Config(data_json=args.data_json, features_dir=args.features_dir,
-                                      samples_dir=args.samples_dir, eval_json=str(out),
+                                      samples_dir=args.samples_dir, split=args.split, eval_json=str(out),
                                       out=str(out.with_name("report.html"))))
 
 

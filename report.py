@@ -38,6 +38,7 @@ class Config:
     data_json: str = "data/toy/v2a_instruction.json"  # the toy world's JSON (test clips, captions, truths)
     features_dir: str = "data/toy/features"  # its meta.json gives the clip length and sample rate
     samples_dir: str = "out/toy/samples"  # sample.py outputs, one folder per mode
+    split: str = "test"  # the clips the samples were made of
     eval_json: str = "out/toy/eval.json"  # eval.py toy's table
     out: str = "out/toy/report.html"  # the page; its media go to <out without .html>_media/ beside it
     n_clips: int = 6  # test clips shown (kept small: every clip costs 5 videos and a figure)
@@ -238,7 +239,7 @@ def write_report(cfg):
     result = json.loads(Path(cfg.eval_json).read_text())
     meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
     sr, seconds = meta["sample_rate"], meta["seconds"]
-    test = [e for e in json.loads(data.read_text()) if e["split"] == "test"]
+    test = [e for e in json.loads(data.read_text()) if e["split"] == cfg.split]
     captions = json.loads((samples / "video_only" / "captions.json").read_text())
     chosen = pick_clips(test, cfg.n_clips)
 
@@ -278,7 +279,7 @@ def write_report(cfg):
     building.rename(media)
     timing = ", ".join(f"{k} {v} s" for k, v in result.get("timing", {}).items())
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>VATT toy run</title><style>{CSS}</style>"
-            f"</head><body><h1>VATT on the toy world</h1><p>{result['settings']['n_test_clips']} held-out clips. The "
+            f"</head><body><h1>VATT on the toy world</h1><p>{result['settings']['n_clips']} held-out {cfg.split} clips. The "
             "video decides when and what sounds (source, strikes); only the text says the pitch register. Each audio "
             "row is what the analyzer (data/toy/world.py) hears in the generated audio, scored against the clip.</p>"
             f"<h2>Evaluation</h2>{table_html(result)}<p class=reading>Timing: {html.escape(timing)}.</p>"
