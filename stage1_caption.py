@@ -335,8 +335,11 @@ def load_trained_weights(model, ckpt, source, llm_name):
     model.llm.load_state_dict(ckpt["trainable"], strict=False)
 
 
+# -----------------------------------------------------------------------------
+# fine-tuning (--init_from): a trained checkpoint as the starting point
+
 # the settings that make up a trained Converter rather than its training: a fine-tuning run
-# (--init_from) takes them from the checkpoint it starts from
+# takes them from the checkpoint it starts from
 ARCHITECTURE = ("toy_layers", "toy_width", "toy_heads", "video_tokens_per_second", "lora_r", "lora_alpha",
                 "max_text_tokens")
 
@@ -348,10 +351,14 @@ def read_init_checkpoint(path, kind, own_checkpoint):
         sys.exit(f"error: {path}: no such checkpoint (--init_from)")
     if Path(path).resolve() == Path(own_checkpoint).resolve():
         sys.exit(f"error: --init_from={path} is this run's own checkpoint: write the fine-tuned model to another --out_dir")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("kind") != kind:
-        sys.exit(f"error: {path}: not a {'stage-1 (Converter)' if kind == 'vatt-converter' else 'stage-2 (VATT Audio)'} "
-                 f"checkpoint of this project (it is {ckpt.get('kind', 'something else')!r})")
+    what = "stage-1 (Converter)" if kind == "vatt-converter" else "stage-2 (VATT Audio)"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (pickled objects, not a torch file, ...)
+        sys.exit(f"error: {path}: not a {what} checkpoint of this project ({str(e).splitlines()[0][:80]})")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        found = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        sys.exit(f"error: {path}: not a {what} checkpoint of this project" + (f" (a {found!r} one)" if found else ""))
     return ckpt
 
 
