@@ -554,7 +554,7 @@ def main(argv=None):
     items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout)
     if n_missing:
         print0(f"warning: {n_missing} train clips have no features and are left out")
-    items = check_split_files(files, items, False, cfg.skip_bad_files, rank, world)
+    items = check_split_files(files, items, tokens=False, skip_bad=cfg.skip_bad_files, rank=rank, world=world)
     n_val = max(1, int(len(items) * cfg.val_fraction))
     train, val = items[:-n_val], items[-n_val:]
     print0(f"{len(train)} training and {len(val)} validation clips")

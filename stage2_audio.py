@@ -314,7 +314,9 @@ def read_init_model(path, own_checkpoint):
     """--init_from -> (ModelConfig, weights, head order, codec name or None), where weights(codebooks)
     gives the state dict in our keys. Our stage2.pt, or the authors' VATT Lightning .ckpt mapped by
     official.py: their codec is AudioGen's, their heads keep their order, and their file holds no
-    codebooks, so the tables of the codec the new tokens were made with are used."""
+    codebooks, so the tables of the codec the new tokens were made with are used. Their stored
+    sin-cos table (within 3e-5 of ours, official.py quirk 3) is not kept: the fine-tuned model
+    trains, saves and reloads with ours."""
     from stage1_caption import read_init_checkpoint
 
     try:
@@ -389,7 +391,7 @@ def main(argv=None):
     items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout, tokens=True)
     if n_missing:
         print0(f"warning: {n_missing} train clips have no features or tokens and are left out")
-    items = check_split_files(files, items, True, cfg.skip_bad_files, rank, world)
+    items = check_split_files(files, items, tokens=True, skip_bad=cfg.skip_bad_files, rank=rank, world=world)
     n_val = max(1, int(len(items) * cfg.val_fraction))
     train, val = items[:-n_val], items[-n_val:]
     print0(f"{len(train)} training and {len(val)} validation clips")
