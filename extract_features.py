@@ -4,9 +4,11 @@ Stage 0 of VATT: turn videos into the two arrays the models train on.
   video -> frames at 5 fps -> CLIP image embeddings   features/video/<stem>.npy  float16 (T*5, D)
   audio -> 16 kHz mono     -> codec tokens (4 x 50 Hz) features/audio/<stem>.npy  int16   (4, T*50)
 
-This is the layout of the authors' released features (EVA02-CLIP-L/14-336, 50 x 768 per 10 s clip,
-paper §4) and tokens (AudioGen's 16 kHz EnCodec, 4 codebooks, 500 frames per 10 s, paper §3.2.1),
-so their files can be dropped in instead. Every clip is cut or padded to one fixed window
+The encoders are the authors' (EVA02-CLIP-L/14-336, 50 x 768 per 10 s clip, paper §4; AudioGen's
+16 kHz EnCodec, 4 codebooks, 500 frames per 10 s, paper §3.2.1). Their released VGGSound files
+use another layout (two folders, tokens stored time-first as (500, 4), no meta.json); the trainers
+read that layout as it is (--features_dir=the folder they are unzipped in; see authors_meta and
+stage1_caption.FeatureFiles), so they need no extraction. Every clip is cut or padded to one fixed window
 (`seconds`): frames past the end of a short video repeat its last frame, audio is padded with
 silence, longer clips are cropped from their start.
 
@@ -20,6 +22,7 @@ simply resumes):
     torchrun --nproc_per_node=8 extract_features.py --preset=vggsound --input=list.txt
 """
 import json
+import math
 import os
 import sys
 import time
@@ -32,7 +35,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from codec import load_codec
+from codec import AudioGenCodecConfig, load_codec
 from utils import atomic_path, parse_config, pick_device, print0, record_timing, save_json
 
 # -----------------------------------------------------------------------------
@@ -69,6 +72,18 @@ PRESETS = {
 }
 
 TOY_VIT = Path(__file__).parent / "data" / "toy" / "toy-vit.json"
+
+
+def authors_meta():
+    """What our meta.json would say about the authors' released VGGSound features and tokens
+    (vggsound_clip_5fps.zip, meta_pretrain_vgg_encodec_tokens.zip), which ship without one: they
+    were made with the vggsound preset's encoders, 5 fps EVA02-CLIP-L/14-336 over 10 s and AudioGen's
+    codec, whose sizes come from its config without building it."""
+    codec = AudioGenCodecConfig()
+    return {**asdict(Config(**PRESETS["vggsound"])), "preset": "vggsound",
+            "feature_dim": 768,  # EVA02-CLIP-L/14's image embedding width (their projector is Linear(768, d))
+            "sample_rate": codec.sample_rate, "frame_rate": codec.sample_rate // math.prod(codec.ratios),
+            "n_q": codec.n_q, "bins": codec.bins}
 
 # -----------------------------------------------------------------------------
 # reading videos with PyAV. Each problem becomes one VideoError line naming the file.

@@ -455,7 +455,8 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
       codebooks   default ckpt_dir/meta_pretrain_vgg_encodec_embed.pt, else the codec's own tables
       codec       a codec module, a path, or a hub id (default ckpt_dir/audiogen_model, else
                   facebook/audiogen-medium)
-      features_dir  where sample.py --data_json finds <features_dir>/video/<stem>.npy (50 x 768)"""
+      features_dir  where sample.py --data_json finds the 50 x 768 features: our layout (video/<stem>.npy)
+                    or the authors' download (vggsound_clip_5fps/<stem>.npy), see stage1_caption.FeatureFiles"""
     from codec import load_codec
 
     d = Path(ckpt_dir)

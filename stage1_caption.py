@@ -18,9 +18,11 @@ One GPU, Gemma-2B (gated on the hub: accept its licence and `huggingface-cli log
 Many GPUs:
     torchrun --nproc_per_node=8 stage1_caption.py --preset=llama-2-7b ...
 """
+import functools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,9 +33,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from tqdm import tqdm
 
-from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, record_timing, save_checkpoint,
-                   setup_ddp, weights_digest)
+from utils import (all_mean, autocast, check_npy, get_lr, parse_config, pick_device, print0, record_timing,
+                   save_checkpoint, setup_ddp, shape_fits, shape_str, weights_digest)
 
 # -----------------------------------------------------------------------------
 # config
@@ -75,6 +78,12 @@ class Config:
     eval_batches: int = 4
     log_interval: int = 20  # print the training loss every this many steps
     resume: bool = True  # continue from out_dir/stage1.pt if it exists
+    # fine-tuning: start from this trained stage1.pt (its LLM, LoRA and projector; the architecture
+    # settings come from it) with a fresh optimizer at step 0. A run that has saved its own
+    # out_dir/stage1.pt resumes from that instead.
+    init_from: str = ""
+    features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
+    skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
     seed: int = 1337
     device: str = "auto"
 
@@ -300,31 +309,208 @@ def load_converter(ckpt_path, device):
     conv = Converter(llm, tokenizer, ckpt["features_meta"]["feature_dim"], cfg["video_tokens_per_second"],
                      cfg["max_text_tokens"])
     conv.features_meta, conv.features_dir = ckpt["features_meta"], cfg["features_dir"]
-    conv.proj.load_state_dict(ckpt["projector"])
-    missing = set(ckpt["trainable"]) - set(llm.state_dict())
-    assert not missing, f"{ckpt_path}: LLM weights not in the model: {sorted(missing)[:3]}"
-    llm.load_state_dict(ckpt["trainable"], strict=False)
+    load_trained_weights(conv, ckpt, ckpt_path, llm_path)
     return conv.to(device).eval().requires_grad_(False)
 
 
+def load_trained_weights(model, ckpt, source, llm_name):
+    """Copies a stage-1 checkpoint's projector and trained LLM weights into a Converter, after
+    checking that they fit it: one error line naming the checkpoint for another visual encoder,
+    LLM width, vocabulary, or LLM / LoRA layout."""
+    d_lm, feature_dim = ckpt["projector"]["weight"].shape
+    if feature_dim != model.proj.in_features:
+        sys.exit(f"error: {source}: its projector takes {feature_dim}-d frame features, these features are "
+                 f"{model.proj.in_features}-d (another visual encoder)")
+    if d_lm != model.hidden_size:
+        sys.exit(f"error: {source}: trained on a {d_lm}-wide LLM, {llm_name} is {model.hidden_size}-wide")
+    if ckpt.get("vocab_size", len(model.tokenizer)) != len(model.tokenizer):
+        sys.exit(f"error: {source}: trained with a vocabulary of {ckpt['vocab_size']} tokens, {llm_name} has "
+                 f"{len(model.tokenizer)}")
+    own = model.llm.state_dict()
+    for key, value in ckpt["trainable"].items():
+        if key not in own or own[key].shape != value.shape:
+            sys.exit(f"error: {source}: its LLM weight {key} {tuple(value.shape)} does not fit {llm_name} "
+                     f"({tuple(own[key].shape) if key in own else 'no such weight'}: another LLM or LoRA setting)")
+    model.proj.load_state_dict(ckpt["projector"])
+    model.llm.load_state_dict(ckpt["trainable"], strict=False)
+
+
 # -----------------------------------------------------------------------------
-# data: (features, caption) pairs of the train split
+# fine-tuning (--init_from): a trained checkpoint as the starting point
+
+# the settings that make up a trained Converter rather than its training: a fine-tuning run
+# takes them from the checkpoint it starts from
+ARCHITECTURE = ("toy_layers", "toy_width", "toy_heads", "video_tokens_per_second", "lora_r", "lora_alpha",
+                "max_text_tokens")
 
 
-def load_split(data_json, features_dir, split):
-    """Entries of `split` whose features exist: [(stem, caption)]. Returns (items, n_missing)."""
+def read_init_checkpoint(path, kind, own_checkpoint):
+    """The trained checkpoint a fine-tuning run starts from (`kind`: "vatt-converter" or
+    "vatt-audio"), refused when it is the run's own output, which --resume continues instead."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path}: no such checkpoint (--init_from)")
+    if Path(path).resolve() == Path(own_checkpoint).resolve():
+        sys.exit(f"error: --init_from={path} is this run's own checkpoint: write the fine-tuned model to another --out_dir")
+    what = "stage-1 (Converter)" if kind == "vatt-converter" else "stage-2 (VATT Audio)"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (pickled objects, not a torch file, ...)
+        sys.exit(f"error: {path}: not a {what} checkpoint of this project ({str(e).splitlines()[0][:80]})")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        found = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        sys.exit(f"error: {path}: not a {what} checkpoint of this project" + (f" (a {found!r} one)" if found else ""))
+    return ckpt
+
+
+# -----------------------------------------------------------------------------
+# data: (features, caption) pairs of the train split, in either of two folder layouts
+
+
+# layout name -> (frame-feature folder, token folder) inside --features_dir
+LAYOUTS = {
+    # extract_features.py's: meta.json, video/<stem>.npy (frames, D), audio/<stem>.npy (L, T)
+    "ours": ("video", "audio"),
+    # the authors' VGGSound download unzipped into one folder, as their setup_inference.sh does:
+    # vggsound_clip_5fps/<stem>.npy (50, 768) and meta_pretrain_vgg_encodec_tokens/<stem>.npy
+    # (500, 4), no meta.json (extract_features.authors_meta says what it would hold)
+    "authors": ("vggsound_clip_5fps", "meta_pretrain_vgg_encodec_tokens"),
+}
+
+
+class BadFileError(ValueError):
+    """A feature or token file that cannot be used; the message starts with its path."""
+
+
+class FeatureFiles:
+    """Where a clip's frame features and codec tokens are, what shapes they must have, and loading
+    them. `layout` is one of LAYOUTS or "auto": the folder's contents decide."""
+
+    def __init__(self, folder, layout="auto"):
+        self.folder = Path(folder)
+        if layout == "auto":
+            layout = "authors" if (self.folder / LAYOUTS["authors"][0]).is_dir() else "ours"
+        if layout not in LAYOUTS:
+            sys.exit(f"error: unknown features layout {layout!r}; choose one of {', '.join(LAYOUTS)} or auto")
+        self.layout = layout
+        self.video_dir, self.tokens_dir = (self.folder / sub for sub in LAYOUTS[layout])
+        meta_json = self.folder / "meta.json"
+        if layout == "authors":
+            from extract_features import authors_meta
+
+            self.meta = authors_meta()
+        else:
+            self.meta = json.loads(meta_json.read_text()) if meta_json.exists() else None
+
+    def require_meta(self):
+        if self.meta is None:
+            sys.exit(f"error: {self.folder}: no meta.json and no {LAYOUTS['authors'][0]}/ folder: expected the "
+                     "output of extract_features.py, or the authors' VGGSound features unzipped there")
+        return self.meta
+
+    def video_path(self, stem):
+        return self.video_dir / f"{stem}.npy"
+
+    def tokens_path(self, stem):
+        return self.tokens_dir / f"{stem}.npy"
+
+    def video_shape(self, feature_dim=None):
+        """(frames, D): the fixed window at the features' rate; unknown axes None without meta.json."""
+        if self.meta is None:
+            return (None, feature_dim)
+        return (round(self.meta["seconds"] * self.meta["fps"]), self.meta["feature_dim"])
+
+    def tokens_shape(self):
+        """The token file's shape on disk: (L, T) ours, (T, L) the authors' (time first)."""
+        m = self.require_meta()
+        shape = (m["n_q"], round(m["seconds"] * m["frame_rate"]))
+        return shape[::-1] if self.layout == "authors" else shape
+
+    def _load(self, path, shape, what):
+        try:
+            x = np.load(path)
+        except (ValueError, OSError, EOFError) as e:  # e.g. pickled data, a truncated file
+            raise BadFileError(f"{path}: unreadable ({str(e).splitlines()[0][:80]})") from None
+        if not shape_fits(shape, x.shape):
+            raise BadFileError(f"{path}: expected {what} of shape {shape_str(shape)}, got {x.shape}")
+        return x
+
+    def load_video(self, stem, feature_dim=None):
+        """(frames, D) float32 frame features."""
+        path = self.video_path(stem)
+        x = self._load(path, self.video_shape(feature_dim), "features")
+        if x.dtype.kind != "f":
+            raise BadFileError(f"{path}: dtype {x.dtype}, expected floats")
+        return torch.from_numpy(x.astype(np.float32))
+
+    def load_tokens(self, stem):
+        """(L, T) int64 codec tokens, whatever the layout stores."""
+        path, bins = self.tokens_path(stem), self.require_meta()["bins"]
+        x = self._load(path, self.tokens_shape(), "tokens")
+        if x.dtype.kind not in "iu" or x.min() < 0 or x.max() >= bins:
+            raise BadFileError(f"{path}: expected integer tokens in [0, {bins}), got {x.dtype} in [{x.min()}, {x.max()}]")
+        if self.layout == "authors":
+            x = x.T  # stored time-first (500, 4), as their dataset transposes on load: (L, T) here
+        return torch.from_numpy(x.astype(np.int64))
+
+    def problems(self, stem, tokens):
+        """'path: problem' for each bad file of a clip (headers only, see utils.check_npy)."""
+        checks = [(self.video_path(stem), self.video_shape(), "f")]
+        if tokens:
+            checks.append((self.tokens_path(stem), self.tokens_shape(), "iu"))
+        return [f"{path}: {problem}" for path, shape, kinds in checks
+                if (problem := check_npy(path, shape, kinds)) is not None]
+
+
+@functools.lru_cache(maxsize=None)
+def feature_files(folder, layout="auto"):
+    return FeatureFiles(folder, layout)
+
+
+def load_split(data_json, features_dir, split, layout="auto", tokens=False):
+    """Entries of `split` whose features (and, with `tokens`, token files) exist: [(stem, caption)].
+    Returns (items, n_missing)."""
+    files = feature_files(str(features_dir), layout)
     entries = [e for e in json.loads(Path(data_json).read_text()) if e["split"] == split]
     items = [(Path(e["video_path"]).stem, e["output"]) for e in entries]
-    have = [(s, c) for s, c in items if (Path(features_dir) / "video" / f"{s}.npy").exists()]
+    have = [(s, c) for s, c in items if files.video_path(s).exists() and (not tokens or files.tokens_path(s).exists())]
     return have, len(items) - len(have)
 
 
-def load_features(features_dir, stem, expected_dim=None):
-    path = Path(features_dir) / "video" / f"{stem}.npy"
-    x = np.load(path)
-    if x.ndim != 2 or (expected_dim is not None and x.shape[1] != expected_dim):
-        raise ValueError(f"{path}: expected features of shape (frames, {expected_dim}), got {x.shape}")
-    return torch.from_numpy(x.astype(np.float32))
+def load_features(features_dir, stem, expected_dim=None, layout="auto"):
+    return feature_files(str(features_dir), layout).load_video(stem, expected_dim)
+
+
+def exit_changed_file(error):
+    """A file that passed the check before step 0 and fails to load later: one line, and the run stops."""
+    sys.exit(f"error: {error} (it passed the check before step 0, so it changed during the run; fix or "
+             "remove it and rerun: training resumes from its last checkpoint)")
+
+
+def check_split_files(files, items, tokens, skip_bad, rank=0, world=1):
+    """Checks every file of a split's clips before step 0, by its header (seconds even for 200 k
+    clips; DDP ranks share the work). A bad file stops the run with the list of them, or, with
+    `skip_bad`, its clip is left out and reported. Returns the items to train on."""
+    t0 = time.time()
+    bad = {}
+    for stem, _ in tqdm(items[rank::world], desc="checking files", disable=rank != 0, leave=False):
+        if found := files.problems(stem, tokens):
+            bad[stem] = found
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, bad)
+        bad = {k: v for part in gathered for k, v in part.items()}
+    n_files, seconds = len(items) * (2 if tokens else 1), time.time() - t0
+    if not bad:
+        print0(f"checked the {n_files} files of {len(items)} clips in {seconds:.1f} s: all good")
+        return items
+    for stem in sorted(bad):
+        for line in bad[stem]:
+            print0(line, file=sys.stderr)
+    if not skip_bad:
+        sys.exit(f"error: {len(bad)} of {len(items)} clips have bad files (listed above; checked {n_files} files "
+                 f"in {seconds:.1f} s): fix or remove them, or leave those clips out with --skip_bad_files=true")
+    print0(f"left out {len(bad)} of {len(items)} clips with bad files (listed above; checked {n_files} files in {seconds:.1f} s)")
+    return [item for item in items if item[0] not in bad]
 
 
 @torch.no_grad()
@@ -355,10 +541,20 @@ def main(argv=None):
     out = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see below)
 
-    meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
-    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train")
+    ckpt_path = out / "stage1.pt"
+    init = read_init_checkpoint(cfg.init_from, "vatt-converter", ckpt_path) if cfg.init_from else None
+    if init is not None:  # fine-tuning keeps the trained model's architecture
+        if (init["config"]["llm"] == "toy") != (cfg.llm == "toy"):
+            sys.exit(f"error: {cfg.init_from}: trained on the LLM {init['config']['llm']!r}, this run uses "
+                     f"{cfg.llm!r} (pass the matching --preset or --llm)")
+        for key in ARCHITECTURE:
+            setattr(cfg, key, init["config"][key])
+    files = feature_files(cfg.features_dir, cfg.features_layout)
+    meta = files.require_meta()
+    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout)
     if n_missing:
         print0(f"warning: {n_missing} train clips have no features and are left out")
+    items = check_split_files(files, items, tokens=False, skip_bad=cfg.skip_bad_files, rank=rank, world=world)
     n_val = max(1, int(len(items) * cfg.val_fraction))
     train, val = items[:-n_val], items[-n_val:]
     print0(f"{len(train)} training and {len(val)} validation clips")
@@ -367,7 +563,10 @@ def main(argv=None):
     if cfg.llm == "toy":  # the random base LLM is part of this stage's output, next to stage1.pt
         llm_path = "toy_llm"
         if rank == 0 and not (out / llm_path / "config.json").exists():
-            build_toy_llm(cfg, [c for _, c in items], out / llm_path)
+            if init is not None:  # the trained model's own base LLM and vocabulary
+                shutil.copytree(Path(cfg.init_from).parent / init["llm_path"], out / llm_path, dirs_exist_ok=True)
+            else:
+                build_toy_llm(cfg, [c for _, c in items], out / llm_path)
         if world > 1:
             torch.distributed.barrier()
     llm, tokenizer = load_llm(str(out / llm_path) if cfg.llm == "toy" else llm_path,
@@ -386,16 +585,24 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     print0(f"trainable parameters: {sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,}")
 
-    step, ckpt_path = 0, out / "stage1.pt"
+    def clip_features(stem):
+        try:
+            return files.load_video(stem)
+        except BadFileError as e:
+            exit_changed_file(e)
+
+    step = 0
     if cfg.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.proj.load_state_dict(ckpt["projector"])
-        llm.load_state_dict(ckpt["trainable"], strict=False)
+        load_trained_weights(model, ckpt, ckpt_path, cfg.llm)
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         print0(f"resuming from {ckpt_path} at step {step}")
-    if step == 0:
-        init_projector(model, torch.stack([load_features(cfg.features_dir, s, meta["feature_dim"]) for s, _ in train[:256]]))
+    elif init is not None:
+        load_trained_weights(model, init, cfg.init_from, cfg.llm)
+        print0(f"fine-tuning from {cfg.init_from} (trained {init['step']} steps): fresh optimizer, step 0")
+    else:
+        init_projector(model, torch.stack([clip_features(s) for s, _ in train[:256]]))
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     # every rank draws the same global batch and keeps its slice: N processes see exactly the
@@ -404,7 +611,7 @@ def main(argv=None):
         mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
         pick = r.choice(len(split_items), cfg.batch_size * world)[mine]
         prompts = [INSTRUCTIONS[j] for j in r.integers(len(INSTRUCTIONS), size=cfg.batch_size * world)[mine]]
-        feats = torch.stack([load_features(cfg.features_dir, split_items[i][0], meta["feature_dim"]) for i in pick])
+        feats = torch.stack([clip_features(split_items[i][0]) for i in pick])
         return feats.to(device), prompts, [split_items[i][1] for i in pick]
 
     @torch.no_grad()
@@ -424,7 +631,7 @@ def main(argv=None):
         trainable = {k: v for k, v in llm.state_dict().items()
                      if k in {n for n, p in llm.named_parameters() if p.requires_grad}}
         save_checkpoint({"kind": "vatt-converter", "config": asdict(cfg), "step": step, "llm_path": llm_path,
-                         "features_meta": meta, "projector": model.proj.state_dict(),
+                         "vocab_size": len(tokenizer), "features_meta": meta, "projector": model.proj.state_dict(),
                          "trainable": trainable, "optimizer": optimizer.state_dict()}, ckpt_path)
 
     model.train()
@@ -471,7 +678,7 @@ def main(argv=None):
     print(f"rank {rank}: weights {weights_digest(params)}", flush=True)  # the same on every rank
     if rank == 0:
         model.eval()
-        feats = torch.stack([load_features(cfg.features_dir, s, meta["feature_dim"]) for s, _ in val[:4]]).to(device)
+        feats = torch.stack([clip_features(s) for s, _ in val[:4]]).to(device)
         for (stem, ref), hyp in zip(val[:4], model.caption(feats)):
             print(f"{stem}: {hyp!r} (reference: {ref!r})")
         record_timing(out, "stage1_caption", t0)

@@ -22,7 +22,6 @@ Many GPUs:
 Parameter count of a preset at full size (random weights, no data needed):
     python stage2_audio.py --preset=gemma-2b --count_params=true
 """
-import json
 import math
 import sys
 import time
@@ -85,6 +84,12 @@ class Config:
     eval_batches: int = 4
     log_interval: int = 25  # print the training loss every this many steps
     resume: bool = True  # continue from out_dir/stage2.pt if it exists
+    # fine-tuning: start from this trained stage2.pt, or from the authors' released VATT .ckpt (via
+    # official.py), with a fresh optimizer at step 0; the network's size comes from it. A run that
+    # has saved its own out_dir/stage2.pt resumes from that instead.
+    init_from: str = ""
+    features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
+    skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
     count_params: bool = False  # build the model with random weights, print its size, exit
     seed: int = 1337
     device: str = "auto"
@@ -285,7 +290,64 @@ def load_vatt_audio(ckpt_path, device):
         sys.exit(f"error: {ckpt_path}: not a stage-2 (VATT Audio) checkpoint")
     model = VATTAudio(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval().requires_grad_(False), ckpt
+    return in_head_order(model, ckpt.get("head_order", "natural")).to(device).eval().requires_grad_(False), ckpt
+
+
+def in_head_order(model, head_order):
+    """A model fine-tuned from the authors' weights keeps their head order (official.py, quirk 2):
+    it is trained, saved and sampled through official.OfficialOrder."""
+    if head_order == "natural":
+        return model
+    from official import OfficialOrder
+
+    return OfficialOrder(model)
+
+
+# -----------------------------------------------------------------------------
+# fine-tuning: a trained VATT Audio, ours or the authors', as the starting point
+
+# the settings that make up the network rather than its training: taken from --init_from
+ARCHITECTURE = ("dim", "n_multiway", "n_plain", "n_head", "head_dim", "max_len")
+
+
+def read_init_model(path, own_checkpoint):
+    """--init_from -> (ModelConfig, weights, head order, codec name or None), where weights(codebooks)
+    gives the state dict in our keys. Our stage2.pt, or the authors' VATT Lightning .ckpt mapped by
+    official.py: their codec is AudioGen's, their heads keep their order, and their file holds no
+    codebooks, so the tables of the codec the new tokens were made with are used. Their stored
+    sin-cos table (within 3e-5 of ours, official.py quirk 3) is not kept: the fine-tuned model
+    trains, saves and reloads with ours."""
+    from stage1_caption import read_init_checkpoint
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 (a Lightning .ckpt may pickle objects: official.load_checkpoint decides)
+        ckpt = None
+    if isinstance(ckpt, dict) and "kind" in ckpt:
+        ckpt = read_init_checkpoint(path, "vatt-audio", own_checkpoint)
+        return (ModelConfig(**ckpt["model_config"]), lambda codebooks: ckpt["model"],
+                ckpt.get("head_order", "natural"), ckpt["codec"])
+    import official
+
+    try:
+        state_dict = official.load_checkpoint(path)
+        mcfg = official.official_config(state_dict)
+    except Exception as e:  # noqa: BLE001 (unreadable, or not their keys)
+        sys.exit(f"error: {path}: neither a stage-2 checkpoint of this project nor the authors' VATT .ckpt "
+                 f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})")
+    return (mcfg, lambda codebooks: official.build_official_vatt_audio(state_dict, codebooks, official_order=False).state_dict(),
+            "official", None)
+
+
+def check_init_model(path, mcfg, codec_name, cond_dim, codec, meta):
+    """One error line when the checkpoint cannot condition on this Converter or read these tokens."""
+    if codec_name is not None and codec_name != meta["codec"]:
+        sys.exit(f"error: {path}: trained on tokens of the codec {codec_name!r}, these features were made with {meta['codec']!r}")
+    if (mcfg.n_q, mcfg.bins, mcfg.codebook_dim) != (codec.n_q, codec.bins, codec.dim):
+        sys.exit(f"error: {path}: made for a codec of {mcfg.n_q} x {mcfg.bins} tokens of width {mcfg.codebook_dim}, "
+                 f"{meta['codec']!r} has {codec.n_q} x {codec.bins} of width {codec.dim}")
+    if mcfg.cond_dim != cond_dim:
+        sys.exit(f"error: {path}: conditions on {mcfg.cond_dim}-d LLM states, the Converter gives {cond_dim}-d ones")
 
 
 # -----------------------------------------------------------------------------
@@ -301,34 +363,44 @@ def main(argv=None):
         print(f"{cfg.preset}: {n:,} parameters ({n / 1e6:.1f} M), plus the frozen codebooks")
         return
     from codec import load_codec
-    from stage1_caption import INSTRUCTIONS, load_converter, load_features, load_split
+    from stage1_caption import (INSTRUCTIONS, BadFileError, check_split_files, exit_changed_file, feature_files,
+                                load_converter, load_split)
 
     rank, world = setup_ddp()
     device = pick_device(cfg.device)
     out = Path(cfg.out_dir)
+    ckpt_path = out / "stage2.pt"
     torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see below)
 
-    meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
+    files = feature_files(cfg.features_dir, cfg.features_layout)
+    meta = files.require_meta()
     converter = load_converter(cfg.converter, device)
     codec = load_codec(meta["codec"])
+    codebooks = codec.codebooks.float().cpu()
+    head_order = "natural"
+    if cfg.init_from:  # fine-tuning keeps the trained network's size (and, for the authors', its head order)
+        init_cfg, init_weights, head_order, init_codec = read_init_model(cfg.init_from, ckpt_path)
+        check_init_model(cfg.init_from, init_cfg, init_codec, converter.hidden_size, codec, meta)
+        for key in ARCHITECTURE:
+            setattr(cfg, key, getattr(init_cfg, key))
     mcfg = model_config(cfg, converter.hidden_size, codec)
-    model = VATTAudio(mcfg, codec.codebooks.float().cpu()).to(device)
+    model = VATTAudio(mcfg, codebooks).to(device)
     del codec
     print0(f"VATT Audio: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
 
-    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train")
+    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout, tokens=True)
     if n_missing:
-        print0(f"warning: {n_missing} train clips have no features and are left out")
+        print0(f"warning: {n_missing} train clips have no features or tokens and are left out")
+    items = check_split_files(files, items, tokens=True, skip_bad=cfg.skip_bad_files, rank=rank, world=world)
     n_val = max(1, int(len(items) * cfg.val_fraction))
     train, val = items[:-n_val], items[-n_val:]
     print0(f"{len(train)} training and {len(val)} validation clips")
 
-    def load_codes(stem):
-        path = Path(cfg.features_dir) / "audio" / f"{stem}.npy"
-        x = np.load(path)
-        if x.ndim != 2 or x.shape[0] != mcfg.n_q:
-            raise ValueError(f"{path}: expected tokens of shape ({mcfg.n_q}, frames), got {x.shape}")
-        return torch.from_numpy(x.astype(np.int64))
+    def clip_arrays(stem):
+        try:
+            return files.load_video(stem), files.load_tokens(stem)
+        except BadFileError as e:
+            exit_changed_file(e)
 
     # every rank draws the same global batch, masks included, and keeps its slice (see stage 1)
     def batch(split_items, r, g):
@@ -338,8 +410,9 @@ def main(argv=None):
         use_caption = (r.random(n) < cfg.caption_prob)[mine]
         instr = r.integers(len(INSTRUCTIONS), size=n)[mine]
         prompts = [split_items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
-        feats = torch.stack([load_features(cfg.features_dir, split_items[i][0], meta["feature_dim"]) for i in pick])
-        codes = torch.stack([load_codes(split_items[i][0]) for i in pick])  # (B, L, T)
+        arrays = [clip_arrays(split_items[i][0]) for i in pick]
+        feats = torch.stack([f for f, _ in arrays])  # (B, N, D)
+        codes = torch.stack([c for _, c in arrays])  # (B, L, T)
         ratios = sample_mask_ratios(n, g, cfg.mask_mean, cfg.mask_std)
         mask = random_mask(ratios, (n,) + codes.shape[1:], g)[mine]
         drop = (torch.rand(n, generator=g) < cfg.cond_dropout)[mine]
@@ -357,14 +430,18 @@ def main(argv=None):
         return masked_loss(logits.float(), codes, mask, cfg.label_smoothing) * n / all_mean(n)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, ckpt_path = 0, out / "stage2.pt"
+    step = 0
     if cfg.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
+        step, head_order = ckpt["step"], ckpt.get("head_order", "natural")
         print0(f"resuming from {ckpt_path} at step {step}")
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    elif cfg.init_from:
+        model.load_state_dict(init_weights(codebooks))
+        print0(f"fine-tuning from {cfg.init_from} ({head_order} head order): fresh optimizer, step 0")
+    net = in_head_order(model, head_order)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
 
     @torch.no_grad()
     def val_loss():
@@ -381,7 +458,7 @@ def main(argv=None):
             print0(f"step {step}: val loss {val_loss():.4f}")
             if rank == 0 and step > 0:
                 save_checkpoint({"kind": "vatt-audio", "config": asdict(cfg), "model_config": asdict(mcfg),
-                                 "codec": meta["codec"], "converter": cfg.converter, "step": step,
+                                 "codec": meta["codec"], "converter": cfg.converter, "step": step, "head_order": head_order,
                                  "model": model.state_dict(), "optimizer": optimizer.state_dict()}, ckpt_path)
         if last:
             break

@@ -1,0 +1,472 @@
+"""
+Training on data this project did not make, on the tiny toy world of conftest.py:
+- the authors' released VGGSound layout (paper §4 features, §3.2.1 tokens) read as it is by both
+  trainers: two folders, tokens stored time-first (500, 4), no meta.json;
+- every file of the train split checked by its header before step 0 (utils.check_npy against
+  np.load as the reference): a bad file is named, and the run stops or leaves the clip out;
+- the V2A-Instruction step (paper §4, appendix C, caption_audio.py): the toy analyzer's captions
+  against the generator's, and a tiny random Qwen2-Audio saved with save_pretrained through the
+  exact loading and generation path;
+- fine-tuning (--init_from) for both stages, from our checkpoints and from the authors' VATT
+  checkpoint (official.py): exact reloads, mismatches refused, and the first loss of a
+  fine-tuning run against a run from scratch;
+- the whole own-data path, new clips -> captions from their audio -> features -> stage 1 ->
+  stage 2 -> sample.
+Nothing here touches the network.
+"""
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import caption_audio
+import extract_features
+import sample
+import stage1_caption
+import stage2_audio
+from conftest import TINY_STAGE1, TINY_STAGE2
+from data.toy import prepare, world as toy_world
+from stage1_caption import FeatureFiles
+from utils import check_npy
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+YTIDS = ["-3b9gwBYXp8_000503", "0aZ9v8kQ_bQ_000030", "Zz_top-9xk4_000120", "a1b2c3d4e5f_000000",
+         "q-w_e-r_t-y_000010", "UvWxYz01234_000250", "mnOPqrSTuvw_000007"]  # <ytid>_<start, 6 digits>
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def val_loss_at(log, step=0):
+    return float(re.search(rf"step {step}: val loss (\d+\.\d+)", log)[1])
+
+
+# -----------------------------------------------------------------------------
+# the authors' layout
+
+
+@pytest.fixture
+def authors_data(tmp_path, monkeypatch):
+    """A V2A-Instruction JSON and the two folders exactly as the authors' download unzips them:
+    vggsound_clip_5fps/<ytid>_<start>.npy (50, 768) and meta_pretrain_vgg_encodec_tokens/ (500, 4),
+    in more than one dtype, no meta.json. AudioGen's codec cannot be downloaded here and its
+    weights play no part in reading the layout: a stand-in with its table sizes replaces it."""
+    d = tmp_path / "dataset"
+    rng = np.random.default_rng(0)
+    for i, ytid in enumerate(YTIDS):
+        for sub, arr in (("vggsound_clip_5fps", rng.standard_normal((50, 768)).astype([np.float16, np.float32][i % 2])),
+                         ("meta_pretrain_vgg_encodec_tokens", rng.integers(0, 2048, (500, 4)).astype([np.int64, np.int16][i % 2]))):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+            np.save(d / sub / f"{ytid}.npy", arr)
+    entries = [{"input": "", "video_path": ytid, "dataset": "vggsound", "output": f"a dog barks {i} times",
+                "split": "test" if i == len(YTIDS) - 1 else "train"} for i, ytid in enumerate(YTIDS)]
+    (d / "vggsound_v2a_instruction.json").write_text(json.dumps(entries))
+    import codec
+
+    stand_in = SimpleNamespace(n_q=4, bins=2048, dim=128, codebooks=torch.randn(4, 2048, 128))
+    monkeypatch.setattr(codec, "load_codec", lambda name: stand_in if name == "facebook/audiogen-medium" else None)
+    return d
+
+
+def test_authors_layout_shapes_and_transposition(authors_data):
+    files = FeatureFiles(authors_data)
+    assert files.layout == "authors" and not (authors_data / "meta.json").exists()
+    assert (files.meta["fps"], files.meta["seconds"], files.meta["feature_dim"]) == (5.0, 10.0, 768)
+    assert (files.meta["codec"], files.meta["n_q"], files.meta["bins"], files.meta["frame_rate"]) == \
+        ("facebook/audiogen-medium", 4, 2048, 50)
+    stem = YTIDS[1]  # int16 tokens, float32 features
+    raw = np.load(authors_data / "meta_pretrain_vgg_encodec_tokens" / f"{stem}.npy")
+    tokens = files.load_tokens(stem)
+    assert raw.shape == (500, 4) and tokens.shape == (4, 500) and tokens.dtype == torch.int64
+    assert torch.equal(tokens, torch.from_numpy(raw.T.astype(np.int64)))  # (T, L) on disk -> (L, T)
+    feats = files.load_video(YTIDS[0])  # float16 on disk
+    assert feats.shape == (50, 768) and feats.dtype == torch.float32
+    assert files.problems(stem, tokens=True) == []
+
+
+def test_authors_layout_trains_both_stages(authors_data, tmp_path, capsys):
+    data = [f"--data_json={authors_data}/vggsound_v2a_instruction.json", f"--features_dir={authors_data}"]
+    out = tmp_path / "out"
+    stage1_caption.main(data + [f"--out_dir={out}"] + TINY_STAGE1)
+    s1 = torch.load(out / "stage1.pt", weights_only=True)
+    assert s1["features_meta"]["feature_dim"] == 768 and s1["projector"]["weight"].shape == (32, 768)
+    stage2_audio.main(data + [f"--converter={out}/stage1.pt", f"--out_dir={out}"] + TINY_STAGE2)
+    s2 = torch.load(out / "stage2.pt", weights_only=True)
+    assert s2["step"] == 2 and s2["codec"] == "facebook/audiogen-medium" and s2["model_config"]["bins"] == 2048
+    log = capsys.readouterr().out
+    assert "checked the 6 files of 6 clips" in log and "checked the 12 files of 6 clips" in log
+    assert not (authors_data / "meta.json").exists()
+
+
+# -----------------------------------------------------------------------------
+# bad files, found before step 0
+
+
+def _bad_files(folder):
+    """(name, bytes-writer, expected problem) for the ways a file goes bad."""
+    return {
+        "pickled": (lambda p: np.save(p, np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True), "pickled Python objects"),
+        "random": (lambda p: p.write_bytes(np.random.default_rng(1).bytes(100)), "not a .npy file"),
+        "empty": (lambda p: p.write_bytes(b""), "empty file"),
+        "truncated": (lambda p: p.write_bytes(_npy_bytes(np.zeros((500, 4), np.int16))[:-10]), "truncated"),
+        "wrong_shape": (lambda p: np.save(p, np.zeros((4, 500), np.int16)), "shape (4, 500), expected (500, 4)"),
+        "floats": (lambda p: np.save(p, np.zeros((500, 4), np.float32)), "expected integers"),
+    }
+
+
+def _npy_bytes(arr):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_check_npy_against_np_load(tmp_path):
+    """The header check says "fine" exactly when np.load reads an array of the expected shape and
+    kind, and otherwise names the problem."""
+    good = {"int16": np.zeros((500, 4), np.int16), "int64": np.ones((500, 4), np.int64),
+            "fortran": np.asfortranarray(np.zeros((500, 4), np.int32))}
+    for name, arr in good.items():
+        np.save(tmp_path / f"{name}.npy", arr)
+        assert check_npy(tmp_path / f"{name}.npy", (500, 4), "iu") is None
+    for name, (write, problem) in _bad_files(tmp_path).items():
+        path = tmp_path / f"{name}.npy"
+        write(path)
+        found = check_npy(path, (500, 4), "iu")
+        assert found is not None and problem in found, (name, found)
+        try:
+            x = np.load(path)
+            assert x.shape != (500, 4) or x.dtype.kind not in "iu"  # the reference agrees it is unusable
+        except (ValueError, OSError, EOFError):
+            pass
+    assert check_npy(tmp_path / "absent.npy", (500, 4), "iu") == "no such file"
+    assert check_npy(tmp_path / "int16.npy", (None, 4), "iu") is None  # any length on a free axis
+
+
+def test_bad_files_are_named_before_step_0(authors_data, tmp_path, capsys):
+    tokens = authors_data / "meta_pretrain_vgg_encodec_tokens"
+    bad = dict(zip(YTIDS[:3], ["random", "empty", "wrong_shape"]))
+    for ytid, kind in bad.items():
+        _bad_files(tokens)[kind][0](tokens / f"{ytid}.npy")
+    data = [f"--data_json={authors_data}/vggsound_v2a_instruction.json", f"--features_dir={authors_data}"]
+    out = tmp_path / "out"
+    stage1_caption.main(data + [f"--out_dir={out}"] + TINY_STAGE1)  # stage 1 reads no tokens
+    assert "checked the 6 files of 6 clips in" in capsys.readouterr().out
+    np.save(authors_data / "vggsound_clip_5fps" / f"{YTIDS[3]}.npy", np.zeros((49, 768), np.float16))  # a short clip
+    s2 = data + [f"--converter={out}/stage1.pt", f"--out_dir={out}"] + TINY_STAGE2
+    with pytest.raises(SystemExit, match=r"4 of 6 clips have bad files.*--skip_bad_files=true"):
+        stage2_audio.main(s2)
+    captured = capsys.readouterr()
+    for ytid, kind in bad.items():
+        line = next(l for l in captured.err.splitlines() if ytid in l)
+        assert line.startswith(str(tokens / f"{ytid}.npy")) and _bad_files(tokens)[kind][1] in line
+    assert re.search(rf"{YTIDS[3]}\.npy: shape \(49, 768\), expected \(50, 768\)", captured.err)
+    assert "step 0" not in captured.out and not (out / "stage2.pt").exists()  # stopped before training
+
+    stage2_audio.main(s2 + ["--skip_bad_files=true"])  # or: leave them out, say so, and train
+    captured = capsys.readouterr()
+    assert "left out 4 of 6 clips with bad files" in captured.out and "1 training and 1 validation clips" in captured.out
+    assert torch.load(out / "stage2.pt", weights_only=True)["step"] == 2
+
+
+def test_bad_file_in_our_layout_and_during_training(world, tmp_path, capsys):
+    features = tmp_path / "features"
+    shutil.copytree(world / "features", features)
+    (features / "video" / "train_00002.npy").write_bytes(np.random.default_rng(1).bytes(100))
+    with pytest.raises(SystemExit, match="1 of 6 clips have bad files"):
+        stage1_caption.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={features}",
+                             f"--out_dir={tmp_path}/out"] + TINY_STAGE1)
+    assert f"{features}/video/train_00002.npy: not a .npy file" in capsys.readouterr().err
+    # a file that goes bad after the check: one error naming it when it is read
+    with pytest.raises(stage1_caption.BadFileError, match=r"train_00002\.npy: unreadable"):
+        FeatureFiles(features).load_video("train_00002")
+    (features / "audio" / "train_00001.npy").write_bytes(_npy_bytes(np.zeros((4, 100), np.int16))[:-8])
+    with pytest.raises(stage1_caption.BadFileError, match=r"train_00001\.npy: unreadable"):
+        FeatureFiles(features).load_tokens("train_00001")
+    with pytest.raises(SystemExit, match=r"train_00001\.npy: unreadable .* changed during the run"):
+        stage1_caption.exit_changed_file(stage1_caption.BadFileError(f"{features}/audio/train_00001.npy: unreadable (x)"))
+
+
+# -----------------------------------------------------------------------------
+# the V2A-Instruction step (caption_audio.py)
+
+
+def test_toy_captioner_agrees_with_the_generator(world, tmp_path):
+    """On the micro world's 8 clips the toy analyzer + grammar name the same source, register and
+    count as the generator's captions (the 200 test clips: README)."""
+    out = tmp_path / "captions.json"
+    assert caption_audio.main([f"--input={world}/clips", f"--out={out}", "--num_workers=0"]) == 0
+    truth = {Path(e["video_path"]).stem: e for e in json.loads((world / "v2a_instruction.json").read_text())}
+    entries = json.loads(out.read_text())
+    assert len(entries) == 8
+    for e in entries:
+        assert set(e) == {"video_path", "output", "split", "captioner", "prompt"} and e["captioner"] == "toy-analyzer"
+        assert (out.parent / e["video_path"]).resolve() == (world / "clips" / f"{Path(e['video_path']).stem}.mp4").resolve()
+        heard, said = toy_world.parse_caption(e["output"]), toy_world.parse_caption(truth[Path(e["video_path"]).stem]["output"])
+        assert heard == said, (e["output"], truth[Path(e["video_path"]).stem]["output"])
+
+
+def test_split_is_a_function_of_the_name():
+    names = [f"clip_{i}" for i in range(2000)]
+    splits = [caption_audio.split_of(n, 0.1, 0) for n in names]
+    assert 0.08 < splits.count("test") / len(names) < 0.12
+    assert splits == [caption_audio.split_of(n, 0.1, 0) for n in names]  # reproducible
+    assert splits != [caption_audio.split_of(n, 0.1, 1) for n in names]  # the seed moves it
+
+
+def make_tiny_qwen2_audio(folder):
+    """A random Qwen2-Audio (Whisper-style encoder + Qwen2 LM) of the real architecture at tiny
+    size, with a processor built locally: the real feature extractor settings (128 mel bins, 30 s
+    windows at 16 kHz), a word-level tokenizer holding the chat format's special tokens, and the
+    processor's own chat template. Saved with save_pretrained, as the hub's folders are."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (PreTrainedTokenizerFast, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
+                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+    text = "system You are a helpful assistant. user assistant Audio 1: " + caption_audio.PAPER_PROMPT + " a bell rings"
+    words = sorted({w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)})
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words + special)}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens(special)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        unk_token="<|endoftext|>")
+    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer)
+    torch.manual_seed(0)
+    model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(
+        audio_config=dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=128),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>")))
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _silent_audio_mp4(path, seconds=2.0):
+    frames = np.zeros((int(seconds * 25), 64, 64, 3), np.uint8)
+    prepare.write_mp4(str(path), frames, np.zeros(int(seconds * 16000), np.float32), fps=25, crf=30)
+
+
+def _video_only_mp4(path):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        for i in range(25):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 8, np.uint8), format="rgb24")))
+        c.mux(s.encode(None))
+
+
+def test_audio_llm_captioner_tiny_qwen2_audio(world, tmp_path, capsys):
+    model = make_tiny_qwen2_audio(tmp_path / "qwen2-audio")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("train_00000", "train_00001"):
+        shutil.copy(world / "clips" / f"{name}.mp4", videos / f"{name}.mp4")
+    _video_only_mp4(videos / "no_audio.mp4")
+    _silent_audio_mp4(videos / "silent.mp4")
+    out = tmp_path / "v2a" / "captions.json"
+    args = [f"--captioner={model}", f"--input={videos}", f"--out={out}", "--num_workers=0", "--batch_size=2",
+            "--max_new_tokens=6", "--test_fraction=0.5"]
+    assert caption_audio.main(args) == 1  # some clips skipped
+    captured = capsys.readouterr()
+    assert re.search(r"skipped .*no_audio\.mp4: no audio track", captured.err)
+    assert re.search(r"skipped .*silent\.mp4: silent audio", captured.err)
+    entries = json.loads(out.read_text())
+    assert [e["video_path"] for e in entries] == ["../videos/train_00000.mp4", "../videos/train_00001.mp4"]
+    for e in entries:
+        assert e["captioner"] == str(model) and e["prompt"] == caption_audio.PAPER_PROMPT
+        assert isinstance(e["output"], str) and e["output"] and e["split"] == caption_audio.split_of(Path(e["video_path"]).stem, 0.5, 0)
+    # the generation path a user runs: the audio went through the processor into generate
+    cap = caption_audio.AudioLLMCaptioner(str(model), caption_audio.PAPER_PROMPT, torch.device("cpu"), 6)
+    assert "<|AUDIO|>" in cap.text and caption_audio.PAPER_PROMPT in cap.text
+    wav = extract_features.load_audio(str(videos / "train_00000.mp4"), cap.sample_rate, 2.0)
+    assert cap([wav], ["train_00000"]) == [entries[0]["output"]]
+
+    # resume: a new clip is captioned, the finished ones are not touched again
+    shutil.copy(world / "clips" / "test_00000.mp4", videos / "test_00000.mp4")
+    (videos / "no_audio.mp4").unlink()
+    (videos / "silent.mp4").unlink()
+    assert caption_audio.main(args) == 0
+    assert "3 videos, 2 already captioned" in capsys.readouterr().out
+    resumed = json.loads(out.read_text())
+    assert [e["video_path"] for e in resumed] == ["../videos/test_00000.mp4"] + [e["video_path"] for e in entries]
+    assert resumed[1:] == entries
+
+
+# -----------------------------------------------------------------------------
+# fine-tuning (--init_from)
+
+
+def _equal_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage1_init_from_reloads_exactly(world, tmp_path):
+    init = torch.load(world / "out" / "stage1.pt", weights_only=True)
+    out = tmp_path / "ft"
+    # lr 0: the one step changes nothing, so the saved weights are the loaded ones
+    stage1_caption.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+                         f"--out_dir={out}", f"--init_from={world}/out/stage1.pt", "--lr=0", "--max_steps=1",
+                         "--eval_interval=1", "--eval_batches=1", "--batch_size=2", "--toy_width=64"])
+    ft = torch.load(out / "stage1.pt", weights_only=True)
+    assert _equal_state(ft["projector"], init["projector"]) and _equal_state(ft["trainable"], init["trainable"])
+    assert ft["step"] == 1 and ft["config"]["toy_width"] == 32  # the architecture comes from the checkpoint
+    assert {s["step"].item() for s in ft["optimizer"]["state"].values()} == {1}  # a fresh optimizer
+    assert (out / "toy_llm" / "tokenizer.json").read_text() == (world / "out" / "toy_llm" / "tokenizer.json").read_text()
+
+
+def test_stage1_init_from_rejects_a_mismatch(world, tmp_path):
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features", f"--out_dir={tmp_path}/ft"]
+    with pytest.raises(SystemExit, match=r"stage2\.pt: not a stage-1 \(Converter\) checkpoint of this project \(a 'vatt-audio' one\)"):
+        stage1_caption.main(data + [f"--init_from={world}/out/stage2.pt"] + TINY_STAGE1)
+    with pytest.raises(SystemExit, match="this run's own checkpoint"):
+        stage1_caption.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+                             f"--out_dir={world}/out", f"--init_from={world}/out/stage1.pt"] + TINY_STAGE1)
+    # another vocabulary: the same checkpoint next to a toy LLM built over other words
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(world / "out" / "stage1.pt", other / "stage1.pt")
+    cfg = stage1_caption.Config(toy_width=32, toy_layers=1, toy_heads=2)
+    stage1_caption.build_toy_llm(cfg, ["some entirely different words"], other / "toy_llm")
+    with pytest.raises(SystemExit, match=r"trained with a vocabulary of \d+ tokens, .* has \d+"):
+        stage1_caption.main(data + [f"--init_from={other}/stage1.pt"] + TINY_STAGE1)
+    # other features: a visual encoder of another width
+    features = tmp_path / "features"
+    shutil.copytree(world / "features", features)
+    meta = json.loads((features / "meta.json").read_text())
+    (features / "meta.json").write_text(json.dumps({**meta, "feature_dim": 16}))
+    for p in (features / "video").iterdir():
+        np.save(p, np.zeros((10, 16), np.float16))
+    with pytest.raises(SystemExit, match=rf"its projector takes {meta['feature_dim']}-d frame features, these features are 16-d"):
+        stage1_caption.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={features}",
+                             f"--out_dir={tmp_path}/ft2", f"--init_from={world}/out/stage1.pt"] + TINY_STAGE1)
+
+
+def test_stage2_init_from_reloads_exactly(world, tmp_path):
+    init = torch.load(world / "out" / "stage2.pt", weights_only=True)
+    out = tmp_path / "ft"
+    stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+                       f"--converter={world}/out/stage1.pt", f"--out_dir={out}", f"--init_from={world}/out/stage2.pt",
+                       "--lr=0", "--max_steps=1", "--eval_interval=1", "--eval_batches=1", "--batch_size=2"])
+    ft = torch.load(out / "stage2.pt", weights_only=True)
+    assert _equal_state(ft["model"], init["model"]) and ft["model_config"] == init["model_config"]
+    assert ft["step"] == 1 and ft["head_order"] == "natural" and ft["config"]["dim"] == 32
+    assert {s["step"].item() for s in ft["optimizer"]["state"].values()} == {1}
+
+
+def test_stage2_init_from_rejects_a_mismatch(world, tmp_path):
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+            f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}/ft"] + TINY_STAGE2
+    init = torch.load(world / "out" / "stage2.pt", weights_only=True)
+    for change, message in (({"codec": "facebook/audiogen-medium"}, "trained on tokens of the codec 'facebook/audiogen-medium'"),
+                            ({"model_config": {**init["model_config"], "cond_dim": 64}},
+                             "conditions on 64-d LLM states, the Converter gives 32-d ones"),
+                            ({"model_config": {**init["model_config"], "bins": 2048}}, "made for a codec of 4 x 2048 tokens"),
+                            ({"kind": "vatt-converter"}, "not a stage-2 (VATT Audio) checkpoint")):
+        path = tmp_path / "changed.pt"
+        torch.save({**init, **change}, path)
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            stage2_audio.main(data + [f"--init_from={path}"])
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="neither a stage-2 checkpoint of this project nor the authors'"), \
+            pytest.warns(UserWarning, match="weights_only=False"):  # official.py's fallback for their Lightning files
+        stage2_audio.main(data + [f"--init_from={tmp_path}/junk.ckpt"])
+
+
+def _authors_ckpt(tmp_path, codebook_dim):
+    """The authors' tiny VT2AModel fixture (made by running their code) as a Lightning .ckpt, its
+    codec width set to `codebook_dim` (the toy codec's tables are 32 wide, the fixture's 16)."""
+    path = FIXTURES / "vatt_audio_tiny.pt"
+    if not path.exists():
+        pytest.skip(f"fixture {path.name} not found in {FIXTURES}")
+    sd = dict(torch.load(path, weights_only=True)["state_dict"])
+    g = torch.Generator().manual_seed(0)
+    sd["embedding.out_proj.weight"] = torch.randn(sd["embedding.out_proj.weight"].shape[0], codebook_dim, generator=g) * 0.1
+    sd["embedding.special.MASK"] = torch.randn(4, codebook_dim, generator=g) * 0.02
+    ckpt = tmp_path / "vatt_tiny.ckpt"
+    torch.save({"state_dict": {"audio_token_decoder." + k: v for k, v in sd.items()}, "epoch": 1}, ckpt)
+    return ckpt, sd
+
+
+def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
+    """Their weights, mapped by official.py, fine-tune in their own head order (official.py quirk
+    2): with lr 0 the saved model is exactly the mapped one, and loading it back gives the logits
+    of their model."""
+    import official
+
+    ckpt, sd = _authors_ckpt(tmp_path, codebook_dim=32)
+    out = tmp_path / "ft"
+    stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+                       f"--converter={world}/out/stage1.pt", f"--out_dir={out}", f"--init_from={ckpt}",
+                       "--lr=0", "--max_steps=1", "--eval_interval=1", "--eval_batches=1", "--batch_size=2"])
+    ft = torch.load(out / "stage2.pt", weights_only=True)
+    from data.toy.codec import ToyCodec
+
+    theirs = official.build_official_vatt_audio(sd, ToyCodec().codebooks, official_order=False)
+    assert ft["head_order"] == "official" and (ft["model_config"]["dim"], ft["model_config"]["n_head"]) == (64, 4)
+    assert _equal_state(ft["model"], theirs.state_dict())
+    model, _ = stage2_audio.load_vatt_audio(out / "stage2.pt", torch.device("cpu"))
+    assert isinstance(model, official.OfficialOrder)
+    codes = torch.randint(0, 65, (2, 4, 100), generator=torch.Generator().manual_seed(0))
+    cond, cond_mask = torch.randn(2, 34, 32), torch.ones(2, 34, dtype=torch.long)
+    with torch.no_grad():
+        want = official.OfficialOrder(theirs)(codes, cond, cond_mask)
+        assert torch.allclose(model(codes, cond, cond_mask), want, atol=1e-4)  # their pos table vs ours: <= 3e-5
+
+    ckpt16, _ = _authors_ckpt(tmp_path, codebook_dim=16)
+    with pytest.raises(SystemExit, match="made for a codec of 4 x 64 tokens of width 16, 'toy' has 4 x 64 of width 32"):
+        stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+                           f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}/ft16", f"--init_from={ckpt16}"])
+
+
+# -----------------------------------------------------------------------------
+# the own-data path end to end, and fine-tuning against training from scratch
+
+
+def test_own_videos_end_to_end_and_fine_tuning_starts_trained(world, tmp_path, capsys):
+    """New toy clips with no captions -> captions from their audio -> features -> stage 1 and
+    stage 2 fine-tuned from trained checkpoints -> a sample. Stage 2's first loss when fine-tuning
+    is the trained model's, well below a run from scratch on the same clips (which starts from the
+    very weights a fine-tuning run would have if --init_from loaded nothing: same seed). At this
+    size the trained model has memorised its 5 clips more than it has learnt the world, so its
+    loss on new clips stays above its own validation loss. The full-size numbers are in README."""
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features"]
+    trained = tmp_path / "trained"  # a stage 2 trained for more than the fixture's 2 steps
+    stage2_audio.main(data + [f"--converter={world}/out/stage1.pt", f"--out_dir={trained}", "--max_steps=60",
+                              "--eval_interval=60", "--lr=3e-3"] + TINY_STAGE2[2:])
+    trained_loss = val_loss_at(capsys.readouterr().out, 60)
+
+    mine = tmp_path / "mine"  # a folder of new videos (the generator's own JSON is not used)
+    prepare.main([f"--out_dir={mine}", "--n_train=10", "--n_test=0", "--seed=7", "--workers=1"])
+    captions = mine / "captions.json"
+    assert caption_audio.main([f"--input={mine}/clips", f"--out={captions}", "--test_fraction=0.2", "--num_workers=0"]) == 0
+    assert extract_features.main([f"--input={captions}", f"--out_dir={mine}/features", "--num_workers=0"]) == 0
+    new = [f"--data_json={captions}", f"--features_dir={mine}/features"]
+    stage1_caption.main(new + [f"--out_dir={mine}/ft", f"--init_from={world}/out/stage1.pt"] + TINY_STAGE1)
+    runs = {}
+    for name, init in (("fine-tuned", [f"--init_from={trained}/stage2.pt"]), ("scratch", [])):
+        stage2_audio.main(new + [f"--converter={mine}/ft/stage1.pt", f"--out_dir={mine}/{name}"] + init + TINY_STAGE2)
+        runs[name] = val_loss_at(capsys.readouterr().out, 0)
+    print(f"stage 2 val loss at step 0: trained model {trained_loss:.3f} on its validation clip; on the new clips "
+          f"fine-tuned {runs['fine-tuned']:.3f}, from scratch {runs['scratch']:.3f}")
+    assert runs["fine-tuned"] < runs["scratch"] - 0.2
+
+    shutil.copy(mine / "fine-tuned" / "stage2.pt", mine / "ft" / "stage2.pt")
+    clip = json.loads(captions.read_text())[0]
+    assert sample.main([f"--ckpt_dir={mine}/ft", f"--video={captions.parent / clip['video_path']}", "--steps=2"]) == 0
+    assert (captions.parent / clip["video_path"]).with_suffix(".vatt.wav").exists()
