@@ -203,13 +203,13 @@ def test_bad_file_in_our_layout_and_during_training(world, tmp_path, capsys):
 
 
 def test_toy_captioner_agrees_with_the_generator(world, tmp_path):
-    """On the micro world's 8 clips the toy analyzer + grammar name the same source, register and
+    """On the micro world's 10 clips the toy analyzer + grammar name the same source, register and
     count as the generator's captions (the 200 test clips: README)."""
     out = tmp_path / "captions.json"
     assert caption_audio.main([f"--input={world}/clips", f"--out={out}", "--num_workers=0"]) == 0
     truth = {Path(e["video_path"]).stem: e for e in json.loads((world / "v2a_instruction.json").read_text())}
     entries = json.loads(out.read_text())
-    assert len(entries) == 8
+    assert len(entries) == 10
     for e in entries:
         assert set(e) == {"video_path", "output", "split", "captioner", "prompt"} and e["captioner"] == "toy-analyzer"
         assert (out.parent / e["video_path"]).resolve() == (world / "clips" / f"{Path(e['video_path']).stem}.mp4").resolve()
@@ -452,7 +452,7 @@ def test_own_videos_end_to_end_and_fine_tuning_starts_trained(world, tmp_path, c
     trained_loss = val_loss_at(capsys.readouterr().out, 60)
 
     mine = tmp_path / "mine"  # a folder of new videos (the generator's own JSON is not used)
-    prepare.main([f"--out_dir={mine}", "--n_train=10", "--n_test=0", "--seed=7", "--workers=1"])
+    prepare.main([f"--out_dir={mine}", "--n_train=10", "--n_test=0", "--n_val=0", "--seed=7", "--workers=1"])
     captions = mine / "captions.json"
     assert caption_audio.main([f"--input={mine}/clips", f"--out={captions}", "--test_fraction=0.2", "--num_workers=0"]) == 0
     assert extract_features.main([f"--input={captions}", f"--out_dir={mine}/features", "--num_workers=0"]) == 0
