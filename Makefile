@@ -7,10 +7,10 @@ SAMPLE := $(PY) sample.py --preset=toy --data_json=$(DATA) --split=test
 
 .PHONY: demo test clean
 
-.venv/installed: requirements.txt
+.venv/installed: requirements.txt constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	touch $@
 
 demo: .venv/installed
@@ -22,6 +22,7 @@ demo: .venv/installed
 	$(SAMPLE) --name=gt_caption --prompt_field=output
 	$(SAMPLE) --name=self_caption --self_prompt
 	$(SAMPLE) --name=swapped_pitch_text --prompt_field=swapped
+	$(SAMPLE) --name=negative_pitch --negative_field=swapped
 	$(PY) eval.py toy
 
 test: .venv/installed
