@@ -11,10 +11,10 @@ SAMPLE := $(PY) sample.py --preset=toy --data_json=$(DATA) --split=test --ckpt_d
 
 .PHONY: demo test clean
 
-.venv/installed: requirements.txt
+.venv/installed: requirements.txt constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	touch $@
 
 demo: .venv/installed
@@ -26,6 +26,7 @@ demo: .venv/installed
 	$(SAMPLE) --name=gt_caption --prompt_field=output --save_steps
 	$(SAMPLE) --name=self_caption --self_prompt
 	$(SAMPLE) --name=swapped_pitch_text --prompt_field=swapped
+	$(SAMPLE) --name=negative_pitch --negative_field=swapped
 	$(PY) eval.py toy --samples_dir=$(OUT)/samples --out=$(OUT)/eval.json
 
 # the browser test's Chromium (Debian's package) is installed when missing, where we may (as root)

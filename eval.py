@@ -583,10 +583,13 @@ def evaluate_audio(generated, reference, models: dict, captions: Optional[dict] 
 
 def read_captions(path) -> dict[str, list[str]]:
     """{id: [captions]} from a JSON dict {id: caption or [captions]}, the captions.json of
-    `sample.py --data_json` ({id: {"caption", "prompt"}}), or a list of records with "id" or
-    "video_path" and "caption" or "output" (VATT's V2A-Instruction files). Ids are cut to their file
-    stem ("a/b_01.mp4" -> "b_01") so that they also match audio file names."""
+    `sample.py --data_json` ({"settings": {...}, "clips": {id: {"caption", "prompt", ...}}}), or a
+    list of records with "id" or "video_path" and "caption" or "output" (VATT's V2A-Instruction
+    files). Ids are cut to their file stem ("a/b_01.mp4" -> "b_01") so that they also match audio
+    file names."""
     data = json.loads(Path(path).read_text())
+    if isinstance(data, dict) and set(data) == {"settings", "clips"}:  # sample.py's run file
+        data = data["clips"]
     pairs = [(k, v["caption"] if isinstance(v, dict) else v) for k, v in data.items()] if isinstance(data, dict) else [
         (e.get("id", e.get("video_path")), e.get("caption", e.get("output"))) for e in data]
     out = {}
@@ -674,9 +677,9 @@ TOY_ROWS = ("ground_truth", "codec_roundtrip", "video_only", "gt_caption", "self
 
 def run_toy(args):
     """out/toy/eval.json: caption accuracy + coco metrics of the Converter's captions, and per
-    generation mode (video only, ground-truth caption, own caption, pitch-swapped caption) how
-    often the generated audio has the test clip's source, count, onsets and register; then the
-    report page beside it (report.py: out/toy/report.html)."""
+    generation mode (video only, ground-truth caption, own caption, pitch-swapped caption, the
+    template with a negative prompt) how often the generated audio has the clip's source, count,
+    onsets and register; then the report page beside it (report.py: out/toy/report.html)."""
     import report
     from codec import load_codec
     from data.toy.world import analyze, parse_caption, score
@@ -701,10 +704,16 @@ def run_toy(args):
         **{name: generated(name) for name in TOY_ROWS[2:]},
     }
     audio = {name: score(rows, test) for name, rows in analyses.items()}
-    swapped = score(generated("swapped_pitch_text"), [dict(e, pitch={"low": "high", "high": "low"}[e["pitch"]]) for e in test])
+    opposite = {"low": "high", "high": "low"}
+    swapped = score(generated("swapped_pitch_text"), [dict(e, pitch=opposite[e["pitch"]]) for e in test])
     audio["swapped_pitch_text"] = {"pitch_follows_text": swapped["pitch_acc"], "onset_f1": swapped["onset_f1"]}
+    # the template prompt with a negative prompt naming a register: the audio should take the other one
+    negatives = json.loads((samples / "negative_pitch" / "captions.json").read_text())["clips"]
+    away = [opposite[parse_caption(negatives[s]["negative_prompt"])["pitch"]] for s in stems]
+    negative = score(generated("negative_pitch"), [dict(e, pitch=p) for e, p in zip(test, away)])
+    audio["negative_pitch"] = {"pitch_avoids_negative": negative["pitch_acc"], "onset_f1": negative["onset_f1"]}
 
-    captions = json.loads((samples / "video_only" / "captions.json").read_text())
+    captions = json.loads((samples / "video_only" / "captions.json").read_text())["clips"]
     hyps = [captions[s]["caption"] or "" for s in stems]
     parsed = [parse_caption(h) for h in hyps]
     caption_row = {f"{k}_acc": sum(p[k] == e[k] for p, e in zip(parsed, test)) / len(test) for k in ("class", "count", "pitch")}
@@ -721,7 +730,9 @@ def run_toy(args):
             seeds[stage] = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]["seed"]
     result = {"captions": caption_row, "audio": audio, "timing": timing, "seeds": seeds,
               "settings": {"split": args.split, "n_clips": len(test), "onset_tolerance_s": 0.05, "analyzer": "data/toy/world.py analyze",
-                           "swapped_prompts": "the test caption with its pitch word flipped (world.swap_pitch)"}}
+                           "swapped_prompts": "the test caption with its pitch word flipped (world.swap_pitch)",
+                           "negative_pitch": "the template prompt, with the negative prompt each clip's captions.json "
+                                             "entry names (the Makefile: the pitch-swapped caption)"}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -731,6 +742,8 @@ def run_toy(args):
     for name, r in audio.items():
         if name == "swapped_pitch_text":
             print(f"| {name:20s} |       |       | {r['onset_f1']:8.3f} | {r['pitch_follows_text']:.3f} (follows the text) |")
+        elif name == "negative_pitch":
+            print(f"| {name:20s} |       |       | {r['onset_f1']:8.3f} | {r['pitch_avoids_negative']:.3f} (avoids the negative) |")
         else:
             print(f"| {name:20s} | {r['class_acc']:.3f} | {r['count_acc']:.3f} | {r['onset_f1']:8.3f} | {r['pitch_acc']:.3f} |")
     print("timing (s): " + ", ".join(f"{k} {v}" for k, v in timing.items()))

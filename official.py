@@ -79,7 +79,7 @@ from stage2_audio import ModelConfig, VATTAudio, sincos_table
 
 PREFIX = "audio_token_decoder."  # where both Lightning wrappers keep VT2AModel (fixtures README §3)
 HEAD_DIM = 64  # dim_head is hard-coded to 64 in the official code, whatever the width
-VIDEO_FRAMES, VIDEO_TOKENS = 50, 10  # 10 s of 5 fps features, average-pooled to 10 LLM tokens
+VIDEO_FRAMES, VIDEO_TOKENS, VIDEO_FPS = 50, 10, 5  # 10 s of 5 fps features, average-pooled to 10 LLM tokens
 MAX_TEXT_TOKENS = 64  # the stage-2 prompt is cut at 64 tokens (BOS included), then EOS appended
 TEMPLATES = {  # verbatim from the released templates (reference §4)
     "vicuna": "### Instruction:\n{instruction}\n\n### Response:\n",  # templates/alpaca_short.json
@@ -356,7 +356,7 @@ class OfficialConverter(Converter):
 
     def __init__(self, llm, tokenizer, feature_dim, family):
         super().__init__(llm, tokenizer, feature_dim, video_tokens_per_second=1,  # 50 frames -> 10 tokens
-                         max_text_tokens=MAX_TEXT_TOKENS)
+                         max_text_tokens=MAX_TEXT_TOKENS, fps=VIDEO_FPS)
         assert family in TEMPLATES, family
         self.family = family
 
@@ -514,7 +514,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
         print(__doc__.split("\n\n")[0] + "\n\nusage: python official.py path/to/vatt_model.ckpt")
-        return 2
+        return 0 if argv in (["-h"], ["--help"]) else 2
     sd = load_checkpoint(argv[0])
     cfg = official_config(sd)
     report = {}

@@ -78,6 +78,10 @@ def readings(result):
                               f"register ({swapped['pitch_follows_text']:.0%} of the clips take the register the text "
                               f"says), while the strikes stay where the video puts them (onset F1 "
                               f"{swapped['onset_f1']:.2f}).",
+        "negative_pitch": f"No text, but the clip's caption with the wrong register as the negative prompt (guidance "
+                          f"n + w (c - n)): near 100 % means guidance steers away from it ("
+                          f"{a['negative_pitch']['pitch_avoids_negative']:.0%} take the other register), the strikes "
+                          f"still on the video's beat (onset F1 {a['negative_pitch']['onset_f1']:.2f}).",
     }
 
 
@@ -90,6 +94,8 @@ def table_html(result):
     for name, r in result["audio"].items():
         if name == "swapped_pitch_text":
             cells = f"<td></td><td></td><td>{r['onset_f1']:.3f}</td><td>{r['pitch_follows_text']:.3f} (follows the text)</td>"
+        elif name == "negative_pitch":
+            cells = f"<td></td><td></td><td>{r['onset_f1']:.3f}</td><td>{r['pitch_avoids_negative']:.3f} (avoids the negative)</td>"
         else:
             cells = "".join(f"<td>{r[k]:.3f}</td>" for k in ("class_acc", "count_acc", "onset_f1", "pitch_acc"))
         rows.append(f"<tr><th>{name}</th>{cells}<td class=reading>{html.escape(read[name])}</td></tr>")
@@ -240,7 +246,7 @@ def write_report(cfg):
     meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
     sr, seconds = meta["sample_rate"], meta["seconds"]
     test = [e for e in json.loads(data.read_text()) if e["split"] == cfg.split]
-    captions = json.loads((samples / "video_only" / "captions.json").read_text())
+    captions = json.loads((samples / "video_only" / "captions.json").read_text())["clips"]
     chosen = pick_clips(test, cfg.n_clips)
 
     # the media go to a fresh folder that replaces the old one whole, then the page is written

@@ -8,21 +8,30 @@ Without a prompt the Converter captions the video and the audio is generated wit
 template prompt (the paper's "no text" mode); with --prompt the text steers the audio;
 --self_prompt generates with the Converter's own caption (paper appendix A).
 
-    python sample.py --video=clip.mp4                       # toy checkpoints in out/toy
-    python sample.py --video=clip.mp4 --prompt="a low bell rings twice"
-    python sample.py --video=videos/ --batch_size=8         # a folder (or a .txt list) of videos
-    python sample.py --video=clip.mp4 --caption_only        # video-to-audio captioning (Table 3)
-    python sample.py --preset=gemma-2b --video=clip.mp4 --ckpt_dir=out/gemma-2b
+    python sample.py --video clip.mp4                       # toy checkpoints in out/toy
+    python sample.py --video clip.mp4 --prompt "a low bell rings twice"
+    python sample.py --video clip.mp4 --negative_prompt "a high bell"   # steer away from a sound
+    python sample.py --video videos/ --batch_size 8         # a folder (or a .txt list) of videos
+    python sample.py --video clip.mp4 --caption_only        # video-to-audio captioning (Table 3)
+    python sample.py --preset gemma-2b --video clip.mp4 --ckpt_dir out/gemma-2b
     # a whole split of a V2A-Instruction JSON, prompts from a field (evaluation runs):
-    python sample.py --data_json=data/toy/v2a_instruction.json --prompt_field=output --name=gt_caption
+    python sample.py --data_json data/toy/v2a_instruction.json --prompt_field output --name gt_caption
+    # Table 3's captioning protocol: the paper's instruction, captions only
+    python sample.py --preset gemma-2b --data_json vggsound/v2a_instruction.json --caption_only \
+        --caption_prompt "Describe the possible audio for this video:" --name captions
+
+Options take either form, --key value or --key=value; a boolean alone (--caption_only) means true.
 
 For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the original video stream copied,
 the new audio muxed in; .vatt.mkv when the video codec cannot go into mp4, e.g. VP8) and
 <video>.vatt.json (caption, prompt, seed, every setting); with --save_steps also <video>.vatt.steps.json,
 the step at which each token was revealed (report.py draws it).
+Every clip draws its own noise, seeded from (seed, sample index, the clip's name): a clip's audio
+does not depend on its batch, and no two clips share a noise stream.
 Videos longer than the model's window are generated window by window: each window's first
-`overlap` seconds of tokens are fixed to the previous window's last ones (in-painting), so the
-audio runs on continuously; the output lasts exactly as long as the video.
+`overlap` seconds (at least) of tokens are fixed to the previous window's last ones (in-painting),
+so the audio runs on continuously; every window starts its video frames and its audio tokens at
+the same instant, and the output lasts exactly as long as the video.
 
 Speed benchmark (README "Sampling speed"): random weights at the preset's full size, no checkpoint,
 data or download; per clip the Converter prefill, the decoder steps and the codec decode, at batch
@@ -33,6 +42,7 @@ data or download; per clip the Converter prefill, the decoder steps and the code
     python sample.py --bench --preset=toy --naive
     python sample.py --bench --preset=gemma-2b --steps=2 --bench_batch_sizes=1 --bench_repeats=1 --naive   # a CPU
 """
+import hashlib
 import json
 import math
 import pickle
@@ -40,6 +50,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -61,14 +72,29 @@ class Config:
     video: str = ""  # a video file, a folder of videos or a .txt list of paths
     out_dir: str = ""  # where outputs go (default: next to each video)
     prompt: str = ""  # the text prompt; empty = no text (caption + standard template)
+    # a text to steer away from: guidance n + w (c - n), its condition n in place of the null one
+    negative_prompt: str = ""
     self_prompt: bool = False  # generate with the Converter's own caption as the prompt
     caption_only: bool = False  # only write the caption (no audio)
     # evaluation runs: every clip of `split` in a V2A-Instruction JSON, from the extracted features;
-    # prompts from `prompt_field` of each entry (empty = no text); outputs in ckpt_dir/samples/<name>
+    # prompts from `prompt_field` of each entry (empty = no text), negative prompts from
+    # `negative_field` (empty = none); outputs in ckpt_dir/samples/<name>. Prompts longer than the
+    # model takes are cut as training cuts them, and counted in captions.json
     data_json: str = ""
     split: str = "test"
     prompt_field: str = ""
+    negative_field: str = ""
     name: str = "samples"
+    # captioning (paper Table 3). The instruction: empty = the standard template, which training
+    # used; the paper's Table 3 used stage1_caption.TABLE3_INSTRUCTION ("Describe the possible
+    # audio for this video:"). Captions are decoded greedily up to caption_max_tokens new tokens
+    # (0 = the Converter's training caption limit + 1: 25 toy, 109 paper presets); one that
+    # reaches the limit without ending is counted and reported
+    caption_prompt: str = ""
+    caption_max_tokens: int = 0
+    # decode captions as the released scripts do (temperature 0.1, top-p 0.95, top-k 500,
+    # repetition penalty 1.1; they allow 400 tokens), from torch's generator seeded with `seed`
+    caption_sampling: bool = False
     # iterative parallel decoding (§3.2.2). The paper-size presets use the released scripts'
     # settings (guidance 5, temperature 1, tau0 25.5); the toy's small, briefly trained model
     # samples better cooler and with less noise on the confidences (README, "Paper notes").
@@ -80,9 +106,11 @@ class Config:
     # model, trained mostly on nearly full masks, keeps a source coherent when the clearest tokens
     # come first (video-only source accuracy 0.875 / 0.92 / 0.955 at tau0 5 / 1 / 0.5, measured)
     mask_temperature: float = 0.5
-    num_samples: int = 1  # audio samples per video (seeds seed, seed+1, ...)
-    seed: int = 0
-    overlap: float = 0.4  # seconds of tokens shared by consecutive windows of a long video
+    num_samples: int = 1  # audio samples per video
+    seed: int = 0  # sample k of a clip draws its noise from clip_seed(seed, k, the clip's name)
+    # seconds of tokens shared by consecutive windows of a long video, in [0, window / 2); rounded
+    # up so that windows start on both the video frames and the audio tokens (0.2 s at 5 fps, 50 Hz)
+    overlap: float = 0.4
     batch_size: int = 8  # videos per batch
     save_steps: bool = False  # also write <clip>.steps.json: the step at which each token was revealed (report.py draws it)
     device: str = "auto"
@@ -152,15 +180,17 @@ def least_confident(confidence, unknown, n_masked):
 
 @torch.no_grad()
 def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, temperature=1.0,
-                  top_k=256, mask_temperature=25.5, history=None, separate_guidance=False):
+                  top_k=256, mask_temperature=25.5, negative=None, history=None, separate_guidance=False):
     """codes (B, L, T): known tokens, MASK (= bins) where unknown. Returns codes with every MASK
     filled. Each step (t = 1..T): one batched forward for the conditional and null conditions
     together, guidance u + w (c - u), sample every masked token (top-k, temperature) in parallel,
     score it by log p + tau G with tau = tau0 (1 - t/T) and G ~ Gumbel(0, 1) (Gumbel-top-k = keeping
     the most confident without replacement), and keep the best so that exactly masked_after(t)
-    stay masked. A revealed token never changes again. `history`, a list, collects the codes
-    after every step. `separate_guidance` runs the two conditions as two forwards instead (the
-    speed benchmark's --naive baseline only).
+    stay masked. A revealed token never changes again. `negative` = (cond, cond_mask, has) gives
+    the samples with has[b] a negative prompt's condition in place of the null one: guidance
+    n + w (c - n), in the same forward. `history`, a list, collects the codes after every step.
+    `separate_guidance` runs the two conditions as two forwards instead (the speed benchmark's
+    --naive baseline only).
     Nothing in the step loop waits for the GPU: no .item(), no branch on a tensor's value, the
     noise drawn on the device; the host only queues kernels. Precision is the caller's choice
     (generate() autocasts to bf16 on a GPU)."""
@@ -168,14 +198,22 @@ def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, 
     mask_id = model.config.bins
     unknown = codes == mask_id  # (B, L, T)
     n_start = unknown.flatten(1).sum(-1)  # (B,) per sample
-    null = torch.arange(2 * B, device=codes.device) >= B  # (2B,) the first B conditional, the rest null
-    cond2, mask2 = torch.cat([cond, cond]), torch.cat([cond_mask, cond_mask])
+    # the second half of the guidance batch: the null condition, or the negative prompt's
+    if negative is None:
+        neg_cond, neg_mask, null = cond, cond_mask, torch.ones(B, dtype=torch.bool, device=codes.device)
+    else:
+        n_cond, n_mask, has = negative
+        has = torch.as_tensor(has, dtype=torch.bool, device=codes.device)  # (B,)
+        neg_cond = torch.where(has[:, None, None], n_cond.to(cond.dtype), cond)
+        neg_mask, null = torch.where(has[:, None], n_mask, cond_mask), ~has
+    drop = torch.cat([torch.zeros_like(null), null])  # (2B,) the first B conditional, the rest null or negative
+    cond2, mask2 = torch.cat([cond, neg_cond]), torch.cat([cond_mask, neg_mask])
     for t in range(1, steps + 1):
         if separate_guidance:
-            c = model(codes, cond, cond_mask, null[:B]).float()  # (B, L, T, V)
-            u = model(codes, cond, cond_mask, null[B:]).float()
+            c = model(codes, cond, cond_mask, drop[:B]).float()  # (B, L, T, V)
+            u = model(codes, neg_cond, neg_mask, drop[B:]).float()
         else:
-            c, u = model(torch.cat([codes, codes]), cond2, mask2, null).float().chunk(2)  # (2B, L, T, V) halves
+            c, u = model(torch.cat([codes, codes]), cond2, mask2, drop).float().chunk(2)  # (2B, L, T, V) halves
         logits = u + cfg * (c - u)
         k = min(top_k, logits.shape[-1])
         kth = logits.topk(k, dim=-1).values[..., -1:]
@@ -224,58 +262,118 @@ def load_models(ckpt_dir, device):
                            meta=converter.features_meta)
 
 
-def generate(models, feats, durations, prompts, seeds, args, device):
-    """feats: list of (N_i, D) 5 fps features; durations in seconds; prompts: list of str or None
-    (None = no text); seeds: one per item. Returns a list of dicts with the captions, the prompts
-    used per window, and the codes (L, ceil(duration * 50))."""
-    from stage1_caption import TEMPLATE
+def clip_seed(seed, sample_index, key):
+    """The seed of one clip's noise: a stable hash (sha256; Python's hash() is salted per process)
+    of the run's seed, the sample index and the clip's key (a video's file name, a --data_json
+    entry's stem). A clip's audio then does not depend on its batch, batch size or folder, two
+    clips never share a noise stream, and the same video under two names gives two samples."""
+    digest = hashlib.sha256(f"{seed}/{sample_index}/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid torch.Generator seed
+
+
+def window_hop(window, overlap, fps, rate):
+    """The hop between consecutive windows, as (video frames, audio tokens). It is the largest
+    multiple of the common period of the two grids (the shortest time that is a whole number of
+    frames at `fps` and of tokens at `rate`: 0.2 s at 5 fps and 50 Hz) that still shares at least
+    `overlap` seconds, so every window starts its video and its audio at the same instant.
+    `overlap` must lie in [0, window / 2)."""
+    if not 0 <= overlap < window / 2:
+        raise ValueError(f"overlap {overlap:g} s is outside [0, {window / 2:g}) s (the window is {window:g} s)")
+    fps, rate = Fraction(fps).limit_denominator(10**6), Fraction(rate).limit_denominator(10**6)
+    period = Fraction(math.lcm(fps.denominator, rate.denominator), math.gcd(fps.numerator, rate.numerator))
+    span = Fraction(window).limit_denominator(10**6) - Fraction(overlap).limit_denominator(10**6)
+    hop = span // period * period
+    if hop <= 0:
+        raise ValueError(f"a {window:g} s window cannot hop on the {float(period):g} s grid of video frames and "
+                         f"audio tokens with {overlap:g} s overlap")
+    return int(hop * fps), int(hop * rate)
+
+
+def plan_windows(duration, window, overlap, fps, rate):
+    """The windows of a clip of `duration` seconds: [(first video frame, first audio token)], one
+    per window of `window` seconds, until the audio tokens cover the clip."""
+    hop_frames, hop_tokens = window_hop(window, overlap, fps, rate)
+    n_tokens, win_tokens = math.ceil(round(duration * rate, 6)), round(window * rate)
+    n = 1 + max(0, -(-(n_tokens - win_tokens) // hop_tokens))
+    return [(w * hop_frames, w * hop_tokens) for w in range(n)]
+
+
+def generate(models, feats, durations, prompts, seeds, args, device, negatives=None, cut_prompts=False):
+    """feats: list of (N_i, D) features at the rate of models.meta; durations in seconds; prompts:
+    list of str or None (None = no text); seeds: one per item (clip_seed); negatives: a negative
+    prompt or None per item. A prompt longer than the model takes is cut as training cuts it
+    (`cut_prompts`) or fails its item alone. Returns a list of dicts with the captions, whether each
+    reached the length limit, the prompts used per window and the codes (L, ceil(duration * rate));
+    an item that failed has only "error"."""
+    from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE
 
     conv, audio, meta = models.converter, models.audio, models.meta
     fps, rate, window = meta["fps"], models.codec.frame_rate, meta["seconds"]
     win_frames, win_tokens = round(window * fps), round(window * rate)
-    hop = window - args.overlap
-    n_windows = [1 + max(0, math.ceil(round((d - window) / hop, 6))) for d in durations]
-    results = [dict(captions=[], prompts=[], codes=[]) for _ in feats]
+    negatives = negatives or [None] * len(feats)
+    windows = [plan_windows(d, window, args.overlap, fps, rate) for d in durations]
+    results = [dict(captions=[], captions_at_limit=[], prompts=[], codes=[]) for _ in feats]
+    for i, texts in enumerate(zip(prompts, negatives)):
+        for text, what in zip(texts, ("prompt", "negative prompt")):
+            if text is not None and not cut_prompts and conv.prompt_ids(text)[1]:
+                results[i] = dict(error=f"the {what} {text[:40]!r}... is longer than the {conv.max_text_tokens} "
+                                        "tokens this model accepts")
+                windows[i] = []
     generators = [torch.Generator(device).manual_seed(s) for s in seeds]  # on the device: see noise()
+    sampling = RELEASED_CAPTION_SAMPLING if args.caption_sampling else None
+    n_windows = max(len(w) for w in windows)
     # progress over the decoding, one tick per window of `steps` steps (a long video has many);
     # shown on a terminal only (disable=None), so logs and captured stderr stay one line per error
-    bar = tqdm(total=max(n_windows) * (0 if args.caption_only else args.steps), desc="decoding",
+    bar = tqdm(total=n_windows * (0 if args.caption_only else args.steps), desc="decoding",
                unit="step", leave=False, disable=None)
-    for w in range(max(n_windows)):
-        active = [i for i, n in enumerate(n_windows) if w < n]
-        start = [round(w * hop * fps) for _ in active]
-        x = torch.stack([_window(feats[i], s, win_frames) for i, s in zip(active, start)]).to(device)
-        captions = conv.caption(x) if args.caption_only or args.self_prompt or any(prompts[i] is None for i in active) else [None] * len(active)
+    for w in range(n_windows):
+        active = [i for i, plan in enumerate(windows) if w < len(plan)]
+        x = torch.stack([_window(feats[i], windows[i][w][0], win_frames) for i in active]).to(device)
+        captions = at_limit = [None] * len(active)
+        if args.caption_only or args.self_prompt or any(prompts[i] is None for i in active):
+            captions, at_limit = conv.caption(x, args.caption_prompt or TEMPLATE, args.caption_max_tokens, sampling)
         for j, i in enumerate(active):
             results[i]["captions"].append(captions[j])
+            results[i]["captions_at_limit"].append(at_limit[j])
         if args.caption_only:
             continue
         used = [captions[j] if args.self_prompt else prompts[i] if prompts[i] is not None else TEMPLATE
                 for j, i in enumerate(active)]
         for j, i in enumerate(active):
             results[i]["prompts"].append(used[j])
-        # the Converter's own caption may run past the prompt length the model accepts: it is cut
-        # as training cuts long captions; a user's prompt that is too long is refused instead
+        # in-painting: a window's first tokens are the ones already generated from its start on
         codes = torch.full((len(active), audio.config.n_q, win_tokens), audio.config.bins, dtype=torch.long, device=device)
-        keep = round(args.overlap * rate) if w > 0 else 0
-        for j, i in enumerate(active):  # in-painting: the overlap is fixed to the previous window's end
-            if keep:
-                codes[j, :, :keep] = results[i]["codes"][-1][:, -keep:]
+        keep = [0] * len(active)
+        if w > 0:
+            for j, i in enumerate(active):
+                so_far = torch.cat(results[i]["codes"], -1)[:, windows[i][w][1]:]  # (L, keep)
+                keep[j] = so_far.shape[-1]
+                codes[j, :, : keep[j]] = so_far
+        has = [negatives[i] is not None for i in active]
         history = [codes] if args.save_steps else None
         with autocast(device):  # bf16 on a GPU, float32 elsewhere
-            cond, cond_mask = conv.condition(x, used, cut=args.self_prompt)  # once per window, never per step
-            codes = decode_tokens(audio, cond, cond_mask, codes, [generators[i] for i in active], args.steps,
-                                  args.cfg, args.temperature, args.top_k, args.mask_temperature, history)
+            # once per window, never per step: the prompts and the negative prompts in one LLM batch.
+            # The Converter's own caption is cut as training cuts long captions (prompts were checked above)
+            texts = used + [negatives[i] for i in active if negatives[i] is not None]
+            cond, cond_mask = conv.condition(torch.cat([x, x[has]]), texts, cut=True)
+            negative = None
+            if any(has):
+                n_cond, n_mask = cond[: len(active)].clone(), cond_mask[: len(active)].clone()
+                n_cond[has], n_mask[has] = cond[len(active):], cond_mask[len(active):]
+                negative = (n_cond, n_mask, has)
+            codes = decode_tokens(audio, cond[: len(active)], cond_mask[: len(active)], codes,
+                                  [generators[i] for i in active], args.steps, args.cfg, args.temperature, args.top_k,
+                                  args.mask_temperature, negative=negative, history=history)
         if history is not None:  # per window, cut like the codes below; main() joins and saves them
             steps = revealed_at(history, audio.config.bins)
             for j, i in enumerate(active):
-                results[i].setdefault("revealed_at", []).append(steps[j] if w == 0 else steps[j, :, keep:])
+                results[i].setdefault("revealed_at", []).append(steps[j, :, keep[j]:])
         for j, i in enumerate(active):
-            results[i]["codes"].append(codes[j] if w == 0 else codes[j, :, keep:])
+            results[i]["codes"].append(codes[j, :, keep[j]:])
         bar.update(args.steps)
     bar.close()
     for r, d in zip(results, durations):
-        if r["codes"]:
+        if r.get("codes"):
             r["codes"] = torch.cat(r["codes"], -1)[:, : math.ceil(round(d * rate, 6))]
     return results
 
@@ -411,6 +509,7 @@ def bench_converter(preset, n_layers, dtype, device):
     `dtype`. The toy's word-level tokenizer stands in for Gemma's or LLaMA's: token ids only index
     the embedding table, and the prompt is padded to max_text_tokens either way."""
     import stage1_caption as s1
+    from extract_features import Config as FeatureConfig
     from transformers import AutoModelForCausalLM
 
     tokenizer = s1.toy_tokenizer(s1.INSTRUCTIONS)
@@ -420,7 +519,8 @@ def bench_converter(preset, n_layers, dtype, device):
     torch.manual_seed(0)
     with torch.device(device):  # built in place: on a GPU the LLM never passes through host memory
         llm = AutoModelForCausalLM.from_config(config).to(dtype)
-    conv = s1.Converter(llm, tokenizer, BENCH[preset]["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens)
+    conv = s1.Converter(llm, tokenizer, BENCH[preset]["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens,
+                        FeatureConfig.fps)
     return conv.to(device).eval().requires_grad_(False)
 
 
@@ -481,6 +581,7 @@ def bench(args):
     """Builds the preset's models with random weights, times the sampler on random clips at each
     batch size (and, with --naive, the baseline), prints the table and writes bench.json."""
     import stage1_caption as s1
+    from extract_features import Config as FeatureConfig  # the features' frame rate: 5 fps for every preset
 
     device = pick_device(args.device)
     cuda = device.type == "cuda"
@@ -533,7 +634,7 @@ def bench(args):
             conv.llm.get_decoder().register_forward_pre_hook(
                 lambda m, a, kw: forwards["llm"].append(len(kw["inputs_embeds"])), with_kwargs=True)
         if not rows:  # sizes and FLOPs, from the first models built
-            n_frames = round(spec["seconds"] * s1.FPS)
+            n_frames = round(spec["seconds"] * FeatureConfig.fps)
             n_video = conv.n_video_tokens(n_frames)
             n_cond, n_audio = n_video + conv.max_text_tokens, round(spec["seconds"] * codec.frame_rate)
             silence = torch.zeros(1, codec.n_q, n_audio, dtype=torch.long, device=device)
@@ -622,7 +723,11 @@ def main(argv=None):
     t0 = time.time()
     device = pick_device(args.device)
     if not args.video and not args.data_json:
-        sys.exit("error: give --video=FILE|FOLDER|LIST or --data_json=FILE (see --help)")
+        sys.exit("error: give --video FILE|FOLDER|LIST or --data_json FILE (see --help)")
+    if args.negative_field and not args.data_json:
+        sys.exit("error: --negative_field reads the entries of --data_json (for videos, use --negative_prompt)")
+    if args.negative_field and args.negative_prompt:
+        sys.exit("error: give --negative_prompt or --negative_field, not both")
     if args.official_ckpt:
         from official import load_official_models
 
@@ -635,10 +740,27 @@ def main(argv=None):
             # messages run to many lines (or none) and rarely say so
             sys.exit(f"error: {args.ckpt_dir}: stage1.pt or stage2.pt is not a readable PyTorch checkpoint "
                      f"({type(e).__name__})")
+    conv = models.converter
+    try:
+        window_hop(models.meta["seconds"], args.overlap, models.meta["fps"], models.codec.frame_rate)
+    except ValueError as e:
+        sys.exit(f"error: --overlap: {e}")
+    for name in ("prompt", "negative_prompt", "caption_prompt"):  # the user's own texts are never cut
+        text = getattr(args, name)
+        if text and conv.prompt_ids(text)[1]:
+            sys.exit(f"error: --{name} {text[:40]!r}... is longer than the {conv.max_text_tokens} tokens this "
+                     "model accepts")
+    if args.caption_sampling:
+        torch.manual_seed(args.seed)  # transformers' sampling draws from torch's global generator
     if args.compile:
         models.audio = torch.compile(models.audio)
     sr = models.codec.sample_rate
-    settings = {k: getattr(args, k) for k in ("steps", "cfg", "temperature", "top_k", "mask_temperature", "overlap")}
+    from stage1_caption import TEMPLATE
+
+    settings = {k: getattr(args, k) for k in ("steps", "cfg", "temperature", "top_k", "mask_temperature", "overlap",
+                                              "caption_sampling")}
+    settings.update(caption_prompt=args.caption_prompt or TEMPLATE,
+                    caption_max_tokens=args.caption_max_tokens or conv.max_text_tokens + 1)
     # the files actually used: the authors' checkpoints (official.py resolves them) replace ckpt_dir's
     checkpoints = (models.files if args.official_ckpt else
                    {"converter": str(Path(args.ckpt_dir) / "stage1.pt"), "audio": str(Path(args.ckpt_dir) / "stage2.pt")})
@@ -646,14 +768,26 @@ def main(argv=None):
     if args.data_json:  # evaluation run on extracted features
         from stage1_caption import load_features, load_split
 
-        features_dir = models.converter.features_dir
+        features_dir = conv.features_dir
         items, missing = load_split(args.data_json, features_dir, args.split)
         if missing:
             print(f"warning: {missing} {args.split} clips have no features in {features_dir}", file=sys.stderr)
         entries = {Path(e["video_path"]).stem: e for e in json.loads(Path(args.data_json).read_text())}
         out = Path(args.out_dir or Path(args.ckpt_dir) / "samples" / args.name)
-        jobs = [(stem, lambda s=stem: (load_features(features_dir, s), models.meta["seconds"]),
-                 entries[stem][args.prompt_field] if args.prompt_field else None) for stem, _ in items]
+
+        def entry_text(stem, field):
+            """The text in an entry's `field`; a missing or empty one fails this clip alone."""
+            text = entries[stem].get(field)
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{stem}: its entry in {args.data_json} has no text in the field {field!r}")
+            return text
+
+        def load_entry(stem):
+            return (load_features(features_dir, stem), models.meta["seconds"],
+                    entry_text(stem, args.prompt_field) if args.prompt_field else None,
+                    entry_text(stem, args.negative_field) if args.negative_field else args.negative_prompt or None)
+
+        jobs = [(stem, lambda s=stem: load_entry(s)) for stem, _ in items]
     else:
         from extract_features import list_videos
 
@@ -661,32 +795,49 @@ def main(argv=None):
         paths = list_videos(args.video) if Path(args.video).is_dir() or args.video.endswith(".txt") else [args.video]
         encoder = VideoFeatures(models.meta, device)
         out = Path(args.out_dir) if args.out_dir else None
-        jobs = [(p, lambda p=p: encoder(p), args.prompt or None) for p in paths]
+        jobs = [(p, lambda p=p: (*encoder(p), args.prompt or None, args.negative_prompt or None)) for p in paths]
 
     failed, captions = [], {}
+    n_cut = {"prompt": 0, "negative_prompt": 0}  # --data_json texts longer than the model takes, cut
+    n_at_limit = 0  # captions that reached caption_max_tokens without ending
     bar = tqdm(total=len(jobs) * args.num_samples, desc="videos", disable=len(jobs) < 2)
     for b in range(0, len(jobs), args.batch_size):
         batch, loaded = jobs[b: b + args.batch_size], []
-        for key, load, prompt in batch:
+        for key, load in batch:
             try:
-                loaded.append((key, *load(), prompt))
+                loaded.append((key, *load()))
             except (ValueError, OSError) as e:
                 failed.append(f"{key}: {e}" if str(key) not in str(e) else str(e))
+        if args.data_json:
+            for _, _, _, prompt, negative in loaded:
+                n_cut["prompt"] += prompt is not None and conv.prompt_ids(prompt)[1]
+                n_cut["negative_prompt"] += negative is not None and conv.prompt_ids(negative)[1]
         for k in range(args.num_samples):
             if not loaded:
                 break
+            # the clip's key: a --data_json stem, a video's file name (not its folder)
+            seeds = [clip_seed(args.seed, k, x[0] if args.data_json else Path(x[0]).name) for x in loaded]
             try:
                 results = generate(models, [x[1] for x in loaded], [x[2] for x in loaded], [x[3] for x in loaded],
-                                   [args.seed + k] * len(loaded), args, device)
+                                   seeds, args, device, negatives=[x[4] for x in loaded],
+                                   cut_prompts=bool(args.data_json))
             except ValueError as e:
                 failed += [f"{x[0]}: {e}" for x in loaded]
                 break
-            for (key, feats, duration, prompt), r in zip(loaded, results):
+            for (key, feats, duration, prompt, negative), r, seed in zip(loaded, results, seeds):
+                if "error" in r:  # this clip alone: the rest of the batch is generated
+                    failed.append(f"{key}: {r['error']}")
+                    continue
                 caption = " | ".join(dict.fromkeys(c for c in r["captions"] if c)) or None
+                at_limit = any(r["captions_at_limit"])
+                n_at_limit += at_limit
                 suffix = f".{k}" if args.num_samples > 1 else ""
+                seed_record = {"seed": seed, "seed_from": {"seed": args.seed, "sample": k,
+                                                           "key": key if args.data_json else Path(key).name}}
                 if args.data_json:
                     stem = key
-                    captions[stem + suffix] = {"caption": caption, "prompt": prompt}
+                    captions[stem + suffix] = {"caption": caption, "prompt": prompt, "negative_prompt": negative,
+                                               "caption_at_limit": at_limit, **seed_record}
                     if not args.caption_only:
                         wav = models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()
                         write_wav(out / f"{stem}{suffix}.wav", wav, sr)
@@ -696,9 +847,9 @@ def main(argv=None):
                     path = Path(key)
                     base = str((out or path.parent) / f"{path.stem}.vatt{suffix}")
                     print(f"{path}: {caption!r}" if caption else f"{path}")
-                    record = {"video": str(path), "caption": caption, "prompt": prompt,
-                              "prompts_used": r["prompts"], "seed": args.seed + k, "duration": duration,
-                              **settings, "checkpoints": checkpoints}
+                    record = {"video": str(path), "caption": caption, "caption_at_limit": at_limit, "prompt": prompt,
+                              "negative_prompt": negative, "prompts_used": r["prompts"], **seed_record,
+                              "duration": duration, **settings, "checkpoints": checkpoints}
                     if not args.caption_only:
                         wav = models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()[: round(duration * sr)]
                         try:
@@ -715,9 +866,22 @@ def main(argv=None):
                     if args.save_steps and not args.caption_only:
                         save_steps(base + ".steps.json", r, args.steps)
                 bar.update(1)
+            loaded = [x for x, r in zip(loaded, results) if "error" not in r]  # reported once, not per sample
     bar.close()
+    for name, field in (("prompt", args.prompt_field), ("negative_prompt", args.negative_field)):
+        if n_cut[name]:
+            print(f"note: {n_cut[name]} texts of the field {field!r} are longer than the {conv.max_text_tokens} "
+                  "tokens this model takes: cut as training cuts them", file=sys.stderr)
+    if n_at_limit:
+        print(f"warning: {n_at_limit} captions reached the limit of {settings['caption_max_tokens']} new tokens "
+              "without ending (--caption_max_tokens)", file=sys.stderr)
     if args.data_json:
-        save_json(captions, out / "captions.json")
+        run = {"data_json": args.data_json, "split": args.split, "prompt_field": args.prompt_field,
+               "negative_field": args.negative_field, "negative_prompt": args.negative_prompt, "seed": args.seed,
+               "num_samples": args.num_samples, **settings, "checkpoints": checkpoints,
+               "prompts_cut": n_cut["prompt"], "negative_prompts_cut": n_cut["negative_prompt"],
+               "captions_at_limit": n_at_limit}
+        save_json({"settings": run, "clips": captions}, out / "captions.json")
         record_timing(args.ckpt_dir, f"sample_{args.name}", t0)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
@@ -727,7 +891,7 @@ def main(argv=None):
 
 
 class VideoFeatures:
-    """Video file -> (5 fps features (N, D), duration), with the Converter's own visual encoder
+    """Video file -> (features (N, D) at the extraction's frame rate, duration), with the Converter's own visual encoder
     (rebuilt from the extraction settings stored in stage1.pt)."""
 
     def __init__(self, meta, device):

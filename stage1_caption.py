@@ -117,7 +117,12 @@ INSTRUCTIONS = [
     "Imagine audio events that match this video.",
 ]
 TEMPLATE = INSTRUCTIONS[2]
-FPS = 5  # the rate of the visual features (extract_features.py)
+# The caption instruction of the paper's Table 3 (§4, video-to-audio captioning); sample.py's
+# --caption_prompt takes it, the template stays the default (the instruction training saw)
+TABLE3_INSTRUCTION = "Describe the possible audio for this video:"
+# How the released caption scripts decode (eval_v2a_caption*.py: sampling, up to 400 new tokens);
+# the paper does not say, and the default here is greedy decoding
+RELEASED_CAPTION_SAMPLING = dict(temperature=0.1, top_p=0.95, top_k=500, repetition_penalty=1.1)
 
 # -----------------------------------------------------------------------------
 # the LLM: a hub / local causal LM, or the toy's tiny Gemma built and saved in the same format
@@ -206,19 +211,20 @@ def load_llm(path, lora, device):
 
 
 class Converter(nn.Module):
-    def __init__(self, llm, tokenizer, feature_dim, video_tokens_per_second, max_text_tokens):
+    def __init__(self, llm, tokenizer, feature_dim, video_tokens_per_second, max_text_tokens, fps):
         super().__init__()
         self.llm, self.tokenizer = llm, tokenizer
         self.proj = nn.Linear(feature_dim, llm.config.hidden_size)  # the VATT Projector: V_f W + b
         self.video_tokens_per_second = video_tokens_per_second
+        self.fps = fps  # the frame rate of the features (extract_features.py's meta.json)
         self.max_text_tokens = max_text_tokens
         self.hidden_size = llm.config.hidden_size
 
     def n_video_tokens(self, n_frames):
-        return max(1, round(n_frames / FPS * self.video_tokens_per_second))
+        return max(1, round(n_frames / self.fps * self.video_tokens_per_second))
 
     def video_embeds(self, feats):
-        """(B, N, D) frame features at 5 fps -> (B, N_v, d_lm) projected video tokens."""
+        """(B, N, D) frame features at self.fps -> (B, N_v, d_lm) projected video tokens."""
         x = F.adaptive_avg_pool1d(rearrange(feats, "b n d -> b d n"), self.n_video_tokens(feats.shape[1]))
         return self.proj(rearrange(x, "b d n -> b n d"))
 
@@ -286,13 +292,19 @@ class Converter(nn.Module):
         return h.last_hidden_state.float() * mask[..., None], mask
 
     @torch.no_grad()
-    def caption(self, feats, instruction=TEMPLATE, max_new_tokens=40):
-        """Greedy audio captions for a batch of videos (paper Table 3's task)."""
+    def caption(self, feats, instruction=TEMPLATE, max_new_tokens=0, sampling=None):
+        """Audio captions for a batch of videos (paper Table 3's task): greedy, or sampled with the
+        generate() settings in `sampling` (e.g. RELEASED_CAPTION_SAMPLING). At most max_new_tokens
+        new tokens; 0 = max_text_tokens + 1, the longest caption training saw and its end.
+        Returns the captions and, per caption, whether it reached that limit without ending."""
         x, mask, _, _ = self._sequences(feats, [instruction] * len(feats))
-        out = self.llm.generate(inputs_embeds=x, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                                eos_token_id=self.tokenizer.eos_token_id)
-        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        eos = self.tokenizer.eos_token_id
+        out = self.llm.generate(inputs_embeds=x, attention_mask=mask,
+                                max_new_tokens=max_new_tokens or self.max_text_tokens + 1,
+                                do_sample=sampling is not None, **(sampling or {}),
+                                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)  # (B, new tokens)
+        at_limit = ~(out == eos).any(-1)
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)], at_limit.tolist()
 
 
 def load_converter(ckpt_path, device):
@@ -306,8 +318,9 @@ def load_converter(ckpt_path, device):
     local = Path(ckpt_path).parent / ckpt["llm_path"]  # the toy's base LLM sits next to stage1.pt
     llm_path = str(local) if local.exists() else ckpt["llm_path"]
     llm, tokenizer = load_llm(llm_path, (cfg["lora_r"], cfg["lora_alpha"], 0.0), device)
-    conv = Converter(llm, tokenizer, ckpt["features_meta"]["feature_dim"], cfg["video_tokens_per_second"],
-                     cfg["max_text_tokens"])
+    meta = ckpt["features_meta"]
+    conv = Converter(llm, tokenizer, meta["feature_dim"], cfg["video_tokens_per_second"], cfg["max_text_tokens"],
+                     meta["fps"])
     conv.features_meta, conv.features_dir = ckpt["features_meta"], cfg["features_dir"]
     load_trained_weights(conv, ckpt, ckpt_path, llm_path)
     return conv.to(device).eval().requires_grad_(False)
@@ -580,7 +593,8 @@ def main(argv=None):
         llm.get_input_embeddings().requires_grad_(False)
     if cfg.grad_checkpointing:
         llm.gradient_checkpointing_enable()
-    model = Converter(llm, tokenizer, meta["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens).to(device)
+    model = Converter(llm, tokenizer, meta["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens,
+                      meta["fps"]).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     print0(f"trainable parameters: {sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,}")
@@ -679,7 +693,7 @@ def main(argv=None):
     if rank == 0:
         model.eval()
         feats = torch.stack([clip_features(s) for s, _ in val[:4]]).to(device)
-        for (stem, ref), hyp in zip(val[:4], model.caption(feats)):
+        for (stem, ref), hyp in zip(val[:4], model.caption(feats)[0]):
             print(f"{stem}: {hyp!r} (reference: {ref!r})")
         record_timing(out, "stage1_caption", t0)
     if world > 1:

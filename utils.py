@@ -18,44 +18,60 @@ import numpy as np
 import torch
 
 # -----------------------------------------------------------------------------
-# config: a dataclass of commented defaults, a preset, then --key=value overrides
+# config: a dataclass of commented defaults, a preset, then --key value / --key=value overrides
+
+BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def parse_config(cfg_cls, presets, argv=None):
-    """Build `cfg_cls` from `--preset=NAME` (a dict of overrides in `presets`) and
-    `--key=value` overrides, in that order. `--help` prints the script's docstring and
-    the dataclass source, whose comments are the documentation of every field."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Build `cfg_cls` from `--preset NAME` (a dict of overrides in `presets`) and `--key value`
+    or `--key=value` overrides, in that order. A boolean may stand alone (`--flag` = true) or take
+    a value (`--flag=false`, `--flag false`). `--help` prints the script's docstring and the
+    dataclass source, whose comments are the documentation of every field."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print(sys.modules[cfg_cls.__module__].__doc__)
         print(inspect.getsource(cfg_cls))
         print("presets:", ", ".join(presets))
         sys.exit(0)
-    kv = {}
-    for arg in argv:
-        if not arg.startswith("--"):
-            sys.exit(f"error: unexpected argument {arg!r} (use --key=value)")
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    kv, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("--") or arg == "--":
+            sys.exit(f"error: unexpected argument {arg!r} (options are --key value or --key=value; see --help)")
         key, eq, value = arg[2:].partition("=")
-        kv[key] = value if eq else "true"  # a bare --flag means flag=true
+        if key not in fields:
+            sys.exit(f"error: unknown option --{key} (see --help)")
+        if not eq:
+            is_bool = isinstance(fields[key].default, bool)
+            if is_bool and not (i < len(argv) and argv[i].lower() in BOOL_WORDS):
+                value = "true"  # a bare --flag
+            elif i < len(argv) and not (argv[i].startswith("--") and len(argv[i]) > 2):
+                value, i = argv[i], i + 1
+            else:
+                sys.exit(f"error: option --{key} needs a value (--{key} VALUE or --{key}=VALUE)")
+        kv[key] = value
     preset = kv.pop("preset", "toy")
     if preset not in presets:
         sys.exit(f"error: unknown preset {preset!r}; choose one of {', '.join(presets)}")
-    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
     cfg = cfg_cls(**presets[preset])
     cfg.preset = preset
     for key, value in kv.items():
-        if key not in fields:
-            sys.exit(f"error: unknown option --{key} (see --help)")
-        setattr(cfg, key, _cast(value, type(getattr(cfg, key))))
+        setattr(cfg, key, _cast(key, value, type(getattr(cfg, key))))
     return cfg
 
 
-def _cast(value, typ):
+def _cast(key, value, typ):
     if typ is bool:
-        if value.lower() not in ("true", "false", "1", "0"):
-            sys.exit(f"error: expected true/false, got {value!r}")
-        return value.lower() in ("true", "1")
-    return typ(value)
+        if value.lower() not in BOOL_WORDS:
+            sys.exit(f"error: --{key} expects true or false, got {value!r}")
+        return BOOL_WORDS[value.lower()]
+    try:
+        return typ(value)
+    except ValueError:
+        sys.exit(f"error: --{key} expects a{'n' if typ is int else ''} {typ.__name__}, got {value!r}")
 
 
 # -----------------------------------------------------------------------------

@@ -139,9 +139,10 @@ def test_captions_cli_end_to_end(tmp_path, capsys):
 
 
 def test_read_captions_accepts_every_format_it_documents(tmp_path):
-    # sample.py --data_json writes {id: {"caption", "prompt"}}; the metrics must see the caption,
-    # not the record's keys
-    formats = {"sample.json": {"v0": {"caption": "a dog barks", "prompt": "What audio could be inferred?"}},
+    # sample.py --data_json writes {"settings": {...}, "clips": {id: {"caption", "prompt", ...}}}; the
+    # metrics must see the caption, not the record's keys
+    formats = {"sample.json": {"settings": {"seed": 0}, "clips": {"v0": {"caption": "a dog barks",
+                                                                         "prompt": "What audio could be inferred?"}}},
                "plain.json": {"a/v0.mp4": "a dog barks"},
                "refs.json": {"v0": ["a dog barks"]},
                "records.json": [{"video_path": "clips/v0.mp4", "output": "a dog barks"}]}

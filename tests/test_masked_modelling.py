@@ -405,6 +405,39 @@ def test_3_2_2_guidance_scale_one_is_conditional_and_five_is_guided():
     assert torch.equal(a, b)
 
 
+def test_3_2_2_negative_prompt_guidance_is_n_plus_w_c_minus_n(model, monkeypatch):
+    """A negative prompt's condition takes the null condition's place: n + w (c - n), in the same
+    single forward of 2B sequences; a sample without one in the batch keeps u + w (c - u)."""
+    needs_gumbel()
+    B, T, w = 3, 8, 3.0
+    cond, cond_mask = conditions(B, seed=1)
+    neg, neg_mask = conditions(B, seed=2, pad=(0,))
+    has = torch.tensor([True, False, True])
+    codes = all_mask(B, T)
+    with torch.no_grad():  # the three conditions' logits, each in its own forward
+        C = model(codes, cond, cond_mask).float()
+        N = model(codes, neg, neg_mask).float()
+        U = model(codes, cond, cond_mask, torch.ones(B, dtype=torch.bool)).float()
+    calls = []
+    forward = model.forward
+
+    def counting_forward(codes, c, cm, drop_cond=None):
+        calls.append((c.clone(), cm.clone(), drop_cond.clone()))
+        return forward(codes, c, cm, drop_cond)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    # one step, top_k = 1: every token is the argmax of the guided logits
+    out, _ = decode(model, cond, cond_mask, codes, [1, 2, 3], steps=1, cfg=w, temperature=1.0, top_k=1,
+                    negative=(neg, neg_mask, has))
+    negative_guided, null_guided = (N + w * (C - N)).argmax(-1), (U + w * (C - U)).argmax(-1)
+    assert torch.equal(out[has], negative_guided[has]) and torch.equal(out[~has], null_guided[~has])
+    assert not torch.equal(out[has], null_guided[has])  # the negative prompt did change the tokens
+    assert len(calls) == 1
+    c, cm, drop = calls[0]
+    assert drop.tolist() == [False] * B + [False, True, False]  # sample 1 has no negative: the null condition
+    assert torch.equal(c[:B], cond) and torch.equal(c[B:][has], neg[has]) and torch.equal(cm[B:][has], neg_mask[has])
+
+
 def test_3_2_2_sampler_keeps_level_time_layout():
     """A.2 #13: the sampler's flatten/unflatten round-trip: with top_k = 1 the token at (l, t)
     comes from logits[:, l, t], whatever order the positions are revealed in."""

@@ -41,7 +41,8 @@ def test_checkpoints_are_self_describing(world):
 def test_sample_and_eval_end_to_end(world, capsys):
     common = [f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json", "--steps=2"]
     for name, extra in (("video_only", []), ("gt_caption", ["--prompt_field=output"]),
-                        ("self_caption", ["--self_prompt"]), ("swapped_pitch_text", ["--prompt_field=swapped"])):
+                        ("self_caption", ["--self_prompt"]), ("swapped_pitch_text", ["--prompt_field=swapped"]),
+                        ("negative_pitch", ["--negative_field=swapped"])):
         assert sample.main(common + [f"--name={name}"] + extra) == 0
     wav, sr = vatt_eval.read_wav(world / "out" / "samples" / "gt_caption" / "test_00000.wav")
     assert sr == 16000 and len(wav) == 32000
@@ -49,7 +50,7 @@ def test_sample_and_eval_end_to_end(world, capsys):
                     f"--samples_dir={world}/out/samples", f"--out={world}/out/eval.json"])
     result = json.loads((world / "out" / "eval.json").read_text())
     assert set(result["audio"]) == {"ground_truth", "codec_roundtrip", "video_only", "gt_caption",
-                                    "self_caption", "swapped_pitch_text"}
+                                    "self_caption", "swapped_pitch_text", "negative_pitch"}
     assert set(result["captions"]) >= {"class_acc", "count_acc", "pitch_acc", "bleu4", "rouge_l", "cider"}
     assert result["audio"]["ground_truth"]["onset_f1"] == 1.0  # the analyzer reads the real clips right
     assert {"prepare", "extract_features", "stage1_caption", "stage2_audio"} <= set(result["timing"])
@@ -60,7 +61,8 @@ def test_sample_single_video_writes_wav_mp4_json(world, tmp_path, capsys):
     video.write_bytes((world / "clips" / "test_00001.mp4").read_bytes())
     assert sample.main([f"--ckpt_dir={world}/out", f"--video={video}", "--steps=2"]) == 0
     record = json.loads((tmp_path / "clip.vatt.json").read_text())
-    assert record["caption"] is not None and record["prompt"] is None and record["seed"] == 0
+    assert record["caption"] is not None and record["prompt"] is None
+    assert record["seed"] == sample.clip_seed(0, 0, "clip.mp4")
     with av.open(str(tmp_path / "clip.vatt.mp4")) as c:
         assert [s.type for s in c.streams] == ["video", "audio"]
         assert c.streams.video[0].codec_context.name == "h264"  # copied, not re-encoded

@@ -47,7 +47,8 @@ PROBE = r"""(async () => {
   };
 })()"""
 MODES = [("video_only", []), ("gt_caption", ["--prompt_field=output", "--save_steps"]),
-         ("self_caption", ["--self_prompt"]), ("swapped_pitch_text", ["--prompt_field=swapped"])]
+         ("self_caption", ["--self_prompt"]), ("swapped_pitch_text", ["--prompt_field=swapped"]),
+         ("negative_pitch", ["--negative_field=swapped"])]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,8 @@ def test_report_page_in_chromium(run, world, chromium):
     with Image.open(run / "report.png") as shot:  # the whole page, as wide as the window less its scroll bar
         assert shot.format == "PNG" and 1100 < shot.width <= 1200 and shot.height > 2000
     text = page.read_text()
-    for row in ("ground_truth", "codec_roundtrip", "video_only", "gt_caption", "self_caption", "swapped_pitch_text"):
+    for row in ("ground_truth", "codec_roundtrip", "video_only", "gt_caption", "self_caption", "swapped_pitch_text",
+                "negative_pitch"):
         assert f"<th>{row}</th>" in text
 
 

@@ -137,7 +137,9 @@ def test_ntsc_mp4_writes_wav_mp4_json(world, tmp_path, capsys):
     record = check_outputs(video, tmp_path / "ntsc.vatt")
     assert record["duration"] == pytest.approx(30 / (30000 / 1001))  # 30 frames at 29.97 fps
     assert capsys.readouterr().out.strip() == f"{video}: {record['caption']!r}"  # the caption is printed
-    assert record["caption"] and record["prompt"] is None and record["seed"] == 0
+    assert record["caption"] and record["prompt"] is None and record["negative_prompt"] is None
+    assert record["seed"] == sample.clip_seed(0, 0, "ntsc.mp4")  # the seed its noise was drawn with
+    assert record["seed_from"] == {"seed": 0, "sample": 0, "key": "ntsc.mp4"}
     assert {"steps", "cfg", "temperature", "top_k", "mask_temperature", "overlap"} <= set(record)
     assert record["checkpoints"] == {"converter": f"{world}/out/stage1.pt", "audio": f"{world}/out/stage2.pt"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ntsc.mp4", "ntsc.vatt.json", "ntsc.vatt.mp4", "ntsc.vatt.wav"]
@@ -232,14 +234,15 @@ def test_num_samples_seeds_and_settings(world, tmp_path):
     settings = ["--steps=3", "--cfg=3.0", "--temperature=0.7", "--mask_temperature=1.5"]
     assert run(world, video, "--num_samples=2", "--seed=5", *settings) == 0
     records = [json.loads((tmp_path / f"clip.vatt.{k}.json").read_text()) for k in (0, 1)]
-    assert [r["seed"] for r in records] == [5, 6]
+    assert [r["seed"] for r in records] == [sample.clip_seed(5, k, "clip.mp4") for k in (0, 1)]
+    assert [r["seed_from"]["sample"] for r in records] == [0, 1]
     assert {k: records[0][k] for k in ("steps", "cfg", "temperature", "mask_temperature")} == \
         dict(steps=3, cfg=3.0, temperature=0.7, mask_temperature=1.5)
     wavs = [read_wav(tmp_path / f"clip.vatt.{k}.wav") for k in (0, 1)]
-    assert not np.array_equal(*wavs)  # two seeds, two samples
+    assert not np.array_equal(*wavs)  # two samples, two noise streams
     out = tmp_path / "again"
-    assert run(world, video, "--seed=6", f"--out_dir={out}", *settings) == 0  # a seed reproduces its sample
-    assert np.array_equal(read_wav(out / "clip.vatt.wav"), wavs[1])
+    assert run(world, video, "--num_samples=2", "--seed=5", f"--out_dir={out}", *settings) == 0  # a run reproduces
+    assert all(np.array_equal(read_wav(out / f"clip.vatt.{k}.wav"), wavs[k]) for k in (0, 1))
 
 
 def test_device_auto_is_cuda_then_mps_then_cpu(monkeypatch):
@@ -315,11 +318,14 @@ def test_corrupt_video_stream(world, tmp_path, capsys):
     assert not list(tmp_path.glob("*.vatt*")) and not leftovers(tmp_path)
 
 
-def test_prompt_too_long(world, tmp_path, capsys):
+@pytest.mark.parametrize("option", ["prompt", "negative_prompt", "caption_prompt"])
+def test_prompt_too_long(world, tmp_path, option):
+    """The user's own text is refused whole, before anything runs: one line."""
     video = make_video(tmp_path / "clip.mp4")
-    assert run(world, video, f"--prompt={'a very long prompt ' * 20}") == 1
-    assert "is longer than the" in capsys.readouterr().err
-    assert not list(tmp_path.glob("*.vatt*"))
+    with pytest.raises(SystemExit) as e:
+        run(world, video, f"--{option}={'a very long prompt ' * 20}")
+    assert e.value.code.startswith(f"error: --{option} 'a very long prompt") and "is longer than the 24 tokens" in e.value.code
+    assert "\n" not in e.value.code and not list(tmp_path.glob("*.vatt*"))
 
 
 def test_failed_write_leaves_nothing_half_written(world, tmp_path, capsys, monkeypatch):

@@ -97,7 +97,7 @@ def make_clip(job):
     if not os.path.exists(path):
         write_mp4(path, frames, audio, cfg.fps, cfg.crf)
     # `swapped`: the caption with its pitch word flipped, the prompt of the demo's test of whether
-    # the text, not the video, sets the register
+    # the text, not the video, sets the register, and the negative prompt of its negative-prompt test
     return {"video_path": name, "output": caption, "split": split, **meta, "swapped": swap_pitch(caption)}
 
 
