@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm import tqdm
 
+from data.toy.llm import build_toy_llm
 from utils import (all_mean, autocast, check_npy, get_lr, parse_config, pick_device, print0, record_timing,
                    save_checkpoint, setup_ddp, shape_fits, shape_str, weights_digest)
 
@@ -125,60 +126,7 @@ TABLE3_INSTRUCTION = "Describe the possible audio for this video:"
 RELEASED_CAPTION_SAMPLING = dict(temperature=0.1, top_p=0.95, top_k=500, repetition_penalty=1.1)
 
 # -----------------------------------------------------------------------------
-# the LLM: a hub / local causal LM, or the toy's tiny Gemma built and saved in the same format
-
-
-def toy_tokenizer(texts):
-    """A word-level tokenizer over the words of `texts` (lower-cased), with Gemma's special tokens
-    and its chat format. The toy LLM's tokenizer; the speed benchmark (sample.py --bench) reuses it."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-    words = sorted({w for text in texts + ["user model"]
-                    for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text.lower())})
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + words)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok.add_special_tokens(special)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                        pad_token="<pad>", unk_token="<unk>")
-    # Gemma's chat format, word-level
-    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}<start_of_turn> {{ m['role'] }} "
-                               "{{ m['content'] }} <end_of_turn> {% endfor %}"
-                               "{% if add_generation_prompt %}<start_of_turn> model {% endif %}")
-    return tokenizer
-
-
-def toy_llm_config(cfg, tokenizer):
-    """The toy LLM: a tiny Gemma of cfg's toy width, layers and heads over the toy tokenizer (the
-    speed benchmark, sample.py --bench, builds the same)."""
-    from transformers import GemmaConfig
-
-    return GemmaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.toy_width, intermediate_size=4 * cfg.toy_width,
-        num_hidden_layers=cfg.toy_layers, num_attention_heads=cfg.toy_heads, num_key_value_heads=1,
-        head_dim=cfg.toy_width // cfg.toy_heads, max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)  # see the freeze in main()
-
-
-def build_toy_llm(cfg, captions, folder):
-    """The toy tokenizer over the toy vocabulary plus a random GemmaForCausalLM, saved with
-    save_pretrained so every later load goes through the same from_pretrained path as Gemma-2B."""
-    from transformers import GemmaForCausalLM
-
-    tokenizer = toy_tokenizer(captions + INSTRUCTIONS)
-    torch.manual_seed(cfg.seed)
-    llm = GemmaForCausalLM(toy_llm_config(cfg, tokenizer))
-    # The input embeddings stay frozen (main()), so they are drawn at the scale of the hidden
-    # states (unit RMS after Gemma's sqrt(width) scaling) rather than Gemma's 0.02: a word's
-    # identity then survives to the last layer, whose states stage 2 reads. With 0.02, the
-    # last-layer states of "high" and "low" in the same caption were 0.93 cosine-similar.
-    nn.init.normal_(llm.get_input_embeddings().weight, std=cfg.toy_width ** -0.5)
-    llm.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+# the LLM: a hub / local causal LM (the toy's tiny Gemma is saved in the same format: data/toy/llm.py)
 
 
 def load_llm(path, lora, device):
@@ -579,7 +527,7 @@ def main(argv=None):
             if init is not None:  # the trained model's own base LLM and vocabulary
                 shutil.copytree(Path(cfg.init_from).parent / init["llm_path"], out / llm_path, dirs_exist_ok=True)
             else:
-                build_toy_llm(cfg, [c for _, c in items], out / llm_path)
+                build_toy_llm(cfg, [c for _, c in items] + INSTRUCTIONS, out / llm_path)
         if world > 1:
             torch.distributed.barrier()
     llm, tokenizer = load_llm(str(out / llm_path) if cfg.llm == "toy" else llm_path,
@@ -587,9 +535,9 @@ def main(argv=None):
     if cfg.lora_r == 0:
         # The toy trains its random LLM fully, except the input token embeddings, which stay fixed
         # as a pretrained LLM's do under LoRA: trained on captions, words the video cannot tell
-        # apart ("high" / "low") would be pulled onto one vector (measured cosine 0.88 with tied,
-        # trained embeddings), and stage 2 could no longer read the register from the prompt.
-        # The toy's LM head is untied from them, so captioning keeps its full output layer.
+        # apart ("high" / "low") would be pulled onto one vector, and stage 2 could no longer read
+        # the register from the prompt (docs/toy-tuning.md). The toy's LM head is untied from
+        # them, so captioning keeps its full output layer.
         llm.get_input_embeddings().requires_grad_(False)
     if cfg.grad_checkpointing:
         llm.gradient_checkpointing_enable()

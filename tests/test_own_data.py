@@ -32,6 +32,7 @@ import stage1_caption
 import stage2_audio
 from conftest import TINY_STAGE1, TINY_STAGE2
 from data.toy import prepare, world as toy_world
+from data.toy.llm import build_toy_llm
 from stage1_caption import FeatureFiles
 from utils import check_npy
 
@@ -342,7 +343,7 @@ def test_stage1_init_from_rejects_a_mismatch(world, tmp_path):
     other.mkdir()
     shutil.copy(world / "out" / "stage1.pt", other / "stage1.pt")
     cfg = stage1_caption.Config(toy_width=32, toy_layers=1, toy_heads=2)
-    stage1_caption.build_toy_llm(cfg, ["some entirely different words"], other / "toy_llm")
+    build_toy_llm(cfg, ["some entirely different words"], other / "toy_llm")
     with pytest.raises(SystemExit, match=r"trained with a vocabulary of \d+ tokens, .* has \d+"):
         stage1_caption.main(data + [f"--init_from={other}/stage1.pt"] + TINY_STAGE1)
     # other features: a visual encoder of another width
