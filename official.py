@@ -14,8 +14,8 @@ them onto our code without bending it:
     models = load_official_models("vatt/checkpoints", "cuda")   # same interface as sample.load_models
     python official.py path/to/vatt_llama_T_final.ckpt          # inspect a checkpoint (no LLM needed)
 
-Everything below was checked against the fixtures in ../shared/fixtures (README sections 3-5,
-made by running the official code): tests/test_official_vatt.py. The quirks of the released code,
+Everything below was checked against parity fixtures made by running the official code
+(tests/test_official_vatt.py). The quirks of the released code,
 and where each one is handled:
 
 1. One LayerNorm for the whole multiway encoder (fixtures README §3). The official encoder builds

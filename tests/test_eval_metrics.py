@@ -1,6 +1,6 @@
 """
-Tests for eval.py: the metric formulas against closed forms and the coco-caption numbers in
-shared/reference/eval-metrics.md, then the audio and caption pipelines end to end with tiny random networks on
+Tests for eval.py: the metric formulas against closed forms and numbers computed with the
+reference coco-caption code, then the audio and caption pipelines end to end with tiny random networks on
 synthetic wavs (no pretrained weights, no network).
 
     python -m pytest -q tests/test_eval_metrics.py
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import eval as vatt_eval  # the repo's eval.py (pytest.ini puts the repo root on sys.path)
 
-# the worked example of eval-metrics.md section 8 (made-up captions, numbers from pycocoevalcap 1.2)
+# a worked example (made-up captions; the numbers from pycocoevalcap 1.2)
 HYPS = ["a man is playing a guitar on the stage", "a dog is barking at the mailman",
         "the rain falls on the roof of the house", "a car engine is revving loudly"]
 REFS = [["a man is playing the guitar on a stage", "someone plays guitar"], ["a dog is barking loudly at a mailman"],

@@ -1,5 +1,5 @@
 """
-sample.py on real video files (issue 5): any container, codec, frame rate, size and duration
+sample.py on real video files: any container, codec, frame rate, size and duration
 in; <video>.vatt.wav, .vatt.mp4 (the video stream copied, the new audio muxed in) and .vatt.json
 out, the audio exactly as long as the video; the sampling modes; one clear line per bad input;
 a batched folder that gives the same audio as one call per video.
