@@ -130,7 +130,7 @@ RELEASED_CAPTION_SAMPLING = dict(temperature=0.1, top_p=0.95, top_k=500, repetit
 
 def toy_tokenizer(texts):
     """A word-level tokenizer over the words of `texts` (lower-cased), with Gemma's special tokens
-    and its chat format. The toy LLM's tokenizer; the speed benchmark (sample.py --bench) reuses it."""
+    and its chat format. The toy LLM's tokenizer; the speed benchmark (bench.py) reuses it."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -153,7 +153,7 @@ def toy_tokenizer(texts):
 
 def toy_llm_config(cfg, tokenizer):
     """The toy LLM: a tiny Gemma of cfg's toy width, layers and heads over the toy tokenizer (the
-    speed benchmark, sample.py --bench, builds the same)."""
+    speed benchmark, bench.py, builds the same)."""
     from transformers import GemmaConfig
 
     return GemmaConfig(
