@@ -32,15 +32,6 @@ Videos longer than the model's window are generated window by window: each windo
 `overlap` seconds (at least) of tokens are fixed to the previous window's last ones (in-painting),
 so the audio runs on continuously; every window starts its video frames and its audio tokens at
 the same instant, and the output lasts exactly as long as the video.
-
-Speed benchmark (README "Sampling speed"): random weights at the preset's full size, no checkpoint,
-data or download; per clip the Converter prefill, the decoder steps and the codec decode, at batch
-1, 8, 32 on a GPU (1, 4 on a CPU), a table and <out_dir or ckpt_dir>/bench.json:
-
-    python sample.py --bench --preset=gemma-2b --naive      # + the baseline: a clip at a time, 2 forwards a step, fp32
-    python sample.py --bench --preset=gemma-2b --compile    # torch.compile VATT Audio (GPU-oriented)
-    python sample.py --bench --preset=toy --naive
-    python sample.py --bench --preset=gemma-2b --steps=2 --bench_batch_sizes=1 --bench_repeats=1 --naive   # a CPU
 """
 import hashlib
 import json
@@ -48,7 +39,6 @@ import math
 import pickle
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -56,7 +46,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from utils import atomic_path, autocast, parse_config, pick_device, record_timing, save_json
@@ -115,12 +104,6 @@ class Config:
     save_steps: bool = False  # also write <clip>.steps.json: the step at which each token was revealed (report.py draws it)
     device: str = "auto"
     compile: bool = False  # torch.compile VATT Audio: GPU-oriented, pays off over many batches of one shape
-    # the speed benchmark (--bench): random weights at the preset's full size, no checkpoint, no data
-    bench: bool = False
-    bench_batch_sizes: str = ""  # comma-separated; empty = 1,8,32 on a GPU, 1,4 on a CPU
-    bench_repeats: int = 3  # timed passes per batch size, after one warm-up pass; the median is reported
-    bench_llm_layers: int = 0  # build the LLM with only this many layers (0 = all), to save memory
-    naive: bool = False  # also time the baseline: one clip at a time, two forwards per step, float32
     # the authors' released checkpoints instead of ckpt_dir (official.py; README "Paper notes")
     official_ckpt: str = ""  # their checkpoint folder, laid out as their setup_inference.sh leaves it
     official_model: str = "vatt_llama_T_final.ckpt"  # which of their vatt_models/*.ckpt
@@ -180,7 +163,7 @@ def least_confident(confidence, unknown, n_masked):
 
 @torch.no_grad()
 def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, temperature=1.0,
-                  top_k=256, mask_temperature=25.5, negative=None, history=None, separate_guidance=False):
+                  top_k=256, mask_temperature=25.5, negative=None, history=None):
     """codes (B, L, T): known tokens, MASK (= bins) where unknown. Returns codes with every MASK
     filled. Each step (t = 1..T): one batched forward for the conditional and null conditions
     together, guidance u + w (c - u), sample every masked token (top-k, temperature) in parallel,
@@ -189,8 +172,6 @@ def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, 
     stay masked. A revealed token never changes again. `negative` = (cond, cond_mask, has) gives
     the samples with has[b] a negative prompt's condition in place of the null one: guidance
     n + w (c - n), in the same forward. `history`, a list, collects the codes after every step.
-    `separate_guidance` runs the two conditions as two forwards instead (the speed benchmark's
-    --naive baseline only).
     Nothing in the step loop waits for the GPU: no .item(), no branch on a tensor's value, the
     noise drawn on the device; the host only queues kernels. Precision is the caller's choice
     (generate() autocasts to bf16 on a GPU)."""
@@ -209,11 +190,7 @@ def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, 
     drop = torch.cat([torch.zeros_like(null), null])  # (2B,) the first B conditional, the rest null or negative
     cond2, mask2 = torch.cat([cond, neg_cond]), torch.cat([cond_mask, neg_mask])
     for t in range(1, steps + 1):
-        if separate_guidance:
-            c = model(codes, cond, cond_mask, drop[:B]).float()  # (B, L, T, V)
-            u = model(codes, neg_cond, neg_mask, drop[B:]).float()
-        else:
-            c, u = model(torch.cat([codes, codes]), cond2, mask2, drop).float().chunk(2)  # (2B, L, T, V) halves
+        c, u = model(torch.cat([codes, codes]), cond2, mask2, drop).float().chunk(2)  # (2B, L, T, V) halves
         logits = u + cfg * (c - u)
         k = min(top_k, logits.shape[-1])
         kth = logits.topk(k, dim=-1).values[..., -1:]
@@ -459,267 +436,10 @@ def mux(video_path, wav, sr, out_base):
 
 
 # -----------------------------------------------------------------------------
-# speed benchmark: python sample.py --bench --preset=gemma-2b [--naive]
-#
-# What sampling one clip (one window: 10 s at paper size, 2 s for the toy) costs, with random
-# weights at the preset's full size, so no checkpoint, data or download is needed. It times the
-# sampler's own functions on random video features and the template prompt:
-#   prefill  Converter.condition: the LLM over [video tokens ; prompt padded to max_text_tokens],
-#            Lc tokens; its last-layer states are the condition (the no-text mode's optional
-#            caption, greedy generation of up to 40 tokens, is not timed)
-#   decoder  decode_tokens: `steps` forwards of VATT Audio over Lc + T tokens (T = 50 Hz x seconds)
-#   codec    codec.decode of the 4 x T tokens to audio
-# FLOPs are counted analytically, 2 per multiply-add; norms, activations, softmax and the
-# sampling arithmetic are left out (as in nanoGPT's MFU estimate):
-#   Linear     2 * weights * tokens through it (the multiway layers: each token its own modality's FFN)
-#   attention  4 * L^2 * heads * head_dim per layer and sequence (QK^T and AV over all L x L pairs)
-#   conv       2 * weights * output positions (input positions for a transposed conv)
-#   LSTM       2 * weights * frames, per layer
-# Guidance makes every decoder step 2 sequences (conditional and null): steps * 2 forwards per clip.
-
-# the LLM each preset's Converter wraps, as Hugging Face config fields (google/gemma-2b,
-# meta-llama/Llama-2-7b-hf; the toy's is stage1_caption.toy_llm_config), the width of the 5 fps
-# video features (EVA02-CLIP-L, the toy ViT) and the window in seconds
-GEMMA_2B = dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
-                num_key_value_heads=1, head_dim=256, vocab_size=256000)
-LLAMA_2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                  num_key_value_heads=32, vocab_size=32000)
-BENCH = {"toy": dict(llm=("toy", None), feature_dim=256, seconds=2.0),
-         "gemma-2b": dict(llm=("gemma", GEMMA_2B), feature_dim=768, seconds=10.0),
-         "llama-2-7b": dict(llm=("llama", LLAMA_2_7B), feature_dim=768, seconds=10.0)}
-# dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets); the first key in the device's name wins
-PEAK_BF16 = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
-
-
-def bench_llm_config(preset, tokenizer):
-    """The preset's LLM as a Hugging Face config, at full depth."""
-    import stage1_caption as s1
-    from transformers import GemmaConfig, LlamaConfig
-
-    family, fields = BENCH[preset]["llm"]
-    if family == "toy":
-        return s1.toy_llm_config(parse_config(s1.Config, s1.PRESETS, ["--preset=toy"]), tokenizer)
-    return (GemmaConfig if family == "gemma" else LlamaConfig)(
-        **fields, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id)
-
-
-def bench_converter(preset, n_layers, dtype, device):
-    """The preset's Converter around a random LLM (all its layers, or the first n_layers) in
-    `dtype`. The toy's word-level tokenizer stands in for Gemma's or LLaMA's: token ids only index
-    the embedding table, and the prompt is padded to max_text_tokens either way."""
-    import stage1_caption as s1
-    from extract_features import Config as FeatureConfig
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = s1.toy_tokenizer(s1.INSTRUCTIONS)
-    config = bench_llm_config(preset, tokenizer)
-    config.num_hidden_layers = n_layers or config.num_hidden_layers
-    cfg = parse_config(s1.Config, s1.PRESETS, [f"--preset={preset}"])
-    torch.manual_seed(0)
-    with torch.device(device):  # built in place: on a GPU the LLM never passes through host memory
-        llm = AutoModelForCausalLM.from_config(config).to(dtype)
-    conv = s1.Converter(llm, tokenizer, BENCH[preset]["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens,
-                        FeatureConfig.fps)
-    return conv.to(device).eval().requires_grad_(False)
-
-
-def bench_audio(preset, cond_dim, device):
-    """VATT Audio at the preset's size (float32; the sampler autocasts it) and the codec whose tokens
-    it models, random weights: AudioGen's EnCodec (codec.py) at paper size, the toy's DSP codec."""
-    import stage2_audio as s2
-    from codec import build_audiogen_codec, load_codec
-
-    torch.manual_seed(0)
-    codec = load_codec("toy") if preset == "toy" else build_audiogen_codec()
-    cfg = parse_config(s2.Config, s2.PRESETS, [f"--preset={preset}"])
-    audio = s2.VATTAudio(s2.model_config(cfg, cond_dim, codec), codec.codebooks.float())
-    return audio.to(device).eval().requires_grad_(False), codec.to(device)
-
-
-def llm_flops(conv, n_video, n_tokens):
-    """FLOPs of one clip's Converter prefill: the projector on its n_video video tokens, then every
-    Linear of the LLM's layers and their attention on all n_tokens (the LM head is not run)."""
-    c = conv.llm.config
-    linear = sum(m.weight.numel() for m in conv.llm.get_decoder().modules() if isinstance(m, nn.Linear))
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return (2 * (conv.proj.weight.numel() * n_video + linear * n_tokens)
-            + c.num_hidden_layers * 4 * n_tokens ** 2 * c.num_attention_heads * head_dim)
-
-
-def audio_flops(c, n_cond, n_audio):
-    """FLOPs of one VATT Audio forward of one sequence (n_cond condition + n_audio audio tokens)."""
-    L, inner, layers = n_cond + n_audio, c.n_head * c.head_dim, c.n_multiway + c.n_plain
-    per_token = layers * (4 * c.dim * inner + 8 * c.dim ** 2)  # q, k, v, out; the FFN's two Linears (dim <-> 4 dim)
-    linear = (L * per_token + n_cond * c.cond_dim * c.dim  # + cond_proj on the condition tokens,
-              + n_audio * (c.codebook_dim * c.dim + c.n_q * c.dim * c.bins))  # audio_proj and the heads on the audio
-    return 2 * linear + layers * 4 * L * L * inner
-
-
-def codec_flops(codec, codes):
-    """FLOPs of codec.decode(codes), read off the shapes its layers see in one decode (forward hooks)."""
-    flops = []
-
-    def count(m, inputs, output):
-        x = inputs[0]
-        if isinstance(m, nn.LSTM):  # x (frames, B, C); 4 gates x (input + hidden) weights per layer
-            weights = sum(w.numel() for n, w in m.named_parameters() if n.startswith("weight"))
-            flops.append(2 * weights * x.shape[0] * x.shape[1])
-        else:  # x (B, C, positions)
-            weights = m.in_channels * m.out_channels // m.groups * m.kernel_size[0]
-            flops.append(2 * weights * len(x) * (x if isinstance(m, nn.ConvTranspose1d) else output).shape[-1])
-
-    layers = (nn.Conv1d, nn.ConvTranspose1d, nn.LSTM)
-    hooks = [m.register_forward_hook(count) for m in codec.modules() if isinstance(m, layers)]
-    codec.decode(codes)
-    for h in hooks:
-        h.remove()
-    return sum(flops)
-
-
-def bench(args):
-    """Builds the preset's models with random weights, times the sampler on random clips at each
-    batch size (and, with --naive, the baseline), prints the table and writes bench.json."""
-    import stage1_caption as s1
-    from extract_features import Config as FeatureConfig  # the features' frame rate: 5 fps for every preset
-
-    device = pick_device(args.device)
-    cuda = device.type == "cuda"
-    spec = BENCH[args.preset]
-    sizes = ([int(b) for b in args.bench_batch_sizes.split(",")] if args.bench_batch_sizes
-             else [1, 8, 32] if cuda else [1, 4])
-    fast_dtype = torch.bfloat16 if cuda else torch.float32  # the LLM as load_llm loads it
-    llm_config = bench_llm_config(args.preset, s1.toy_tokenizer(s1.INSTRUCTIONS))  # full depth
-    audio, codec = bench_audio(args.preset, llm_config.hidden_size, device)
-    fast_audio = torch.compile(audio) if args.compile else audio  # --naive never compiles
-    forwards = {"decoder": [], "llm": []}  # the batch size of every forward, counted as they happen
-    audio.register_forward_pre_hook(lambda m, a: forwards["decoder"].append(len(a[0])))
-
-    def run(conv, feats, naive):
-        """One pass over the clips feats (N, frames, D): seconds spent per part. Fast: all N at once,
-        the Converter once, one forward per step, bf16 autocast on a GPU. Naive: one clip at a time,
-        two forwards per step (conditional, then null), float32."""
-        seconds = dict.fromkeys(("prefill", "decoder", "codec"), 0.0)
-
-        def timed(part, fn):  # the GPU runs ahead of the host: wait for it on both sides
-            if cuda:
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            out = fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            seconds[part] += time.perf_counter() - t0
-            return out
-
-        gens = [torch.Generator(device).manual_seed(args.seed + i) for i in range(len(feats))]
-        chunk = 1 if naive else len(feats)
-        for i in range(0, len(feats), chunk):
-            x, g = feats[i: i + chunk], gens[i: i + chunk]
-            codes = torch.full((len(x), audio.config.n_q, n_audio), audio.config.bins, dtype=torch.long,
-                               device=device)
-            with nullcontext() if naive else autocast(device):
-                cond, cond_mask = timed("prefill", lambda: conv.condition(x, [s1.TEMPLATE] * len(x)))
-                codes = timed("decoder", lambda: decode_tokens(
-                    audio if naive else fast_audio, cond, cond_mask, codes, g, args.steps, args.cfg,
-                    args.temperature, args.top_k, args.mask_temperature, separate_guidance=naive))
-            timed("codec", lambda: codec.decode(codes))
-        return seconds
-
-    rows, conv = [], None
-    for mode in ("fast", "naive") if args.naive else ("fast",):
-        dtype = torch.float32 if mode == "naive" else fast_dtype
-        if conv is None or conv.llm.dtype != dtype:
-            conv = None  # the other precision's copy goes first
-            conv = bench_converter(args.preset, args.bench_llm_layers, dtype, device)
-            conv.llm.get_decoder().register_forward_pre_hook(
-                lambda m, a, kw: forwards["llm"].append(len(kw["inputs_embeds"])), with_kwargs=True)
-        if not rows:  # sizes and FLOPs, from the first models built
-            n_frames = round(spec["seconds"] * FeatureConfig.fps)
-            n_video = conv.n_video_tokens(n_frames)
-            n_cond, n_audio = n_video + conv.max_text_tokens, round(spec["seconds"] * codec.frame_rate)
-            silence = torch.zeros(1, codec.n_q, n_audio, dtype=torch.long, device=device)
-            flops = dict(prefill=llm_flops(conv, n_video, n_cond),
-                         decoder=args.steps * 2 * audio_flops(audio.config, n_cond, n_audio),
-                         codec=codec_flops(codec, silence))
-            flops["total"] = sum(flops.values())
-            params = dict(llm=sum(p.numel() for p in conv.llm.parameters()),
-                          llm_layers=conv.llm.config.num_hidden_layers,
-                          llm_layers_full=llm_config.num_hidden_layers,
-                          vatt_audio=sum(p.numel() for p in audio.parameters()),
-                          codec=sum(p.numel() for p in codec.parameters()))
-        for B in sizes if mode == "fast" else [min(sizes)]:
-            feats = torch.randn(B, n_frames, spec["feature_dim"], generator=torch.Generator().manual_seed(0))
-            feats = feats.to(device)
-            run(conv, feats, mode == "naive")  # warm-up: kernels chosen, --compile compiled, memory pooled
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            for calls in forwards.values():
-                calls.clear()
-            passes = sorted((run(conv, feats, mode == "naive") for _ in range(args.bench_repeats)),
-                            key=lambda s: sum(s.values()))
-            seconds = passes[len(passes) // 2]  # the median pass
-            seconds["total"] = sum(seconds.values())
-            rows.append(dict(
-                mode=mode, batch=1 if mode == "naive" else B, clips=B,
-                dtype="float32" if mode == "naive" or not cuda else "bfloat16 autocast",
-                ms_per_clip={k: 1000 * v / B for k, v in seconds.items()},
-                clips_per_s=B / seconds["total"],
-                tflops={k: flops[k] * B / v / 1e12 for k, v in seconds.items()},
-                # on a CPU the process's high-water mark so far (it cannot be reset), model weights included
-                peak_memory_gb=(torch.cuda.max_memory_allocated(device) if cuda else _max_rss()) / 1e9,
-                # the forwards of one timed pass: how many, and with how many sequences each
-                **{f"{part}_forwards": dict(calls=len(b) // args.bench_repeats, batch=sorted(set(b)))
-                   for part, b in forwards.items()}))
-    name = torch.cuda.get_device_name(device) if cuda else f"{device.type} ({torch.get_num_threads()} threads)"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if cuda else None
-    naive = next((r for r in rows if r["mode"] == "naive"), None)
-    for r in rows:
-        r["percent_of_peak"] = 100 * r["tflops"]["total"] / peak if peak and r["dtype"] != "float32" else None
-        r["speedup_vs_naive"] = naive["ms_per_clip"]["total"] / r["ms_per_clip"]["total"] if naive else None
-    result = dict(preset=args.preset, device=name, torch=torch.__version__, peak_bf16_tflops=peak,
-                  compile=args.compile, steps=args.steps, repeats=args.bench_repeats, clip_seconds=spec["seconds"],
-                  tokens=dict(condition=n_cond, audio=n_audio), params=params, flops_per_clip=flops, rows=rows)
-    print_bench(result)
-    out = Path(args.out_dir or args.ckpt_dir) / "bench.json"
-    save_json(result, out)
-    print(f"wrote {out}")
-    return 0
-
-
-def print_bench(r):
-    """The benchmark's header lines and its table (Markdown, as the README shows it)."""
-    p, f = r["params"], r["flops_per_clip"]
-    print(f"VATT sampling speed, preset {r['preset']}: {r['clip_seconds']:g} s clips ({r['tokens']['condition']} "
-          f"condition + {r['tokens']['audio']} audio tokens), {r['steps']} steps; {r['device']}, torch {r['torch']}, "
-          f"compile {r['compile']}")
-    print(f"random weights: LLM {p['llm'] / 1e6:,.1f} M ({p['llm_layers']} of {p['llm_layers_full']} layers), "
-          f"VATT Audio {p['vatt_audio'] / 1e6:,.1f} M, codec {p['codec'] / 1e6:,.1f} M; GFLOP per clip: prefill "
-          f"{f['prefill'] / 1e9:,.1f}, decoder {f['decoder'] / 1e9:,.1f}, codec {f['codec'] / 1e9:,.1f}")
-    print("| mode | batch | dtype | prefill ms | decoder ms | codec ms | total ms/clip | clips/s | TFLOP/s "
-          "| % bf16 peak | peak mem GB | vs naive |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for x in r["rows"]:
-        ms, peak, ratio = x["ms_per_clip"], x["percent_of_peak"], x["speedup_vs_naive"]
-        print(f"| {x['mode']} | {x['batch']} | {x['dtype']} | {ms['prefill']:.1f} | {ms['decoder']:.1f} "
-              f"| {ms['codec']:.1f} | {ms['total']:.1f} | {x['clips_per_s']:.3g} | {x['tflops']['total']:.3g} "
-              f"| {'' if peak is None else f'{peak:.1f}'} | {x['peak_memory_gb']:.2f} "
-              f"| {'' if ratio is None else f'{ratio:.2f}x'} |")
-
-
-def _max_rss():
-    """The process's peak resident memory in bytes (Linux counts ru_maxrss in KiB, macOS in bytes)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
     args = parse_config(Config, PRESETS, argv)
-    if args.bench:
-        return bench(args)
     t0 = time.time()
     device = pick_device(args.device)
     if not args.video and not args.data_json:

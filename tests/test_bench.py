@@ -1,5 +1,5 @@
 """
-Tests of the speed benchmark (`sample.py --bench`, issue 7) and of what makes the sampler fast:
+Tests of the speed benchmark (`bench.py`) and of what makes the sampler fast:
 one batched forward per decoding step (the conditional and null passes together, paper §3.2.2
 guidance), the Converter once per batch, the analytic FLOP counts, and (on a GPU only) no host
 synchronisation inside the step loop. Timings are measured, never asserted.
@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import bench  # noqa: E402
 import sample as S  # noqa: E402
 import stage2_audio  # noqa: E402
 from stage1_caption import TEMPLATE  # noqa: E402
@@ -44,8 +45,8 @@ def test_bench_toy_json_and_forward_counts(tmp_path, monkeypatch, capsys):
         return forward(self, codes, *args)
 
     monkeypatch.setattr(stage2_audio.VATTAudio, "forward", counting_forward)
-    assert S.main(["--bench", "--preset=toy", f"--steps={steps}", "--bench_batch_sizes=2,3",
-                   f"--bench_repeats={repeats}", "--naive", f"--out_dir={tmp_path}"]) == 0
+    assert bench.main(["--preset=toy", f"--steps={steps}", "--batch_sizes=2,3", f"--repeats={repeats}", "--naive",
+                       f"--out_dir={tmp_path}"]) == 0
     # fast: per batch of B clips, exactly `steps` forwards of 2B sequences (conditional + null), per
     # pass (one warm-up + `repeats` timed); naive: 2 x steps forwards of 1 sequence per clip, over
     # the smallest batch's 2 clips
@@ -93,16 +94,16 @@ def test_audio_flops_match_torch_counter():
     B, Lc, T = 3, 6, 10
     cond, cond_mask = conditions(B, Lc)
     counted = counted_flops(lambda: model(all_mask(B, T), cond, cond_mask))
-    assert counted == B * S.audio_flops(model.config, Lc, T) == B * 901_120
+    assert counted == B * bench.audio_flops(model.config, Lc, T) == B * 901_120
 
 
 def test_llm_flops_match_torch_counter():
-    conv = S.bench_converter("toy", 0, torch.float32, torch.device("cpu"))
+    conv = bench.random_converter("toy", 0, torch.float32, torch.device("cpu"))
     feats = torch.randn(2, 10, 256)  # 2 s of 5 fps toy-ViT features
     n_video = conv.n_video_tokens(10)
     n_tokens = n_video + conv.max_text_tokens
     counted = counted_flops(lambda: conv.condition(feats, [TEMPLATE] * 2))
-    assert counted == 2 * S.llm_flops(conv, n_video, n_tokens) == 2 * 34_148_352
+    assert counted == 2 * bench.llm_flops(conv, n_video, n_tokens) == 2 * 34_148_352
 
 
 def test_codec_flops_match_torch_counter_and_lstm_closed_form():
@@ -115,7 +116,7 @@ def test_codec_flops_match_torch_counter_and_lstm_closed_form():
     lstm = next(m for m in codec.decoder.modules() if isinstance(m, nn.LSTM))
     H = lstm.hidden_size  # input width = hidden width in SEANet's LSTM
     lstm_flops = 2 * lstm.num_layers * 4 * H * (H + H) * T * B
-    assert S.codec_flops(codec, codes) == counted_flops(lambda: codec.decode(codes)) + lstm_flops
+    assert bench.codec_flops(codec, codes) == counted_flops(lambda: codec.decode(codes)) + lstm_flops
 
 
 # -----------------------------------------------------------------------------
@@ -137,7 +138,9 @@ class IndexedStub(nn.Module):
         return torch.where(drop_cond[:, None, None, None], self.U[i], self.C[i])
 
 
-def test_separate_guidance_draws_the_same_tokens_with_two_forwards_per_step():
+def test_naive_guidance_draws_the_same_tokens_with_two_forwards_per_step():
+    """bench.SeparateGuidance under the unchanged decode_tokens: per step one forward of the B
+    conditional rows, then one of the B null rows, and the batched forward's draws (§3.2.2)."""
     B, T, steps = 3, 6, 4
     g = torch.Generator().manual_seed(0)
     C, U = torch.randn(B, N_Q, T, BINS, generator=g), torch.randn(B, N_Q, T, BINS, generator=g)
@@ -146,8 +149,9 @@ def test_separate_guidance_draws_the_same_tokens_with_two_forwards_per_step():
     outs = []
     for separate in (False, True):
         stub = IndexedStub(C, U)
-        outs.append(S.decode_tokens(stub, cond, cond_mask, all_mask(B, T), gens([1, 2, 3]), steps=steps, cfg=3.0,
-                                    top_k=BINS, mask_temperature=2.0, separate_guidance=separate))
+        model = bench.SeparateGuidance(stub) if separate else stub
+        outs.append(S.decode_tokens(model, cond, cond_mask, all_mask(B, T), gens([1, 2, 3]), steps=steps, cfg=3.0,
+                                    top_k=BINS, mask_temperature=2.0))
         if separate:
             assert stub.calls == [[False] * B, [True] * B] * steps
         else:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 # (module, its presets) of every script that reads its options with utils.parse_config
 PARSE_CONFIG_SCRIPTS = [("extract_features", "PRESETS"), ("stage1_caption", "PRESETS"), ("stage2_audio", "PRESETS"),
-                        ("sample", "PRESETS"), ("data.toy.prepare", None)]
+                        ("sample", "PRESETS"), ("bench", "PRESETS"), ("data.toy.prepare", None)]
 
 
 def read_wav(path):
