@@ -60,7 +60,7 @@ class Config:
     # the sampling settings, sample.py's for the preset unless given (the decoder's cost depends
     # on steps and top_k only; the rest keep the timed work the sampler's own)
     steps: int = sample.Config.steps
-    cfg: float = sample.Config.cfg
+    guidance_scale: float = sample.Config.guidance_scale
     temperature: float = sample.Config.temperature
     top_k: int = sample.Config.top_k
     mask_temperature: float = sample.Config.mask_temperature
@@ -68,7 +68,7 @@ class Config:
     out_dir: str = sample.Config.ckpt_dir  # bench.json goes here; default: the preset's checkpoint folder
 
 
-SAMPLING = ("steps", "cfg", "temperature", "top_k", "mask_temperature", "seed")
+SAMPLING = ("steps", "guidance_scale", "temperature", "top_k", "mask_temperature", "seed")
 
 
 def _from_sample_preset(name):
@@ -242,7 +242,7 @@ def main(argv=None):
             with nullcontext() if naive else autocast(device):
                 cond, cond_mask = timed("prefill", lambda: conv.condition(x, [s1.TEMPLATE] * len(x)))
                 codes = timed("decoder", lambda: decode_tokens(
-                    naive_audio if naive else fast_audio, cond, cond_mask, codes, g, args.steps, args.cfg,
+                    naive_audio if naive else fast_audio, cond, cond_mask, codes, g, args.steps, args.guidance_scale,
                     args.temperature, args.top_k, args.mask_temperature))
             timed("codec", lambda: codec.decode(codes))
         return seconds

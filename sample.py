@@ -34,20 +34,29 @@ so the audio runs on continuously; every window starts its video frames and its 
 the same instant, and the output lasts exactly as long as the video.
 """
 import hashlib
+import io
 import json
 import math
 import pickle
 import sys
 import time
+import wave
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple, Optional
 
+import av
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from codec import load_codec
+from extract_features import build_visual_encoder, encode_frames, list_videos, load_frames, origin, preprocess_frames
+from official import load_official_models
+from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter, load_features, load_split
+from stage2_audio import load_vatt_audio
 from utils import atomic_path, autocast, parse_config, pick_device, record_timing, save_json
 
 # -----------------------------------------------------------------------------
@@ -84,22 +93,18 @@ class Config:
     # decode captions as the released scripts do (temperature 0.1, top-p 0.95, top-k 500,
     # repetition penalty 1.1; they allow 400 tokens), from torch's generator seeded with `seed`
     caption_sampling: bool = False
-    # iterative parallel decoding (§3.2.2). The paper-size presets use the released scripts'
-    # settings (guidance 5, temperature 1, tau0 25.5); the toy's small, briefly trained model
-    # samples better cooler and with less noise on the confidences (README, "Paper notes").
+    # iterative parallel decoding (§3.2.2) with the released generation scripts' settings; the
+    # toy preset has its own (TOY_SAMPLING)
     steps: int = 16  # decoding steps T
-    cfg: float = 2.0  # classifier-free guidance scale w: u + w (c - u)
-    temperature: float = 0.5  # token sampling temperature
-    top_k: int = 256  # sample among the k most likely tokens
-    # tau0 of the Gumbel noise on the confidences. The toy reveals nearly in confidence order: its
-    # model, trained mostly on nearly full masks, keeps a source coherent when the clearest tokens
-    # come first (video-only source accuracy 0.875 / 0.92 / 0.955 at tau0 5 / 1 / 0.5, measured)
-    mask_temperature: float = 0.5
+    guidance_scale: float = 5.0  # classifier-free guidance w: u + w (c - u)
+    temperature: float = 1.0  # token sampling temperature
+    top_k: int = 256  # each token is drawn among its k most likely (a filter, not Gumbel-top-k's k)
+    mask_temperature: float = 25.5  # tau0: Gumbel noise on the confidences, annealed to 0 over the steps
     num_samples: int = 1  # audio samples per video
     seed: int = 0  # sample k of a clip draws its noise from clip_seed(seed, k, the clip's name)
     # seconds of tokens shared by consecutive windows of a long video, in [0, window / 2); rounded
     # up so that windows start on both the video frames and the audio tokens (0.2 s at 5 fps, 50 Hz)
-    overlap: float = 0.4
+    overlap: float = 2.0
     batch_size: int = 8  # videos per batch
     save_steps: bool = False  # also write <clip>.steps.json: the step at which each token was revealed (report.py draws it)
     device: str = "auto"
@@ -109,15 +114,17 @@ class Config:
     official_model: str = "vatt_llama_T_final.ckpt"  # which of their vatt_models/*.ckpt
 
 
-PAPER_SAMPLING = dict(cfg=5.0, temperature=1.0, mask_temperature=25.5, overlap=2.0)
-PRESETS = {"toy": {}, "gemma-2b": dict(PAPER_SAMPLING, ckpt_dir="out/gemma-2b"),
-           "llama-2-7b": dict(PAPER_SAMPLING, ckpt_dir="out/llama-2-7b")}
+# The toy's small, briefly trained model keeps a source coherent when the clearest tokens come
+# first and guidance is mild (chosen on the validation split: docs/toy-tuning.md); its 2 s clips
+# take a shorter window overlap.
+TOY_SAMPLING = dict(guidance_scale=2.0, temperature=0.5, mask_temperature=0.5, overlap=0.4)
+PRESETS = {"toy": TOY_SAMPLING, "gemma-2b": dict(ckpt_dir="out/gemma-2b"), "llama-2-7b": dict(ckpt_dir="out/llama-2-7b")}
 
 # -----------------------------------------------------------------------------
 # iterative parallel decoding (MaskGIT, Chang et al. 2022; VATT §3.2.2)
 
 
-def masked_after(n_start, remaining, t, steps):
+def cosine_n_masked(n_start, remaining, t, steps):
     """How many tokens stay masked after step t of `steps` (cosine schedule): floor(N0 cos(pi/2
     t/T)), at least one revealed per step while any is left, none left after the last step. The
     cosine is taken in float32 as the released sampler does, so the counts match it exactly.
@@ -134,7 +141,7 @@ def reveal_counts(n_tokens, steps):
     n0 = remaining = torch.tensor([n_tokens])
     counts = []
     for t in range(1, steps + 1):
-        after = masked_after(n0, remaining, t, steps)
+        after = cosine_n_masked(n0, remaining, t, steps)
         counts.append(int(remaining - after))
         remaining = after
     return counts
@@ -153,22 +160,29 @@ def gumbel(u):
     return -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp(min=1e-20))
 
 
-def least_confident(confidence, unknown, n_masked):
-    """The new mask: per sample, the n_masked least confident of the still-unknown tokens.
+def remask_least_confident(confidence, unknown, n_masked):
+    """The new mask (Gumbel-top-k's remasking step): per sample, the n_masked least confident of the still-unknown tokens.
     confidence (B, N); unknown (B, N) bool; n_masked (B,). Known tokens count as infinitely
     confident, so they are never masked again."""
     rank = confidence.masked_fill(~unknown, float("inf")).argsort(-1).argsort(-1)  # 0 = least confident
     return rank < n_masked[:, None].to(rank.device)
 
 
+def classifier_free_guidance(cond_logits, null_logits, guidance_scale):
+    """u + w (c - u) (Ho & Salimans 2022): w = 1 is the conditional model, w > 1 moves further from
+    the null condition. A negative prompt's logits n in place of u give n + w (c - n): the sample
+    is steered away from that text."""
+    return null_logits + guidance_scale * (cond_logits - null_logits)
+
+
 @torch.no_grad()
-def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, temperature=1.0,
-                  top_k=256, mask_temperature=25.5, negative=None, history=None):
+def decode_tokens(model, cond, cond_mask, codes, generators, steps, guidance_scale, temperature, top_k,
+                  mask_temperature, negative=None, history=None):
     """codes (B, L, T): known tokens, MASK (= bins) where unknown. Returns codes with every MASK
     filled. Each step (t = 1..T): one batched forward for the conditional and null conditions
     together, guidance u + w (c - u), sample every masked token (top-k, temperature) in parallel,
     score it by log p + tau G with tau = tau0 (1 - t/T) and G ~ Gumbel(0, 1) (Gumbel-top-k = keeping
-    the most confident without replacement), and keep the best so that exactly masked_after(t)
+    the most confident without replacement), and keep the best so that exactly cosine_n_masked(t)
     stay masked. A revealed token never changes again. `negative` = (cond, cond_mask, has) gives
     the samples with has[b] a negative prompt's condition in place of the null one: guidance
     n + w (c - n), in the same forward. `history`, a list, collects the codes after every step.
@@ -190,19 +204,22 @@ def decode_tokens(model, cond, cond_mask, codes, generators, steps=16, cfg=5.0, 
     drop = torch.cat([torch.zeros_like(null), null])  # (2B,) the first B conditional, the rest null or negative
     cond2, mask2 = torch.cat([cond, neg_cond]), torch.cat([cond_mask, neg_mask])
     for t in range(1, steps + 1):
-        c, u = model(torch.cat([codes, codes]), cond2, mask2, drop).float().chunk(2)  # (2B, L, T, V) halves
-        logits = u + cfg * (c - u)
+        # guidance: the conditional and the null (or negative) passes in one forward
+        c, u = model(torch.cat([codes, codes]), cond2, mask2, drop).float().chunk(2)  # (B, L, T, V) each
+        logits = classifier_free_guidance(c, u, guidance_scale)
+        # sampling: every masked token in parallel, among its top_k, at `temperature`
         k = min(top_k, logits.shape[-1])
         kth = logits.topk(k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf")) / temperature
         logp = logits.log_softmax(-1)
         sampled = (logp + gumbel(noise(generators, (L, T, logp.shape[-1]), codes.device))).argmax(-1)  # Gumbel-max = a draw
         sampled = torch.where(unknown, sampled, codes)
+        # masking: keep the most confident draws (plus annealed Gumbel noise), remask the rest
         confidence = logp.gather(-1, sampled[..., None])[..., 0]  # (B, L, T) log p of the draw
         tau = mask_temperature * (1 - t / steps)
         confidence = confidence + tau * gumbel(noise(generators, (L, T), codes.device))
-        n_masked = masked_after(n_start, unknown.flatten(1).sum(-1), t, steps)  # (B,)
-        unknown = least_confident(confidence.flatten(1), unknown.flatten(1), n_masked).view(B, L, T)
+        n_masked = cosine_n_masked(n_start, unknown.flatten(1).sum(-1), t, steps)  # (B,)
+        unknown = remask_least_confident(confidence.flatten(1), unknown.flatten(1), n_masked).view(B, L, T)
         codes = torch.where(unknown, torch.full_like(codes, mask_id), sampled)
         if history is not None:
             history.append(codes.clone())
@@ -223,10 +240,6 @@ def revealed_at(history, mask_id):
 
 
 def load_models(ckpt_dir, device):
-    from codec import load_codec
-    from stage1_caption import load_converter
-    from stage2_audio import load_vatt_audio
-
     ckpt_dir = Path(ckpt_dir)
     converter = load_converter(ckpt_dir / "stage1.pt", device)
     if not (ckpt_dir / "stage2.pt").is_file():
@@ -282,8 +295,6 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
     (`cut_prompts`) or fails its item alone. Returns a list of dicts with the captions, whether each
     reached the length limit, the prompts used per window and the codes (L, ceil(duration * rate));
     an item that failed has only "error"."""
-    from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE
-
     conv, audio, meta = models.converter, models.audio, models.meta
     fps, rate, window = meta["fps"], models.codec.frame_rate, meta["seconds"]
     win_frames, win_tokens = round(window * fps), round(window * rate)
@@ -339,7 +350,7 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
                 n_cond[has], n_mask[has] = cond[len(active):], cond_mask[len(active):]
                 negative = (n_cond, n_mask, has)
             codes = decode_tokens(audio, cond[: len(active)], cond_mask[: len(active)], codes,
-                                  [generators[i] for i in active], args.steps, args.cfg, args.temperature, args.top_k,
+                                  [generators[i] for i in active], args.steps, args.guidance_scale, args.temperature, args.top_k,
                                   args.mask_temperature, negative=negative, history=history)
         if history is not None:  # per window, cut like the codes below; main() joins and saves them
             steps = revealed_at(history, audio.config.bins)
@@ -361,14 +372,22 @@ def _window(feats, start, n):
     return torch.cat([x, x[-1:].expand(n - len(x), -1)]) if len(x) < n else x
 
 
+class Clip(NamedTuple):
+    """One item of a sampling run, loaded: its key (a video's path or a --data_json stem), its
+    features and duration, and its prompt and negative prompt (None = none)."""
+    key: str
+    feats: torch.Tensor
+    duration: float
+    prompt: Optional[str]
+    negative: Optional[str]
+
+
 # -----------------------------------------------------------------------------
 # outputs
 
 
 def write_wav(path, wav, sr):
     """16-bit PCM mono wav, atomically."""
-    import wave
-
     pcm = (np.clip(wav, -1, 1) * 32767).round().astype("<i2")
     with atomic_path(path) as tmp:
         with wave.open(tmp, "wb") as f:
@@ -391,11 +410,6 @@ def mux(video_path, wav, sr, out_base):
     in <out_base>.mp4, or in <out_base>.mkv when MP4 cannot hold the video's codec (VP8, raw
     video, ...): Matroska holds nearly every codec. Returns the path written, or None when
     neither can hold it (nothing is written then)."""
-    import io
-
-    import av
-    from extract_features import _origin
-
     with av.open(str(video_path)) as src:
         vin = src.streams.video[0]
 
@@ -415,7 +429,7 @@ def mux(video_path, wav, sr, out_base):
             # (load_frames' origin), so the copy moves that start to 0 and the audio starts at 0 too,
             # as ffmpeg's stream copy does: a video whose frames start at, say, 3 s stays in sync, and
             # the MP4 muxer can trim the AAC encoder's priming (it does so only before time 0)
-            shift = round(_origin(src) / vin.time_base)
+            shift = round(origin(src) / vin.time_base)
             for packet in src.demux(vin):
                 # skip the demuxer's final, empty flush packet. A real packet may lack a dts (B-frames
                 # in Matroska, whose first keyframe has none): the muxer derives it from the pts, so it
@@ -449,8 +463,6 @@ def main(argv=None):
     if args.negative_field and args.negative_prompt:
         sys.exit("error: give --negative_prompt or --negative_field, not both")
     if args.official_ckpt:
-        from official import load_official_models
-
         models = load_official_models(args.official_ckpt, device, vatt=args.official_model)
     else:
         try:
@@ -475,9 +487,7 @@ def main(argv=None):
     if args.compile:
         models.audio = torch.compile(models.audio)
     sr = models.codec.sample_rate
-    from stage1_caption import TEMPLATE
-
-    settings = {k: getattr(args, k) for k in ("steps", "cfg", "temperature", "top_k", "mask_temperature", "overlap",
+    settings = {k: getattr(args, k) for k in ("steps", "guidance_scale", "temperature", "top_k", "mask_temperature", "overlap",
                                               "caption_sampling")}
     settings.update(caption_prompt=args.caption_prompt or TEMPLATE,
                     caption_max_tokens=args.caption_max_tokens or conv.max_text_tokens + 1)
@@ -486,8 +496,6 @@ def main(argv=None):
                    {"converter": str(Path(args.ckpt_dir) / "stage1.pt"), "audio": str(Path(args.ckpt_dir) / "stage2.pt")})
 
     if args.data_json:  # evaluation run on extracted features
-        from stage1_caption import load_features, load_split
-
         features_dir = conv.features_dir
         items, missing = load_split(args.data_json, features_dir, args.split)
         if missing:
@@ -509,8 +517,6 @@ def main(argv=None):
 
         jobs = [(stem, lambda s=stem: load_entry(s)) for stem, _ in items]
     else:
-        from extract_features import list_videos
-
         # a folder or a .txt list of paths; anything else is one video (a missing one fails as such)
         paths = list_videos(args.video) if Path(args.video).is_dir() or args.video.endswith(".txt") else [args.video]
         encoder = VideoFeatures(models.meta, device)
@@ -525,24 +531,24 @@ def main(argv=None):
         batch, loaded = jobs[b: b + args.batch_size], []
         for key, load in batch:
             try:
-                loaded.append((key, *load()))
+                loaded.append(Clip(key, *load()))
             except (ValueError, OSError) as e:
                 failed.append(f"{key}: {e}" if str(key) not in str(e) else str(e))
         if args.data_json:
-            for _, _, _, prompt, negative in loaded:
-                n_cut["prompt"] += prompt is not None and conv.prompt_ids(prompt)[1]
-                n_cut["negative_prompt"] += negative is not None and conv.prompt_ids(negative)[1]
+            for c in loaded:
+                n_cut["prompt"] += c.prompt is not None and conv.prompt_ids(c.prompt)[1]
+                n_cut["negative_prompt"] += c.negative is not None and conv.prompt_ids(c.negative)[1]
         for k in range(args.num_samples):
             if not loaded:
                 break
             # the clip's key: a --data_json stem, a video's file name (not its folder)
-            seeds = [clip_seed(args.seed, k, x[0] if args.data_json else Path(x[0]).name) for x in loaded]
+            seeds = [clip_seed(args.seed, k, c.key if args.data_json else Path(c.key).name) for c in loaded]
             try:
-                results = generate(models, [x[1] for x in loaded], [x[2] for x in loaded], [x[3] for x in loaded],
-                                   seeds, args, device, negatives=[x[4] for x in loaded],
+                results = generate(models, [c.feats for c in loaded], [c.duration for c in loaded],
+                                   [c.prompt for c in loaded], seeds, args, device, negatives=[c.negative for c in loaded],
                                    cut_prompts=bool(args.data_json))
             except ValueError as e:
-                failed += [f"{x[0]}: {e}" for x in loaded]
+                failed += [f"{c.key}: {e}" for c in loaded]
                 break
             for (key, feats, duration, prompt, negative), r, seed in zip(loaded, results, seeds):
                 if "error" in r:  # this clip alone: the rest of the batch is generated
@@ -586,7 +592,7 @@ def main(argv=None):
                     if args.save_steps and not args.caption_only:
                         save_steps(base + ".steps.json", r, args.steps)
                 bar.update(1)
-            loaded = [x for x, r in zip(loaded, results) if "error" not in r]  # reported once, not per sample
+            loaded = [c for c, r in zip(loaded, results) if "error" not in r]  # reported once, not per sample
     bar.close()
     for name, field in (("prompt", args.prompt_field), ("negative_prompt", args.negative_field)):
         if n_cut[name]:
@@ -615,14 +621,10 @@ class VideoFeatures:
     (rebuilt from the extraction settings stored in stage1.pt)."""
 
     def __init__(self, meta, device):
-        from extract_features import build_visual_encoder
-
         self.meta, self.device = meta, device
         self.model, self.preprocess = build_visual_encoder(SimpleNamespace(**meta), device)
 
     def __call__(self, path):
-        from extract_features import encode_frames, load_frames, preprocess_frames
-
         frames, duration = load_frames(path, self.meta["fps"])
         # a long video's frames are preprocessed and encoded a chunk at a time: all at once, an
         # hour at 5 fps would be 18000 images of 3 x 336 x 336 floats in memory

@@ -150,8 +150,8 @@ def test_naive_guidance_draws_the_same_tokens_with_two_forwards_per_step():
     for separate in (False, True):
         stub = IndexedStub(C, U)
         model = bench.SeparateGuidance(stub) if separate else stub
-        outs.append(S.decode_tokens(model, cond, cond_mask, all_mask(B, T), gens([1, 2, 3]), steps=steps, cfg=3.0,
-                                    top_k=BINS, mask_temperature=2.0))
+        outs.append(S.decode_tokens(model, cond, cond_mask, all_mask(B, T), gens([1, 2, 3]), steps=steps, guidance_scale=3.0,
+                                    temperature=1.0, top_k=BINS, mask_temperature=2.0))
         if separate:
             assert stub.calls == [[False] * B, [True] * B] * steps
         else:
@@ -176,7 +176,8 @@ def test_decode_tokens_never_waits_for_the_gpu():
     torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
     try:
         with S.autocast(device):
-            out = S.decode_tokens(model, cond, cond_mask, codes, generators, steps=8)
+            out = S.decode_tokens(model, cond, cond_mask, codes, generators, steps=8, guidance_scale=5.0,
+                                  temperature=1.0, top_k=256, mask_temperature=25.5)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert not (out == BINS).any()

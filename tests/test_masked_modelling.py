@@ -63,9 +63,13 @@ def n_masked(codes):
     return (codes == MASK).flatten(1).sum(-1)  # (B,)
 
 
+# the paper's sampling settings (sample.Config's defaults), which a test may override
+PAPER = {k: getattr(S.Config(), k) for k in ("steps", "guidance_scale", "temperature", "top_k", "mask_temperature")}
+
+
 def decode(model, cond, cond_mask, codes, seeds, **kw):
     history = []
-    out = S.decode_tokens(model, cond, cond_mask, codes, gens(seeds), history=history, **kw)
+    out = S.decode_tokens(model, cond, cond_mask, codes, gens(seeds), **{**PAPER, **kw}, history=history)
     return out, history
 
 
@@ -169,7 +173,7 @@ def test_3_2_2_decoding_fills_every_mask_and_keeps_revealed(model, T, steps):
             assert torch.equal(later[revealed], history[t][revealed])
 
 
-def test_3_2_2_decoding_follows_masked_after_per_sample(model):
+def test_3_2_2_decoding_follows_the_cosine_schedule_per_sample(model):
     B, T, steps = 3, 10, 8
     cond, cond_mask = conditions(B)
     codes = all_mask(B, T)
@@ -177,7 +181,7 @@ def test_3_2_2_decoding_follows_masked_after_per_sample(model):
     out, history = decode(model, cond, cond_mask, codes, [1, 2, 3], steps=steps)
     n0 = remaining = n_masked(codes)
     for t in range(1, steps + 1):
-        want = S.masked_after(n0, remaining, t, steps)
+        want = S.cosine_n_masked(n0, remaining, t, steps)
         assert n_masked(history[t - 1]).tolist() == want.tolist(), t
         remaining = want
     for b in range(B):
@@ -258,7 +262,7 @@ def test_3_2_2_gumbel_top_k_is_sampling_without_replacement():
     M, k = 200_000, 2
     g = torch.Generator().manual_seed(0)
     confidence = p.log().float() + S.gumbel(S.noise([g], (M, 5), "cpu")[0])
-    remask = S.least_confident(confidence, torch.ones(M, 5, dtype=torch.bool), torch.full((M,), 5 - k))
+    remask = S.remask_least_confident(confidence, torch.ones(M, 5, dtype=torch.bool), torch.full((M,), 5 - k))
     kept = ~remask
     assert (kept.sum(-1) == k).all()
     # exact inclusion probability: P(i first) + sum_j P(j first) P(i second | j first)
@@ -373,16 +377,16 @@ def test_3_2_2_guidance_scale_one_is_conditional_and_five_is_guided():
     cond, cond_mask = conditions(B)
     stub = StubModel(C, U)
     common = dict(steps=4, temperature=1.0, top_k=1)
-    out1, _ = decode(stub, cond, cond_mask, all_mask(B, T), [1, 2], cfg=1.0, **common)
+    out1, _ = decode(stub, cond, cond_mask, all_mask(B, T), [1, 2], guidance_scale=1.0, **common)
     assert torch.equal(out1, C.argmax(-1))  # top_k = 1: the argmax of the guided logits, everywhere
-    out5, _ = decode(stub, cond, cond_mask, all_mask(B, T), [1, 2], cfg=5.0, **common)
+    out5, _ = decode(stub, cond, cond_mask, all_mask(B, T), [1, 2], guidance_scale=5.0, **common)
     assert torch.equal(out5, (U + 5 * (C - U)).argmax(-1))
     assert not torch.equal(out5, out1)  # the guided argmax differs from the conditional one somewhere
-    out0, _ = decode(stub, cond, cond_mask, all_mask(B, T), [1, 2], cfg=0.0, **common)
+    out0, _ = decode(stub, cond, cond_mask, all_mask(B, T), [1, 2], guidance_scale=0.0, **common)
     assert torch.equal(out0, U.argmax(-1))
     # with full sampling, w = 1 ignores the null logits altogether
     U2 = torch.randn(B, N_Q, T, V, generator=g) * 5
-    full = dict(steps=4, cfg=1.0, temperature=1.0, top_k=V)
+    full = dict(steps=4, guidance_scale=1.0, temperature=1.0, top_k=V)
     a, _ = decode(StubModel(C, U), cond, cond_mask, all_mask(B, T), [7, 8], **full)
     b, _ = decode(StubModel(C, U2), cond, cond_mask, all_mask(B, T), [7, 8], **full)
     assert torch.equal(a, b)
@@ -409,7 +413,7 @@ def test_3_2_2_negative_prompt_guidance_is_n_plus_w_c_minus_n(model, monkeypatch
 
     monkeypatch.setattr(model, "forward", counting_forward)
     # one step, top_k = 1: every token is the argmax of the guided logits
-    out, _ = decode(model, cond, cond_mask, codes, [1, 2, 3], steps=1, cfg=w, temperature=1.0, top_k=1,
+    out, _ = decode(model, cond, cond_mask, codes, [1, 2, 3], steps=1, guidance_scale=w, temperature=1.0, top_k=1,
                     negative=(neg, neg_mask, has))
     negative_guided, null_guided = (N + w * (C - N)).argmax(-1), (U + w * (C - U)).argmax(-1)
     assert torch.equal(out[has], negative_guided[has]) and torch.equal(out[~has], null_guided[~has])
@@ -436,7 +440,7 @@ def test_3_2_2_confidence_is_log_p_plus_linearly_decayed_gumbel(monkeypatch, mas
     """c_i = log p_i + tau G_i with tau = tau0 (1 - t/T): at step 1 of 3, tau = 2/3 tau0. Four
     positions (levels 0..3, one frame) with log p = a and Gumbel noise G chosen so that the most
     confident one is level 0, 1, 2, 3 for tau = 0, 1, 2, 3: the one token revealed at step 1
-    (masked_after = floor(4 cos(pi/6)) = 3) tells which tau was used."""
+    (cosine_n_masked = floor(4 cos(pi/6)) = 3) tells which tau was used."""
     a = torch.tensor([0.0, -0.25, -1.0, -2.25])  # the max of the lines a_i + tau G_i switches at tau = 0.5, 1.5, 2.5
     G = torch.tensor([0.0, 0.5, 1.0, 1.5])
     V = BINS

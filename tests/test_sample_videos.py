@@ -140,7 +140,7 @@ def test_ntsc_mp4_writes_wav_mp4_json(world, tmp_path, capsys):
     assert record["caption"] and record["prompt"] is None and record["negative_prompt"] is None
     assert record["seed"] == sample.clip_seed(0, 0, "ntsc.mp4")  # the seed its noise was drawn with
     assert record["seed_from"] == {"seed": 0, "sample": 0, "key": "ntsc.mp4"}
-    assert {"steps", "cfg", "temperature", "top_k", "mask_temperature", "overlap"} <= set(record)
+    assert {"steps", "guidance_scale", "temperature", "top_k", "mask_temperature", "overlap"} <= set(record)
     assert record["checkpoints"] == {"converter": f"{world}/out/stage1.pt", "audio": f"{world}/out/stage2.pt"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ntsc.mp4", "ntsc.vatt.json", "ntsc.vatt.mp4", "ntsc.vatt.wav"]
 
@@ -231,13 +231,13 @@ def test_caption_only_and_self_prompt(world, tmp_path, capsys):
 
 def test_num_samples_seeds_and_settings(world, tmp_path):
     video = make_video(tmp_path / "clip.mp4")
-    settings = ["--steps=3", "--cfg=3.0", "--temperature=0.7", "--mask_temperature=1.5"]
+    settings = ["--steps=3", "--guidance_scale=3.0", "--temperature=0.7", "--mask_temperature=1.5"]
     assert run(world, video, "--num_samples=2", "--seed=5", *settings) == 0
     records = [json.loads((tmp_path / f"clip.vatt.{k}.json").read_text()) for k in (0, 1)]
     assert [r["seed"] for r in records] == [sample.clip_seed(5, k, "clip.mp4") for k in (0, 1)]
     assert [r["seed_from"]["sample"] for r in records] == [0, 1]
-    assert {k: records[0][k] for k in ("steps", "cfg", "temperature", "mask_temperature")} == \
-        dict(steps=3, cfg=3.0, temperature=0.7, mask_temperature=1.5)
+    assert {k: records[0][k] for k in ("steps", "guidance_scale", "temperature", "mask_temperature")} == \
+        dict(steps=3, guidance_scale=3.0, temperature=0.7, mask_temperature=1.5)
     wavs = [read_wav(tmp_path / f"clip.vatt.{k}.wav") for k in (0, 1)]
     assert not np.array_equal(*wavs)  # two samples, two noise streams
     out = tmp_path / "again"

@@ -107,7 +107,7 @@ def test_both_argument_forms_give_the_same_config(module, presets):
     (["--seed"], "error: option --seed needs a value (--seed VALUE or --seed=VALUE)"),
     (["--seed", "--steps=2"], "error: option --seed needs a value (--seed VALUE or --seed=VALUE)"),
     (["--seed", "abc"], "error: --seed expects an int, got 'abc'"),
-    (["--cfg=x"], "error: --cfg expects a float, got 'x'"),
+    (["--guidance_scale=x"], "error: --guidance_scale expects a float, got 'x'"),
     (["--compile=maybe"], "error: --compile expects true or false, got 'maybe'"),
     (["--preset", "huge"], "error: unknown preset 'huge'; choose one of toy, gemma-2b, llama-2-7b"),
 ])
