@@ -730,7 +730,7 @@ def run_toy(args):
             seeds[stage] = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]["seed"]
     result = {"captions": caption_row, "audio": audio, "timing": timing, "seeds": seeds,
               "settings": {"split": args.split, "n_clips": len(test), "onset_tolerance_s": 0.05, "analyzer": "data/toy/world.py analyze",
-                           "swapped_prompts": "the test caption with its pitch word flipped (world.swap_pitch)",
+                           "swapped_prompts": "the test caption with its pitch words swapped (world.swap_pitch)",
                            "negative_pitch": "the template prompt, with the negative prompt each clip's captions.json "
                                              "entry names (the Makefile: the pitch-swapped caption)"}}
     out = Path(args.out)

@@ -112,7 +112,7 @@ def load_frames(path, fps, seconds=None):
         if not container.streams.video:
             raise VideoError(f"{path}: no video stream")
         stream = container.streams.video[0]
-        origin = origin(container)
+        origin = stream_origin(container)
         n_max = round(seconds * fps) if seconds is not None else None
         picked, prev, prev_t, t, last_dt = [], None, None, None, 1.0 / fps
         try:
@@ -151,7 +151,7 @@ def load_audio(path, sr, seconds=None):
     with _open(path) as container:
         if not container.streams.audio:
             raise VideoError(f"{path}: no audio track")
-        origin = origin(container)
+        origin = stream_origin(container)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
         chunks, start = [], None
         try:
@@ -173,7 +173,7 @@ def load_audio(path, sr, seconds=None):
     return wav
 
 
-def origin(container):
+def stream_origin(container):
     """Both streams are timed from the container's start time (microseconds in FFmpeg)."""
     return container.start_time / 1e6 if container.start_time is not None else 0.0
 

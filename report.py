@@ -74,7 +74,7 @@ def readings(result):
         "self_caption": f"With its own caption (appendix A) the register follows the Converter's guessed pitch word "
                         f"(right {c['pitch_acc']:.0%} of the time), so against the truth it should be chance again "
                         f"({own['pitch_acc']:.0%}).",
-        "swapped_pitch_text": f"The caption's pitch word flipped: near 100 % means the text, not the video, sets the "
+        "swapped_pitch_text": f"The caption's pitch words swapped: near 100 % means the text, not the video, sets the "
                               f"register ({swapped['pitch_follows_text']:.0%} of the clips take the register the text "
                               f"says), while the strikes stay where the video puts them (onset F1 "
                               f"{swapped['onset_f1']:.2f}).",

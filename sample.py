@@ -53,7 +53,8 @@ import torch
 from tqdm import tqdm
 
 from codec import load_codec
-from extract_features import build_visual_encoder, encode_frames, list_videos, load_frames, origin, preprocess_frames
+from extract_features import (build_visual_encoder, encode_frames, list_videos, load_frames, preprocess_frames,
+                              stream_origin)
 from official import load_official_models
 from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter, load_features, load_split
 from stage2_audio import load_vatt_audio
@@ -429,7 +430,7 @@ def mux(video_path, wav, sr, out_base):
             # (load_frames' origin), so the copy moves that start to 0 and the audio starts at 0 too,
             # as ffmpeg's stream copy does: a video whose frames start at, say, 3 s stays in sync, and
             # the MP4 muxer can trim the AAC encoder's priming (it does so only before time 0)
-            shift = round(origin(src) / vin.time_base)
+            shift = round(stream_origin(src) / vin.time_base)
             for packet in src.demux(vin):
                 # skip the demuxer's final, empty flush packet. A real packet may lack a dts (B-frames
                 # in Matroska, whose first keyframe has none): the muxer derives it from the pts, so it

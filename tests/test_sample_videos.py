@@ -382,7 +382,7 @@ def test_wrong_checkpoint_exit_status(world, tmp_path):
 def test_batched_folder_equals_single_calls(world, tmp_path):
     folder = tmp_path / "videos"
     folder.mkdir()
-    clips = sorted((world / "clips").glob("*.mp4"))
+    clips = sorted(p for split in ("train", "test") for p in (world / "clips").glob(f"{split}_*.mp4"))
     assert len(clips) == 8
     for clip in clips:
         shutil.copy(clip, folder)

@@ -96,7 +96,7 @@ def make_clip(job):
     path = os.path.join(cfg.out_dir, name)
     if not os.path.exists(path):
         write_mp4(path, frames, audio, cfg.fps, cfg.crf)
-    # `swapped`: the caption with its pitch word flipped, the prompt of the demo's test of whether
+    # `swapped`: the caption with its pitch words swapped, the prompt of the demo's test of whether
     # the text, not the video, sets the register, and the negative prompt of its negative-prompt test
     return {"video_path": name, "output": caption, "split": split, **meta, "swapped": swap_pitch(caption)}
 

@@ -6,10 +6,10 @@ path works exactly when the model's predictions depend on that word. For clips o
 prints three measurements, from the condition to the output:
 
   1. condition: how much the Converter's states (§3.2.1, the last-layer hidden states) change when
-     the pitch word is swapped: the RMS of h(caption) - h(swapped caption) over the text positions,
+     the pitch words are swapped: the RMS of h(caption) - h(swapped caption) over the text positions,
      relative to the RMS of h. If this is ~0, no decoder can read the register.
   2. attention: the share of the audio positions' attention that lands on the prompt's text
-     tokens, and on the pitch word itself, per layer (mean over heads, clips and audio positions).
+     tokens, and on the pitch words themselves, per layer (mean over heads, clips and audio positions).
   3. text gain: the masked-token loss of eq. 2 (no label smoothing) with the swapped caption minus
      the loss with the true caption, in nats per masked token, at fixed masking ratios, for the
      frequency level (the level that carries the register) and for all levels. Near 0: the model
@@ -20,11 +20,11 @@ prints three measurements, from the condition to the output:
 """
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -72,9 +72,7 @@ def attention_shares(model, codes, cond, cond_mask, text, pitch):
         q, k = (rearrange(f(x), "b l (h d) -> b h l d", h=attn.n_head) for f in (attn.to_q, attn.to_k))
         w = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias, -1)  # (B, H, L, L)
         w = w[:, :, cond.shape[1]:].mean((1, 2))  # (B, L): audio queries, mean over heads and queries
-        n_keys = w.shape[1] - cond.shape[1]
         shares.append([(w[:, :cond.shape[1]] * m).sum(1).mean().item() for m in (text, pitch)])
-        assert n_keys == codes.shape[-1]
 
     handles = [blk.attn.register_forward_hook(hook) for blk in list(model.encoder) + list(model.decoder)]
     model(codes, cond, cond_mask)
@@ -96,7 +94,7 @@ def main(argv=None):
         sys.exit(f"error: {cfg.data_json}: no clips in split {cfg.split!r}")
     stems = [Path(e["video_path"]).stem for e in entries]
     feats = torch.stack([load_features(features_dir, s) for s in stems])
-    codes = torch.stack([torch.from_numpy(__import__("numpy").load(Path(features_dir) / "audio" / f"{s}.npy").astype("int64"))
+    codes = torch.stack([torch.from_numpy(np.load(Path(features_dir) / "audio" / f"{s}.npy").astype(np.int64))
                          for s in stems])  # (B, L, T)
     true, swapped = [e["output"] for e in entries], [e["swapped"] for e in entries]
     c_true, m_true = conv.condition(feats, true, cut=True)
@@ -107,17 +105,18 @@ def main(argv=None):
     pitch = pitch_positions(conv, true, c_true.shape[1])
     rms = lambda x: x.pow(2).mean().sqrt().item()  # noqa: E731
     print(f"{cfg.ckpt_dir}, {len(entries)} {cfg.split} clips (stage 2 at step {ckpt['step']})")
-    print(f"1. condition: RMS change of the text states when the pitch word is swapped: "
+    print(f"1. condition: RMS change of the text states when the pitch words are swapped: "
           f"{rms((c_true - c_swap)[text]) / rms(c_true[text]):.3f} of their RMS "
-          f"({rms((c_true - c_swap)[pitch]) / rms(c_true[pitch]):.3f} at the pitch word itself)")
+          f"({rms((c_true - c_swap)[pitch]) / rms(c_true[pitch]):.3f} at the pitch words themselves)")
 
     g = torch.Generator().manual_seed(cfg.seed)
     mask = random_mask(torch.full((len(entries),), 0.97), codes.shape, g)
     shares = attention_shares(model, codes.masked_fill(mask, model.config.bins), c_true, m_true, text.float(), pitch.float())
-    print("2. attention of the audio positions (r = 0.97), per layer: on the text | on the pitch word")
+    n_keys = text.shape[1] + codes.shape[-1]
+    uniform = [m.sum(1).float().mean().item() / n_keys for m in (text, pitch)]  # attention spread evenly over all keys
+    print("2. attention of the audio positions (r = 0.97), per layer: on the text | on the pitch words")
     for i, (t, p) in enumerate(shares):
-        print(f"   layer {i}: {t:.3f} | {p:.4f}   (uniform over keys would give {text.sum(1).float().mean() / (text.shape[1] + codes.shape[-1]):.3f} | "
-              f"{1 / (text.shape[1] + codes.shape[-1]):.4f})")
+        print(f"   layer {i}: {t:.3f} | {p:.4f}   (uniform over keys would give {uniform[0]:.3f} | {uniform[1]:.4f})")
 
     print("3. text gain, nats per masked token (loss with the swapped caption - loss with the true one):")
     print("   ratio | frequency level | all levels")
