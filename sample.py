@@ -306,6 +306,7 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
     reached the length limit, the prompts used per window and the codes (L, ceil(duration * rate));
     an item that failed has only "error"."""
     from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE
+    from stage2_audio import audio_condition
 
     conv, audio, meta = models.converter, models.audio, models.meta
     fps, rate, window = meta["fps"], models.codec.frame_rate, meta["seconds"]
@@ -355,7 +356,7 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
             # once per window, never per step: the prompts and the negative prompts in one LLM batch.
             # The Converter's own caption is cut as training cuts long captions (prompts were checked above)
             texts = used + [negatives[i] for i in active if negatives[i] is not None]
-            cond, cond_mask = conv.condition(torch.cat([x, x[has]]), texts, cut=True)
+            cond, cond_mask = audio_condition(conv, torch.cat([x, x[has]]), texts, audio.config.condition)
             negative = None
             if any(has):
                 n_cond, n_mask = cond[: len(active)].clone(), cond_mask[: len(active)].clone()
@@ -741,6 +742,9 @@ def main(argv=None):
             sys.exit(f"error: {args.ckpt_dir}: stage1.pt or stage2.pt is not a readable PyTorch checkpoint "
                      f"({type(e).__name__})")
     conv = models.converter
+    if models.audio.config.condition == "visual" and any(
+            getattr(args, k) for k in ("prompt", "negative_prompt", "self_prompt", "prompt_field", "negative_field")):
+        sys.exit(f"error: {args.ckpt_dir}/stage2.pt: conditioned on the video alone (VATT-V), it takes no text")
     try:
         window_hop(models.meta["seconds"], args.overlap, models.meta["fps"], models.codec.frame_rate)
     except ValueError as e:
