@@ -9,7 +9,7 @@ SEED ?= 0
 OUT ?= out/toy
 SAMPLE := $(PY) sample.py --preset=toy --data_json=$(DATA) --split=test --ckpt_dir=$(OUT) --seed=$(SEED)
 
-.PHONY: demo test clean
+.PHONY: demo test clean ablations
 
 .venv/installed: requirements.txt constraints.txt
 	python3 -m venv .venv
@@ -29,10 +29,30 @@ demo: .venv/installed
 	$(SAMPLE) --name=negative_pitch --negative_field=swapped
 	$(PY) eval.py toy --samples_dir=$(OUT)/samples --out=$(OUT)/eval.json
 
+# `make ablations`: the paper's ablations in miniature (docs/ablations.md). Each variant of ablations.py
+# is trained with the toy's budget into $(OUT)-ablations/<variant> ($(JOBS) at a time, one thread each),
+# sampled on the test clips and scored; the table lands in $(OUT)/ablations.md and .json. The toy data
+# and $(OUT)/stage1.pt are make demo's when they exist, and are made here when they do not.
+#   make ablations VARIANTS=default,vatt-v JOBS=1
+FEATURES := data/toy/features
+VARIANTS ?=
+JOBS ?= 2
+
+$(DATA): | .venv/installed
+	$(PY) data/toy/prepare.py
+$(FEATURES)/timing.json: | $(DATA)
+	$(PY) extract_features.py --preset=toy
+$(OUT)/stage1.pt: | $(FEATURES)/timing.json
+	$(PY) stage1_caption.py --preset=toy --seed=$(SEED) --out_dir=$(OUT)
+
+ablations: .venv/installed | $(OUT)/stage1.pt
+	$(PY) ablations.py --stage1=$(OUT)/stage1.pt --out_dir=$(OUT)-ablations --table=$(OUT)/ablations.json \
+		--seed=$(SEED) --jobs=$(JOBS) --variants=$(VARIANTS)
+
 # the browser test's Chromium (Debian's package) is installed when missing, where we may (as root)
 test: .venv/installed
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "could not install chromium: the browser tests will skip"
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf out/toy data/toy/clips data/toy/features data/toy/v2a_instruction.json data/toy/timing.json
+	rm -rf out/toy out/toy-ablations data/toy/clips data/toy/features data/toy/v2a_instruction.json data/toy/timing.json

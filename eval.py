@@ -673,13 +673,15 @@ def run_audio(args):
 
 
 TOY_ROWS = ("ground_truth", "codec_roundtrip", "video_only", "gt_caption", "self_caption")
+TOY_MODES = (*TOY_ROWS[2:], "swapped_pitch_text", "negative_pitch")  # the sample.py runs, a folder each
 
 
 def run_toy(args):
     """out/toy/eval.json: caption accuracy + coco metrics of the Converter's captions, and per
     generation mode (video only, ground-truth caption, own caption, pitch-swapped caption, the
     template with a negative prompt) how often the generated audio has the clip's source, count,
-    onsets and register; then the report page beside it (report.py: out/toy/report.html)."""
+    onsets and register; then the report page beside it (report.py: out/toy/report.html). A mode
+    that was not sampled (an ablation run samples a few) is left out, and so is the page."""
     import report
     from codec import load_codec
     from data.toy.world import analyze, parse_caption, score
@@ -694,6 +696,8 @@ def run_toy(args):
     def generated(name):
         return [analyze(read_wav(samples / name / f"{s}.wav")[0], sr) for s in stems]
 
+    sampled = {name for name in TOY_MODES if (samples / name / "captions.json").is_file()}
+
     codec = load_codec(meta["codec"])
     tokens = torch.stack([torch.from_numpy(np.load(Path(args.features_dir) / "audio" / f"{s}.npy").astype(np.int64)) for s in stems])
     with torch.no_grad():
@@ -701,23 +705,27 @@ def run_toy(args):
     analyses = {
         "ground_truth": [analyze(load_audio(str(data.parent / e["video_path"]), sr, meta["seconds"]), sr) for e in test],
         "codec_roundtrip": [analyze(w, sr) for w in roundtrip],
-        **{name: generated(name) for name in TOY_ROWS[2:]},
+        **{name: generated(name) for name in TOY_ROWS[2:] if name in sampled},
     }
     audio = {name: score(rows, test) for name, rows in analyses.items()}
     opposite = {"low": "high", "high": "low"}
-    swapped = score(generated("swapped_pitch_text"), [dict(e, pitch=opposite[e["pitch"]]) for e in test])
-    audio["swapped_pitch_text"] = {"pitch_follows_text": swapped["pitch_acc"], "onset_f1": swapped["onset_f1"]}
-    # the template prompt with a negative prompt naming a register: the audio should take the other one
-    negatives = json.loads((samples / "negative_pitch" / "captions.json").read_text())["clips"]
-    away = [opposite[parse_caption(negatives[s]["negative_prompt"])["pitch"]] for s in stems]
-    negative = score(generated("negative_pitch"), [dict(e, pitch=p) for e, p in zip(test, away)])
-    audio["negative_pitch"] = {"pitch_avoids_negative": negative["pitch_acc"], "onset_f1": negative["onset_f1"]}
+    if "swapped_pitch_text" in sampled:
+        swapped = score(generated("swapped_pitch_text"), [dict(e, pitch=opposite[e["pitch"]]) for e in test])
+        audio["swapped_pitch_text"] = {"pitch_follows_text": swapped["pitch_acc"], "onset_f1": swapped["onset_f1"]}
+    if "negative_pitch" in sampled:
+        # the template prompt with a negative prompt naming a register: the audio should take the other one
+        negatives = json.loads((samples / "negative_pitch" / "captions.json").read_text())["clips"]
+        away = [opposite[parse_caption(negatives[s]["negative_prompt"])["pitch"]] for s in stems]
+        negative = score(generated("negative_pitch"), [dict(e, pitch=p) for e, p in zip(test, away)])
+        audio["negative_pitch"] = {"pitch_avoids_negative": negative["pitch_acc"], "onset_f1": negative["onset_f1"]}
 
-    captions = json.loads((samples / "video_only" / "captions.json").read_text())["clips"]
-    hyps = [captions[s]["caption"] or "" for s in stems]
-    parsed = [parse_caption(h) for h in hyps]
-    caption_row = {f"{k}_acc": sum(p[k] == e[k] for p, e in zip(parsed, test)) / len(test) for k in ("class", "count", "pitch")}
-    caption_row.update(caption_metrics(hyps, [[e["output"]] for e in test]))
+    caption_row = {}
+    if "video_only" in sampled:  # the Converter's own captions, written by the video-only run
+        captions = json.loads((samples / "video_only" / "captions.json").read_text())["clips"]
+        hyps = [captions[s]["caption"] or "" for s in stems]
+        parsed = [parse_caption(h) for h in hyps]
+        caption_row = {f"{k}_acc": sum(p[k] == e[k] for p, e in zip(parsed, test)) / len(test) for k in ("class", "count", "pitch")}
+        caption_row.update(caption_metrics(hyps, [[e["output"]] for e in test]))
 
     timing = {}
     for folder in (data.parent, Path(args.features_dir), samples.parent):
@@ -748,6 +756,10 @@ def run_toy(args):
             print(f"| {name:20s} | {r['class_acc']:.3f} | {r['count_acc']:.3f} | {r['onset_f1']:8.3f} | {r['pitch_acc']:.3f} |")
     print("timing (s): " + ", ".join(f"{k} {v}" for k, v in timing.items()))
     print(f"wrote {out}")
+    missing = [name for name in TOY_MODES if name not in sampled]
+    if missing:
+        print(f"no report page: the modes {', '.join(missing)} were not sampled")
+        return
     report.write_report(report.Config(data_json=args.data_json, features_dir=args.features_dir,
                                       samples_dir=args.samples_dir, split=args.split, eval_json=str(out),
                                       out=str(out.with_name("report.html"))))

@@ -57,7 +57,7 @@ from extract_features import (build_visual_encoder, encode_frames, list_videos, 
                               stream_origin)
 from official import load_official_models
 from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter, load_features, load_split
-from stage2_audio import load_vatt_audio
+from stage2_audio import audio_condition, load_vatt_audio
 from utils import atomic_path, autocast, parse_config, pick_device, record_timing, save_json
 
 # -----------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
             # once per window, never per step: the prompts and the negative prompts in one LLM batch.
             # The Converter's own caption is cut as training cuts long captions (prompts were checked above)
             texts = used + [negatives[i] for i in active if negatives[i] is not None]
-            cond, cond_mask = conv.condition(torch.cat([x, x[has]]), texts, cut=True)
+            cond, cond_mask = audio_condition(conv, torch.cat([x, x[has]]), texts, audio.config.condition)
             negative = None
             if any(has):
                 n_cond, n_mask = cond[: len(active)].clone(), cond_mask[: len(active)].clone()
@@ -474,6 +474,9 @@ def main(argv=None):
             sys.exit(f"error: {args.ckpt_dir}: stage1.pt or stage2.pt is not a readable PyTorch checkpoint "
                      f"({type(e).__name__})")
     conv = models.converter
+    if models.audio.config.condition == "visual" and any(
+            getattr(args, k) for k in ("prompt", "negative_prompt", "self_prompt", "prompt_field", "negative_field")):
+        sys.exit(f"error: {args.ckpt_dir}/stage2.pt: conditioned on the video alone (VATT-V), it takes no text")
     try:
         window_hop(models.meta["seconds"], args.overlap, models.meta["fps"], models.codec.frame_rate)
     except ValueError as e:

@@ -57,12 +57,20 @@ class Config:
     dropout: float = 0.0  # 0.1 at paper size; the toy has data to spare, and CPU dropout is slow
     max_len: int = 1000  # length of the sin-cos position table (condition + audio tokens)
     cond_dim: int = 0  # width of the LLM states; 0 = read it from the Converter checkpoint
+    # the ablations of Table 4 (ablations.py): the decoder, "vatt" (§3.2.1) or "cross-attn"
+    # (VATT-Cross-Attn); the condition, "llm" (the Converter's states) or "visual" (VATT-V: the
+    # Projector's video tokens, no LLM and no text)
+    architecture: str = "vatt"
+    condition: str = "llm"
     # masking (§3.2.2): ratio r ~ Normal(mask_mean, mask_std) truncated to [0.5, 1], one draw per
     # sample; the paper's (0.75, 0.25). The toy preset peaks at full masking, where its sampler's
     # first steps run: in 2000 CPU steps the paper's distribution places the strikes badly
     # (docs/toy-tuning.md, measured on the validation split).
     mask_mean: float = 0.75
     mask_std: float = 0.25
+    # the ratio's distribution: "truncnorm" (above); appendix A's alternatives (Table 5, see
+    # mask_ratios) "uniform", "arccos", or "sine" (the truncated normal, its mean rising over training)
+    mask_dist: str = "truncnorm"
     cond_dropout: float = 0.1  # per-sample probability of the null condition (classifier-free guidance)
     label_smoothing: float = 0.1  # as the released code
     # the prompt of a training sample: its ground-truth caption with this probability, otherwise
@@ -119,13 +127,16 @@ class ModelConfig:
     head_dim: int = 64
     dropout: float = 0.1
     max_len: int = 1000
+    architecture: str = "vatt"  # or "cross-attn" (ablations.py)
+    condition: str = "llm"  # what the condition holds: "llm" states, or "visual" (VATT-V, see audio_condition)
 
 
 def model_config(cfg, cond_dim, codec):
     """The network of a stage-2 Config for an LLM of width cond_dim and a codec's token tables."""
     return ModelConfig(cond_dim=cond_dim, n_q=codec.n_q, bins=codec.bins, codebook_dim=codec.dim, dim=cfg.dim,
                        n_multiway=cfg.n_multiway, n_plain=cfg.n_plain, n_head=cfg.n_head, head_dim=cfg.head_dim,
-                       dropout=cfg.dropout, max_len=cfg.max_len)
+                       dropout=cfg.dropout, max_len=cfg.max_len, architecture=cfg.architecture,
+                       condition=cfg.condition)
 
 
 def sincos_table(n, dim):
@@ -247,6 +258,29 @@ class VATTAudio(nn.Module):
         return torch.stack([head(x) for head in self.heads], 1)  # (B, L, T, bins)
 
 
+def audio_model(c: ModelConfig, codebooks=None):
+    """VATT Audio, or the decoder of the VATT-Cross-Attn ablation (ablations.py), as c names."""
+    if c.architecture == "cross-attn":
+        from ablations import CrossAttnAudio
+
+        return CrossAttnAudio(c, codebooks)
+    return VATTAudio(c, codebooks)
+
+
+@torch.no_grad()
+def audio_condition(converter, feats, prompts, condition="llm"):
+    """The condition VATT Audio reads: the Converter's last-layer states over [video ; prompt]
+    (§3.2.1), or, for VATT-V (Table 4: no LLM, the visual features straight into the decoder), the
+    VATT Projector's video tokens alone, prompts unused. Those are exactly what the LLM would have
+    read, so the ablation removes the LLM and nothing else; the stage-1 projector stays frozen and
+    VATT Audio's own cond_proj is the trainable Linear over them.
+    Returns (B, Lc, cond_dim) float32 and the (B, Lc) mask (1 = real token)."""
+    if condition == "visual":
+        x = converter.video_embeds(feats).float()  # (B, N_v, d_lm)
+        return x, torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+    return converter.condition(feats, prompts, cut=True)
+
+
 # -----------------------------------------------------------------------------
 # the masking of §3.2.2 and the loss of eq. 2
 
@@ -271,12 +305,32 @@ def random_mask(ratios, shape, generator=None):
     return (rank < n_masked[:, None]).view(shape)
 
 
-def training_draw(n, shape, generator, mask_mean, mask_std, cond_dropout):
+MASK_DISTRIBUTIONS = ("truncnorm", "uniform", "arccos", "sine")
+
+
+def mask_ratios(dist, n, generator, mean, std, progress=0.0):
+    """n training ratios, one per sample. "truncnorm": §3.2.2's TN(mean, std) on [0.5, 1]. Appendix
+    A's alternatives (Table 5): "uniform", r ~ U(0, 1); "arccos", r = cos(pi/2 u) with u ~ U(0, 1),
+    MaskGIT's schedule as a distribution (density 2 / (pi sqrt(1 - r^2)), mean 2 / pi); "sine",
+    TN(m, std) on [0.5, 1] whose mean rises over training, m = 0.25 + 0.7 sin(pi/2 progress) with
+    progress = step / max_steps: the paper's range [0.25, 0.95] along the authors' (unused)
+    gaussian_mean_cosine_step. The paper gives that one no bounds: they stay §3.2.2's, which the
+    authors' sampler fixes."""
+    if dist == "truncnorm":
+        return sample_mask_ratios(n, generator, mean, std)
+    if dist == "sine":
+        return sample_mask_ratios(n, generator, 0.25 + 0.7 * math.sin(math.pi / 2 * progress), std)
+    u = torch.rand(n, generator=generator)
+    return torch.cos(math.pi / 2 * u) if dist == "arccos" else u
+
+
+def training_draw(n, shape, generator, mask_mean, mask_std, cond_dropout, mask_dist="truncnorm", progress=0.0):
     """What §3.2.2 hides from a batch of n samples whose tokens have `shape` (L, T): per sample a
-    ratio r ~ TN(mask_mean, mask_std) on [0.5, 1] and exactly max(1, round(r L T)) masked tokens,
-    and, with probability cond_dropout, the null condition (classifier-free guidance: the model
-    also learns p(tokens | no condition)). Returns mask (n, L, T) bool, drop (n,) bool."""
-    ratios = sample_mask_ratios(n, generator, mask_mean, mask_std)
+    ratio r ~ TN(mask_mean, mask_std) on [0.5, 1] (or another `mask_dist`, see mask_ratios) and
+    exactly max(1, round(r L T)) masked tokens, and, with probability cond_dropout, the null
+    condition (classifier-free guidance: the model also learns p(tokens | no condition)).
+    Returns mask (n, L, T) bool, drop (n,) bool."""
+    ratios = mask_ratios(mask_dist, n, generator, mask_mean, mask_std, progress)
     mask = random_mask(ratios, (n,) + tuple(shape), generator)
     drop = torch.rand(n, generator=generator) < cond_dropout
     return mask, drop
@@ -296,7 +350,7 @@ def load_vatt_audio(ckpt_path, device):
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if ckpt.get("kind") != "vatt-audio":
         sys.exit(f"error: {ckpt_path}: not a stage-2 (VATT Audio) checkpoint")
-    model = VATTAudio(ModelConfig(**ckpt["model_config"]))
+    model = audio_model(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return in_head_order(model, ckpt.get("head_order", "natural")).to(device).eval().requires_grad_(False), ckpt
 
@@ -315,7 +369,7 @@ def in_head_order(model, head_order):
 # fine-tuning: a trained VATT Audio, ours or the authors', as the starting point
 
 # the settings that make up the network rather than its training: taken from --init_from
-ARCHITECTURE = ("dim", "n_multiway", "n_plain", "n_head", "head_dim", "max_len")
+ARCHITECTURE = ("dim", "n_multiway", "n_plain", "n_head", "head_dim", "max_len", "architecture", "condition")
 
 
 def read_init_model(path, own_checkpoint):
@@ -364,9 +418,14 @@ def check_init_model(path, mcfg, codec_name, cond_dim, codec, meta):
 def main(argv=None):
     cfg = parse_config(Config, PRESETS, argv)
     t0 = time.time()
+    for key, choices in (("mask_dist", MASK_DISTRIBUTIONS), ("architecture", ("vatt", "cross-attn")),
+                         ("condition", ("llm", "visual"))):
+        if getattr(cfg, key) not in choices:
+            sys.exit(f"error: --{key}={getattr(cfg, key)}: choose one of {', '.join(choices)}")
     if cfg.count_params:
-        model = VATTAudio(ModelConfig(cond_dim=cfg.cond_dim, dim=cfg.dim, n_multiway=cfg.n_multiway,
-                                      n_plain=cfg.n_plain, n_head=cfg.n_head, head_dim=cfg.head_dim))
+        model = audio_model(ModelConfig(cond_dim=cfg.cond_dim, dim=cfg.dim, n_multiway=cfg.n_multiway,
+                                        n_plain=cfg.n_plain, n_head=cfg.n_head, head_dim=cfg.head_dim,
+                                        architecture=cfg.architecture))
         n = sum(p.numel() for p in model.parameters())
         print(f"{cfg.preset}: {n:,} parameters ({n / 1e6:.1f} M), plus the frozen codebooks")
         return
@@ -392,7 +451,7 @@ def main(argv=None):
         for key in ARCHITECTURE:
             setattr(cfg, key, getattr(init_cfg, key))
     mcfg = model_config(cfg, converter.hidden_size, codec)
-    model = VATTAudio(mcfg, codebooks).to(device)
+    model = audio_model(mcfg, codebooks).to(device)
     del codec
     print0(f"VATT Audio: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
 
@@ -411,7 +470,7 @@ def main(argv=None):
             exit_changed_file(e)
 
     # every rank draws the same global batch, masks included, and keeps its slice (see stage 1)
-    def batch(split_items, r, g):
+    def batch(split_items, r, g, progress):
         mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
         n = cfg.batch_size * world
         pick = r.choice(len(split_items), n)[mine]
@@ -421,10 +480,11 @@ def main(argv=None):
         arrays = [clip_arrays(split_items[i][0]) for i in pick]
         feats = torch.stack([f for f, _ in arrays])  # (B, N, D)
         codes = torch.stack([c for _, c in arrays])  # (B, L, T)
-        mask, drop = training_draw(n, codes.shape[1:], g, cfg.mask_mean, cfg.mask_std, cfg.cond_dropout)
+        mask, drop = training_draw(n, codes.shape[1:], g, cfg.mask_mean, cfg.mask_std, cfg.cond_dropout,
+                                   cfg.mask_dist, progress)
         mask, drop = mask[mine], drop[mine]
         with autocast(device):
-            cond, cond_mask = converter.condition(feats.to(device), prompts, cut=True)  # frozen, no grad
+            cond, cond_mask = audio_condition(converter, feats.to(device), prompts, cfg.condition)  # frozen, no grad
         return codes.to(device), mask.to(device), cond, cond_mask, drop.to(device)
 
     def loss_of(codes, mask, cond, cond_mask, drop):
@@ -452,9 +512,10 @@ def main(argv=None):
 
     @torch.no_grad()
     def val_loss():
+        """The loss on fixed batches, masked as this step's training batches are (mask_dist)."""
         model.eval()
         r, vg = np.random.default_rng(0), torch.Generator().manual_seed(0)  # fixed validation batches
-        losses = [all_mean(loss_of(*batch(val, r, vg))).item() for _ in range(cfg.eval_batches)]
+        losses = [all_mean(loss_of(*batch(val, r, vg, step / cfg.max_steps))).item() for _ in range(cfg.eval_batches)]
         model.train()
         return sum(losses) / len(losses)
 
@@ -462,11 +523,13 @@ def main(argv=None):
     while True:
         last = step == cfg.max_steps
         if step % cfg.eval_interval == 0 or last:
-            print0(f"step {step}: val loss {val_loss():.4f}")
+            validation_loss = val_loss()
+            print0(f"step {step}: val loss {validation_loss:.4f}")
             if rank == 0 and step > 0:
                 save_checkpoint({"kind": "vatt-audio", "config": asdict(cfg), "model_config": asdict(mcfg),
                                  "codec": meta["codec"], "converter": cfg.converter, "step": step, "head_order": head_order,
-                                 "model": model.state_dict(), "optimizer": optimizer.state_dict()}, ckpt_path)
+                                 "val_loss": validation_loss, "model": model.state_dict(),
+                                 "optimizer": optimizer.state_dict()}, ckpt_path)
         if last:
             break
         # ---- training step -------------------------------------------------------------
@@ -483,7 +546,7 @@ def main(argv=None):
         for micro in range(cfg.grad_accum):
             if world > 1:  # sync gradients only on the last micro-step
                 ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
-            loss = loss_of(*batch(train, rng, g)) / cfg.grad_accum
+            loss = loss_of(*batch(train, rng, g, step / cfg.max_steps)) / cfg.grad_accum
             loss.backward()
             train_loss += loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

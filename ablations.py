@@ -1,0 +1,351 @@
+"""
+The paper's ablations in miniature, on the toy world: Table 4 (VATT-V, VATT-Cross-Attn) and
+appendix A's Table 5 (masking-ratio distributions). docs/ablations.md says what the table holds.
+
+Every variant is stage2_audio.py with an option or two (VARIANTS below), trained with the toy's
+budget on the one stage-1 model they share, then sampled on the test clips in the modes that apply
+(video only; the ground-truth caption; the caption with its register swapped) and scored by
+`eval.py toy`. The two architectures' ablations:
+
+  VATT-V           --condition=visual: no LLM, the VATT Projector's video tokens are the condition
+                   (stage2_audio.audio_condition); no text input, so only the video-only mode
+  VATT-Cross-Attn  --architecture=cross-attn: the audio tokens pass through a vanilla transformer
+                   decoder (Vaswani et al. 2017) whose blocks interleave self-attention over the audio
+                   with cross-attention to the condition (CrossAttnAudio below)
+
+    make ablations                                   # all variants, two at a time, then the table
+    python ablations.py --stage1=out/toy/stage1.pt   # the same without make (the data must exist)
+    python ablations.py --variants=default,vatt-v --jobs=1
+    python ablations.py --table_only                 # gather the table from finished runs
+
+Outputs: out/toy-ablations/<variant>/ (stage2.pt, samples/<mode>/, eval.json, log.txt) and the
+table in out/toy/ablations.json and out/toy/ablations.md. A finished step is never redone: a
+trained stage2.pt, a sampled mode and an eval.json are kept, so an interrupted run resumes.
+"""
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+import stage2_audio as s2
+from utils import atomic_path, parse_config, save_json
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class Config:
+    preset: str = "toy"
+    data_json: str = "data/toy/v2a_instruction.json"
+    features_dir: str = "data/toy/features"
+    stage1: str = "out/toy/stage1.pt"  # the trained Converter every variant shares (make demo's)
+    out_dir: str = "out/toy-ablations"  # one folder per variant
+    table: str = "out/toy/ablations.json"  # the gathered table, its markdown beside it (.md); empty = none
+    variants: str = ""  # comma-separated names from VARIANTS; empty = all
+    seed: int = 0  # stage 2 and sampling; the default model's second row takes seed + 1
+    jobs: int = 2  # variants trained at once, each in its own process on one thread
+    stage2_args: str = ""  # more stage2_audio.py options for every variant (the tests: tiny sizes)
+    sample_args: str = ""  # more sample.py options for every mode (the tests: --steps=2)
+    table_only: bool = False  # only gather the table from the runs that exist
+
+
+# The rows: name -> what the paper calls it, and the stage-2 options that make it (on top of the toy
+# preset, whose masking is TN(1.0, 0.05) on [0.5, 1]). The Gaussians of Table 5 have std 0.25.
+VARIANTS = {
+    "default": dict(paper="VATT (toy preset)", stage2=[]),
+    "default-seed1": dict(paper="VATT (toy preset), second seed", stage2=[], seed_offset=1),
+    "vatt-v": dict(paper="VATT-V (Table 4)", stage2=["--condition=visual"], text=False),
+    "cross-attn": dict(paper="VATT-Cross-Attn (Table 4)", stage2=["--architecture=cross-attn"]),
+    "uniform": dict(paper="Uniform (Table 5)", stage2=["--mask_dist=uniform"]),
+    "arccos": dict(paper="Arc cosine (Table 5)", stage2=["--mask_dist=arccos"]),
+    "truncnorm-0.55": dict(paper="Gaussian, mean 0.55 (Table 5)", stage2=["--mask_mean=0.55", "--mask_std=0.25"]),
+    "truncnorm-0.75": dict(paper="Gaussian, mean 0.75 (Table 5; the paper's choice, §3.2.2)",
+                           stage2=["--mask_mean=0.75", "--mask_std=0.25"]),
+    "truncnorm-0.95": dict(paper="Gaussian, mean 0.95 (Table 5)", stage2=["--mask_mean=0.95", "--mask_std=0.25"]),
+    "sine": dict(paper="Gaussian, sine-scheduled mean 0.25 to 0.95 (Table 5)",
+                 stage2=["--mask_dist=sine", "--mask_std=0.25"]),
+}
+# sampling modes (make demo's names) and their sample.py options; a variant without text input (VATT-V) samples
+# video_only alone
+MODES = {"video_only": [], "gt_caption": ["--prompt_field=output"], "swapped_pitch_text": ["--prompt_field=swapped"]}
+
+# -----------------------------------------------------------------------------
+# VATT-Cross-Attn (Table 4): a vanilla transformer decoder in place of VATT Audio's fused stack
+
+
+class CrossAttention(s2.Attention):
+    """Vaswani et al.'s encoder-decoder attention: queries from the audio, keys and values from the condition."""
+
+    def forward(self, x, memory, bias):
+        q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.n_head)
+        k, v = (rearrange(f(memory), "b l (h d) -> b h l d", h=self.n_head) for f in (self.to_k, self.to_v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        return self.to_out(rearrange(y, "b h l d -> b l (h d)"))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LN: self-attention over the audio tokens, cross-attention to the condition, FFN."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm1, self.self_attn = nn.LayerNorm(c.dim), s2.Attention(c)
+        self.norm2, self.cross_attn = nn.LayerNorm(c.dim), CrossAttention(c)
+        self.norm3, self.ff = nn.LayerNorm(c.dim), s2.feed_forward(c)
+
+    def forward(self, a, memory, self_bias, cross_bias, no_pad):
+        a = a + self.self_attn(self.norm1(a), self_bias, no_pad)
+        a = a + self.cross_attn(self.norm2(a), memory, cross_bias)
+        return a + self.ff(self.norm3(a))
+
+
+class CrossAttnAudio(nn.Module):
+    """VATT-Cross-Attn: VATT Audio with its decoder replaced by interleaved self- and cross-attention
+    blocks (the paper's §3.2.1 names this the straightforward design it improves on). Everything
+    else is VATT Audio's: the audio and condition embeddings, sin-cos positions (audio after the
+    condition), modality vectors, the null condition, ALiBi (the same bias, audio-audio in
+    self-attention and audio-condition in cross-attention), the L heads. The condition is not
+    processed by any layer: it is the memory every cross-attention reads, so the audio positions
+    see it only there. Budget: n_multiway + n_plain blocks, and with n_head * head_dim = dim exactly
+    VATT Audio's parameters in the blocks (4 + 8 dim^2 each, against a multiway block's 4 + 16 and
+    a plain block's 4 + 8); the interface is VATTAudio's, so training and sample.decode_tokens run
+    it unchanged."""
+
+    embed_audio = s2.VATTAudio.embed_audio
+
+    def __init__(self, c: s2.ModelConfig, codebooks=None):
+        super().__init__()
+        self.config = c
+        self.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(c.n_q, c.bins, c.codebook_dim))
+        self.mask_embed = nn.Parameter(torch.randn(c.n_q, c.codebook_dim) * 0.02)
+        self.audio_proj = nn.Linear(c.codebook_dim, c.dim)
+        self.cond_proj = nn.Linear(c.cond_dim, c.dim)
+        self.register_buffer("pos", s2.sincos_table(c.max_len, c.dim), persistent=False)
+        self.modality_cond = nn.Parameter(torch.randn(c.dim) * 0.02)
+        self.modality_audio = nn.Parameter(torch.randn(c.dim) * 0.02)
+        self.register_buffer("slopes", s2.alibi_slopes(c.n_head), persistent=False)
+        self.drop = nn.Dropout(c.dropout)
+        self.cond_norm = nn.LayerNorm(c.dim)  # the memory, normalised as a pre-LN encoder's output is
+        self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_multiway + c.n_plain))
+        self.norm = nn.LayerNorm(c.dim)
+        self.heads = nn.ModuleList(nn.Linear(c.dim, c.bins, bias=False) for _ in range(c.n_q))
+
+    def forward(self, codes, cond, cond_mask, drop_cond=None):
+        """As VATTAudio.forward: codes (B, L, T) with MASK where unknown, cond (B, Lc, cond_dim),
+        cond_mask (B, Lc), drop_cond (B,) bool. Returns logits (B, L, T, bins)."""
+        B, _, T = codes.shape
+        Lc = cond.shape[1]
+        c = self.cond_proj(cond)  # (B, Lc, dim)
+        if drop_cond is not None:
+            c = c.masked_fill(drop_cond[:, None, None], 0.0)
+        memory = self.cond_norm(self.drop(c + self.pos[:Lc] + self.modality_cond))
+        a = self.drop(self.audio_proj(self.embed_audio(codes)) + self.pos[Lc:Lc + T] + self.modality_audio)  # (B, T, dim)
+        idx = torch.arange(Lc + T, device=codes.device)
+        bias = -(idx[None, :] - idx[:, None]).abs() * self.slopes[:, None, None]  # (H, Lc+T, Lc+T): VATT Audio's
+        dtype = torch.get_autocast_dtype(a.device.type) if torch.is_autocast_enabled(a.device.type) else a.dtype
+        self_bias = bias[None, :, Lc:, Lc:].to(dtype)  # (1, H, T, T)
+        cross_bias = bias[None, :, Lc:, :Lc].masked_fill((cond_mask == 0)[:, None, None, :],
+                                                         -torch.finfo(torch.float32).max / 2).to(dtype)  # (B, H, T, Lc)
+        no_pad = torch.zeros(B, T, dtype=torch.bool, device=codes.device)
+        for block in self.blocks:
+            a = block(a, memory, self_bias, cross_bias, no_pad)
+        a = self.norm(a)
+        return torch.stack([head(a) for head in self.heads], 1)  # (B, L, T, bins)
+
+
+# -----------------------------------------------------------------------------
+# one variant: train, sample, score
+
+
+def link_stage1(stage1, folder):
+    """sample.py reads stage1.pt from the checkpoint folder, and a toy stage1.pt its base LLM from
+    beside it: both are linked into the variant's folder, so every variant shares one Converter."""
+    stage1 = Path(stage1).resolve()
+    llm = torch.load(stage1, map_location="cpu", weights_only=True)["llm_path"]
+    for name, target in (("stage1.pt", stage1), (llm, stage1.parent / llm)):
+        link = folder / name
+        if target.exists() and not (link.exists() or link.is_symlink()):
+            link.symlink_to(target)
+
+
+def stage2_done(path):
+    if not path.is_file():
+        return False
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["step"] == ckpt["config"]["max_steps"]
+
+
+def run_variant(cfg, name):
+    """Trains, samples and scores one variant into out_dir/<name>, skipping what is already done."""
+    import eval as vatt_eval
+    import sample
+
+    v, out = VARIANTS[name], Path(cfg.out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    link_stage1(cfg.stage1, out)
+    seed = cfg.seed + v.get("seed_offset", 0)
+    data = [f"--data_json={cfg.data_json}"]
+    if not stage2_done(out / "stage2.pt"):
+        s2.main([f"--preset={cfg.preset}", *data, f"--features_dir={cfg.features_dir}", f"--converter={cfg.stage1}",
+                 f"--out_dir={out}", f"--seed={seed}", *v["stage2"], *shlex.split(cfg.stage2_args)])
+    modes = MODES if v.get("text", True) else {"video_only": MODES["video_only"]}
+    for mode, options in modes.items():
+        if not (out / "samples" / mode / "captions.json").is_file():
+            if sample.main([f"--preset={cfg.preset}", *data, "--split=test", f"--ckpt_dir={out}", f"--seed={seed}",
+                            f"--name={mode}", *options, *shlex.split(cfg.sample_args)]) != 0:
+                raise RuntimeError(f"sample.py --name={mode} failed on some clips")
+    if not (out / "eval.json").is_file():
+        vatt_eval.main(["toy", *data, f"--features_dir={cfg.features_dir}", f"--samples_dir={out / 'samples'}",
+                        f"--out={out / 'eval.json'}"])
+
+
+def run_in_process(cfg, names):
+    """The variants one after another in this process; a failed one is reported and the rest go on."""
+    failed = {}
+    for name in names:
+        print(f"== {name}", flush=True)
+        try:
+            run_variant(cfg, name)
+        except SystemExit as e:  # a script's own one-line error
+            print(f"{name}: {e}", file=sys.stderr)
+            failed[name] = str(e)
+        except Exception as e:  # noqa: BLE001 (a batch job: report it, keep the others)
+            traceback.print_exc()
+            failed[name] = f"{type(e).__name__}: {e}"
+    return failed
+
+
+def run_in_processes(cfg, names):
+    """`jobs` variants at a time, each a child process on one thread, so that they share the cores
+    without oversubscribing them; each one's output goes to <variant>/log.txt."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    options = [f"--{k}={v}" for k, v in asdict(cfg).items() if k not in ("variants", "jobs", "table")]
+
+    def child(name):
+        t0 = time.time()
+        log = Path(cfg.out_dir) / name / "log.txt"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            rc = subprocess.run([sys.executable, __file__, *options, f"--variants={name}", "--jobs=1", "--table="],
+                                stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        print(f"{name}: {'done' if rc == 0 else 'FAILED'} in {(time.time() - t0) / 60:.1f} min (log: {log})", flush=True)
+        return rc
+
+    with ThreadPoolExecutor(cfg.jobs) as pool:
+        codes = dict(zip(names, pool.map(child, names)))
+    return {name: f"exit status {rc}, see {Path(cfg.out_dir) / name / 'log.txt'}" for name, rc in codes.items() if rc}
+
+
+# -----------------------------------------------------------------------------
+# the table
+
+
+# (heading, row key, format): the video-only mode's columns, the two text modes', then training's
+COLUMNS = (("class", "class_acc", ".3f"), ("onset F1", "onset_f1", ".3f"), ("count", "count_acc", ".3f"),
+           ("register, true caption", "register_true_caption", ".3f"),
+           ("register follows a swapped caption", "register_follows_swapped", ".3f"),
+           ("final val loss", "val_loss", ".3f"), ("stage 2 (min)", "stage2_min", ".1f"))
+
+
+def gather(cfg, names):
+    """One row per variant from its eval.json (eval.py toy) and stage2.pt; None where missing."""
+    rows = []
+    for name in names:
+        out = Path(cfg.out_dir) / name
+        row = dict(variant=name, paper=VARIANTS[name]["paper"], stage2_options=VARIANTS[name]["stage2"],
+                   **{key: None for _, key, _ in COLUMNS})
+        if (out / "eval.json").is_file():
+            audio = json.loads((out / "eval.json").read_text())["audio"]
+            video = audio.get("video_only", {})
+            row.update(class_acc=video.get("class_acc"), onset_f1=video.get("onset_f1"), count_acc=video.get("count_acc"),
+                       register_true_caption=audio.get("gt_caption", {}).get("pitch_acc"),
+                       register_follows_swapped=audio.get("swapped_pitch_text", {}).get("pitch_follows_text"))
+        if (out / "stage2.pt").is_file():
+            ckpt = torch.load(out / "stage2.pt", map_location="cpu", weights_only=True)
+            row.update(val_loss=ckpt.get("val_loss"), step=ckpt["step"], seed=ckpt["config"]["seed"],
+                       mask=dict(dist=ckpt["config"]["mask_dist"], mean=ckpt["config"]["mask_mean"],
+                                 std=ckpt["config"]["mask_std"]))
+        if (out / "timing.json").is_file():
+            seconds = json.loads((out / "timing.json").read_text()).get("stage2_audio")
+            row["stage2_min"] = None if seconds is None else round(seconds / 60, 1)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows):
+    """The table as markdown, n/a where a variant has no such number (VATT-V takes no text)."""
+    lines = ["| variant | " + " | ".join(label for label, _, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for r in rows:
+        cells = ("n/a" if r[key] is None else format(r[key], fmt) for _, key, fmt in COLUMNS)
+        lines.append(f"| {r['variant']}: {r['paper']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def measured_at():
+    """The commit and the machine a table was made with."""
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent)
+    return {"commit": git.stdout.strip() or None, "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+            "torch": torch.__version__}
+
+
+def write_table(cfg, names, failed, wall_s=None):
+    rows = gather(cfg, names)
+    result = {"rows": rows, "failed": failed, "wall_min": None if wall_s is None else round(wall_s / 60, 1),
+              **measured_at(),
+              "settings": {"stage1": cfg.stage1, "split": "test", "seed": cfg.seed, "stage2_args": cfg.stage2_args,
+                           "sample_args": cfg.sample_args,
+                           "columns": "class, onset F1, count: video-only mode; register: ground-truth-caption "
+                                      "mode; follows: swapped-register-caption mode (eval.py toy); val loss: "
+                                      "stage2.pt's last validation, under the variant's own masking"}}
+    table = Path(cfg.table)
+    save_json(result, table)
+    text = markdown(rows) + (f"\nCommit {result['commit']}, {result['machine']}, torch {result['torch']}"
+                             + (f"; {result['wall_min']} min of wall clock.\n" if wall_s is not None else ".\n"))
+    with atomic_path(table.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(text)
+    print(text + f"wrote {table} and {table.with_suffix('.md')}")
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    cfg = parse_config(Config, {"toy": {}}, argv)
+    names = [n for n in cfg.variants.split(",") if n] or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: --variants: no variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    failed, t0 = {}, time.time()
+    if not cfg.table_only:
+        if not Path(cfg.stage1).is_file():
+            sys.exit(f"error: {cfg.stage1}: no such checkpoint (make demo trains it, or stage1_caption.py)")
+        ckpt = torch.load(cfg.stage1, map_location="cpu", weights_only=True)
+        if ckpt.get("kind") != "vatt-converter":
+            sys.exit(f"error: {cfg.stage1}: not a stage-1 (Converter) checkpoint")
+        if ckpt["step"] != ckpt["config"]["max_steps"]:
+            sys.exit(f"error: {cfg.stage1}: stopped at step {ckpt.get('step')} of {ckpt['config']['max_steps']} "
+                     f"(an interrupted run): finish it with stage1_caption.py --out_dir={Path(cfg.stage1).parent}")
+        run = run_in_processes if cfg.jobs > 1 and len(names) > 1 else run_in_process
+        failed = run(cfg, names)
+    if cfg.table:  # the wall time of this run, training included unless --table_only
+        write_table(cfg, names, failed, None if cfg.table_only else time.time() - t0)
+    for name, why in failed.items():
+        print(f"failed: {name}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
