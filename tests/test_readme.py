@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def reading_along_rows():
     text = (ROOT / "README.md").read_text()
     section = text.split("## Reading along with the paper", 1)[1].split("\n## ", 1)[0]
-    return [line for line in section.splitlines() if line.startswith("| §")]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    return table[2:]  # below the header and its rule
 
 
 def defined_names(path):
