@@ -16,7 +16,7 @@ Usage:
 
     python codec.py               # builds the full-size codec with random weights and prints its size
 
-How the official network is rebuilt (see ../shared/fixtures/README.md sections 1-2)
+How the official network is rebuilt (checked on parity fixtures: tests/test_official_codec.py)
 -----------------------------------------------------------------------------------
 The official code uses audiocraft's EnCodec classes. audiocraft's modules descend from Meta's
 `encodec` pip package (2022): the classes were renamed (SConv1d -> StreamableConv1d, SLSTM ->
