@@ -156,7 +156,8 @@ def test_table_4_cross_attn_budget_and_interface():
     model = ablations.CrossAttnAudio(tiny_config(architecture="cross-attn"), torch.randn(4, 16, 8)).eval()
     codes = torch.full((2, 4, 10), 16)
     out = sample.decode_tokens(model, torch.randn(2, 6, 12), torch.ones(2, 6, dtype=torch.long), codes,
-                               [torch.Generator().manual_seed(i) for i in range(2)], steps=4)
+                               [torch.Generator().manual_seed(i) for i in range(2)], steps=4, guidance_scale=5.0,
+                               temperature=1.0, top_k=256, mask_temperature=25.5)
     assert out.shape == codes.shape and (out < 16).all()
 
 

@@ -216,7 +216,7 @@ def features(world, *stems):
 
 
 def test_over_long_prompt_fails_its_clip_alone(world, models):
-    args = dataclasses.replace(sample.Config(), steps=2)
+    args = dataclasses.replace(sample.Config(**sample.TOY_SAMPLING), steps=2)  # the toy's 2 s windows
     feats = features(world, "test_00000", "test_00001", "train_00000")
     prompts = ["a low bell rings twice", "a very long prompt " * 20, "a high whistle"]
     out = sample.generate(models, feats, [2.0] * 3, prompts, [1, 2, 3], args, CPU)
