@@ -127,16 +127,7 @@ class CrossAttnAudio(nn.Module):
 
     def __init__(self, c: s2.ModelConfig, codebooks=None):
         super().__init__()
-        self.config = c
-        self.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(c.n_q, c.bins, c.codebook_dim))
-        self.mask_embed = nn.Parameter(torch.randn(c.n_q, c.codebook_dim) * 0.02)
-        self.audio_proj = nn.Linear(c.codebook_dim, c.dim)
-        self.cond_proj = nn.Linear(c.cond_dim, c.dim)
-        self.register_buffer("pos", s2.sincos_table(c.max_len, c.dim), persistent=False)
-        self.modality_cond = nn.Parameter(torch.randn(c.dim) * 0.02)
-        self.modality_audio = nn.Parameter(torch.randn(c.dim) * 0.02)
-        self.register_buffer("slopes", s2.alibi_slopes(c.n_head), persistent=False)
-        self.drop = nn.Dropout(c.dropout)
+        s2.add_inputs(self, c, codebooks)  # exactly VATT Audio's input side
         self.cond_norm = nn.LayerNorm(c.dim)  # the memory, normalised as a pre-LN encoder's output is
         self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_multiway + c.n_plain))
         self.norm = nn.LayerNorm(c.dim)

@@ -13,7 +13,7 @@ ALiBi attention bias plus fixed sin-cos positions (audio positions continue afte
 pre-LayerNorm; GELU FFN x4 without bias; dropout 0.1. Sampling (iterative parallel decoding,
 §3.2.2) lives in sample.py.
 
-Toy world (CPU, ~9 min):
+Toy world (CPU, ~7 min):
     python stage2_audio.py --preset=toy
 One GPU, after stage 1 with Gemma-2B:
     python stage2_audio.py --preset=gemma-2b --converter=out/gemma-2b/stage1.pt --features_dir=vggsound/features --data_json=vggsound/v2a_instruction.json --out_dir=out/gemma-2b
@@ -201,21 +201,27 @@ class Block(nn.Module):
         return x + per_modality(self.ff, per_modality(self.norm2, x, split), split)
 
 
+def add_inputs(model, c, codebooks=None):
+    """The input side of VATT Audio, also used by the VATT-Cross-Attn ablation (ablations.py): the
+    codec's RVQ codebooks, frozen (a buffer, saved with the model so a checkpoint is
+    self-contained), one learned MASK vector per level, the audio and condition projections, the
+    sin-cos positions, a modality vector per stream, the ALiBi slopes and the input dropout."""
+    model.config = c
+    model.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(c.n_q, c.bins, c.codebook_dim))
+    model.mask_embed = nn.Parameter(torch.randn(c.n_q, c.codebook_dim) * 0.02)
+    model.audio_proj = nn.Linear(c.codebook_dim, c.dim)
+    model.cond_proj = nn.Linear(c.cond_dim, c.dim)
+    model.register_buffer("pos", sincos_table(c.max_len, c.dim), persistent=False)
+    model.modality_cond = nn.Parameter(torch.randn(c.dim) * 0.02)
+    model.modality_audio = nn.Parameter(torch.randn(c.dim) * 0.02)
+    model.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
+    model.drop = nn.Dropout(c.dropout)
+
+
 class VATTAudio(nn.Module):
     def __init__(self, c: ModelConfig, codebooks=None):
         super().__init__()
-        self.config = c
-        # the codec's RVQ codebooks, frozen (a buffer, saved with the model so a checkpoint is
-        # self-contained), and one learned MASK vector per level
-        self.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(c.n_q, c.bins, c.codebook_dim))
-        self.mask_embed = nn.Parameter(torch.randn(c.n_q, c.codebook_dim) * 0.02)
-        self.audio_proj = nn.Linear(c.codebook_dim, c.dim)
-        self.cond_proj = nn.Linear(c.cond_dim, c.dim)
-        self.register_buffer("pos", sincos_table(c.max_len, c.dim), persistent=False)
-        self.modality_cond = nn.Parameter(torch.randn(c.dim) * 0.02)
-        self.modality_audio = nn.Parameter(torch.randn(c.dim) * 0.02)
-        self.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
-        self.drop = nn.Dropout(c.dropout)
+        add_inputs(self, c, codebooks)
         self.encoder = nn.ModuleList(Block(c, multiway=True) for _ in range(c.n_multiway))
         self.encoder_norm = nn.ModuleList([nn.LayerNorm(c.dim), nn.LayerNorm(c.dim)])
         self.decoder = nn.ModuleList(Block(c, multiway=False) for _ in range(c.n_plain))
