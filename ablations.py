@@ -118,10 +118,11 @@ class CrossAttnAudio(nn.Module):
     condition), modality vectors, the null condition, ALiBi (the same bias, audio-audio in
     self-attention and audio-condition in cross-attention), the L heads. The condition is not
     processed by any layer: it is the memory every cross-attention reads, so the audio positions
-    see it only there. Budget: n_multiway + n_plain blocks, and with n_head * head_dim = dim exactly
-    VATT Audio's parameters in the blocks (4 + 8 dim^2 each, against a multiway block's 4 + 16 and
-    a plain block's 4 + 8); the interface is VATTAudio's, so training and sample.decode_tokens run
-    it unchanged."""
+    see it only there. Budget: n_multiway + n_plain blocks of 16 dim^2 weights each (self- and
+    cross-attention 4 + 4, the FFN 8, with n_head * head_dim = dim), against a multiway block's
+    4 + 2 x 8 and a plain block's 4 + 8: VATT Audio's weights exactly when n_multiway = n_plain, as
+    in every preset. The interface is VATTAudio's, so training and sample.decode_tokens run it
+    unchanged."""
 
     embed_audio = s2.VATTAudio.embed_audio
 

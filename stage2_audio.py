@@ -342,9 +342,9 @@ def training_draw(n, shape, generator, mask_mean, mask_std, cond_dropout, mask_d
     return mask, drop
 
 
-def masked_loss(logits, codes, mask, label_smoothing=0.1):
+def masked_loss(logits, codes, mask, label_smoothing):
     """Cross-entropy of eq. 2 over the masked positions only; logits (B, L, T, V), codes and
-    mask (B, L, T)."""
+    mask (B, L, T). Eq. 2 has no smoothing; the authors trained with 0.1 (Config.label_smoothing)."""
     return F.cross_entropy(logits[mask], codes[mask], label_smoothing=label_smoothing)
 
 

@@ -282,13 +282,13 @@ def test_3_2_1_loss_ignores_unmasked_positions():
     logits = torch.randn(2, N_Q, 5, BINS, generator=g)
     codes = torch.randint(0, BINS, (2, N_Q, 5), generator=g)
     mask = torch.rand(2, N_Q, 5, generator=g) < 0.5
-    base = masked_loss(logits, codes, mask)
+    base = masked_loss(logits, codes, mask, label_smoothing=0.1)
     changed = logits.clone()
     changed[~mask] = torch.randn(int((~mask).sum()), BINS, generator=g) * 10
-    assert torch.equal(masked_loss(changed, codes, mask), base)
+    assert torch.equal(masked_loss(changed, codes, mask, label_smoothing=0.1), base)
     b, l, t = mask.nonzero()[0].tolist()
     changed[b, l, t, codes[b, l, t]] += 3.0
-    assert not torch.allclose(masked_loss(changed, codes, mask), base)
+    assert not torch.allclose(masked_loss(changed, codes, mask, label_smoothing=0.1), base)
 
 
 def test_3_2_1_loss_is_label_smoothed_cross_entropy():

@@ -148,7 +148,8 @@ def test_official_vatt_audio_parity(tiny):
     assert torch.allclose(loss, fx["loss"], atol=ATOL, rtol=RTOL)
     assert torch.allclose(ours, fx["loss"], atol=ATOL, rtol=RTOL)
     # without the permutation our loss would score the wrong heads
-    assert not torch.allclose(masked_loss(by_head, fx["tokens_clean"], fx["mask"].bool()), fx["loss"], atol=1e-3)
+    by_head_loss = masked_loss(by_head, fx["tokens_clean"], fx["mask"].bool(), label_smoothing=0.1)
+    assert not torch.allclose(by_head_loss, fx["loss"], atol=1e-3)
 
 
 def test_official_vatt_audio_padding(tiny):
