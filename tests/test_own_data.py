@@ -205,7 +205,7 @@ def test_bad_file_in_our_layout_and_during_training(world, tmp_path, capsys):
 
 def test_toy_captioner_agrees_with_the_generator(world, tmp_path):
     """On the micro world's 10 clips the toy analyzer + grammar name the same source, register and
-    count as the generator's captions (the 200 test clips: README)."""
+    count as the generator's captions (the 200 test clips: docs/own-data.md)."""
     out = tmp_path / "captions.json"
     assert caption_audio.main([f"--input={world}/clips", f"--out={out}", "--num_workers=0"]) == 0
     truth = {Path(e["video_path"]).stem: e for e in json.loads((world / "v2a_instruction.json").read_text())}
@@ -445,7 +445,7 @@ def test_own_videos_end_to_end_and_fine_tuning_starts_trained(world, tmp_path, c
     is the trained model's, well below a run from scratch on the same clips (which starts from the
     very weights a fine-tuning run would have if --init_from loaded nothing: same seed). At this
     size the trained model has memorised its 5 clips more than it has learnt the world, so its
-    loss on new clips stays above its own validation loss. The full-size numbers are in README."""
+    loss on new clips stays above its own validation loss. The full-size numbers are in docs/own-data.md."""
     data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features"]
     trained = tmp_path / "trained"  # a stage 2 trained for more than the fixture's 2 steps
     stage2_audio.main(data + [f"--converter={world}/out/stage1.pt", f"--out_dir={trained}", "--max_steps=60",
