@@ -564,12 +564,12 @@ def main(argv=None):
                 suffix = f".{k}" if args.num_samples > 1 else ""
                 seed_record = {"seed": seed, "seed_from": {"seed": args.seed, "sample": k,
                                                            "key": key if args.data_json else Path(key).name}}
+                wav = None if args.caption_only else models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()
                 if args.data_json:
                     stem = key
                     captions[stem + suffix] = {"caption": caption, "prompt": prompt, "negative_prompt": negative,
                                                "caption_at_limit": at_limit, **seed_record}
-                    if not args.caption_only:
-                        wav = models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()
+                    if wav is not None:
                         write_wav(out / f"{stem}{suffix}.wav", wav, sr)
                         if args.save_steps:
                             save_steps(out / f"{stem}{suffix}.steps.json", r, args.steps)
@@ -580,8 +580,8 @@ def main(argv=None):
                     record = {"video": str(path), "caption": caption, "caption_at_limit": at_limit, "prompt": prompt,
                               "negative_prompt": negative, "prompts_used": r["prompts"], **seed_record,
                               "duration": duration, **settings, "checkpoints": checkpoints}
-                    if not args.caption_only:
-                        wav = models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()[: round(duration * sr)]
+                    if wav is not None:
+                        wav = wav[: round(duration * sr)]
                         try:
                             write_wav(base + ".wav", wav, sr)
                             record["video_out"] = mux(path, wav, sr, base)

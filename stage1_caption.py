@@ -70,7 +70,7 @@ class Config:
     grad_accum: int = 1
     lr: float = 2e-3
     warmup_steps: int = 50
-    max_steps: int = 6000  # the toy: some seeds name the source reliably only after ~5000 (docs/toy-tuning.md)
+    max_steps: int = 6000  # the toy: one seed named the source reliably only by step 6000 (docs/toy-tuning.md)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     grad_checkpointing: bool = False  # trade compute for memory on large LLMs

@@ -64,8 +64,8 @@ class Config:
     condition: str = "llm"
     # masking (§3.2.2): ratio r ~ Normal(mask_mean, mask_std) truncated to [0.5, 1], one draw per
     # sample; the paper's (0.75, 0.25). The toy preset peaks at full masking, where its sampler's
-    # first steps run: in 2000 CPU steps the paper's distribution places the strikes badly
-    # (docs/toy-tuning.md, measured on the validation split).
+    # first steps run: in 2000 CPU steps the paper's distribution learnt either the strikes or the
+    # text, never both (docs/ablations.md, docs/toy-tuning.md).
     mask_mean: float = 0.75
     mask_std: float = 0.25
     # the ratio's distribution: "truncnorm" (above); appendix A's alternatives (Table 5, see
