@@ -6,7 +6,7 @@ features and the template prompt, at batch 1, 8, 32 on a GPU (1, 4 on a CPU):
 
     prefill  Converter.condition: the LLM over [video tokens ; prompt padded to max_text_tokens],
              Lc tokens; its last-layer states are the condition (the no-text mode's optional
-             caption, greedy generation of up to 40 tokens, is not timed)
+             caption, greedy generation of up to max_text_tokens + 1 tokens, is not timed)
     decoder  sample.decode_tokens: `steps` forwards of VATT Audio over Lc + T tokens (T = 50 Hz x
              seconds), each with 2 sequences per clip (conditional and null guidance, §3.2.2)
     codec    codec.decode of the 4 x T tokens to audio
@@ -41,8 +41,7 @@ import stage2_audio as s2
 from codec import build_audiogen_codec, load_codec
 from data.toy.llm import toy_llm_config, toy_tokenizer
 from extract_features import Config as FeatureConfig  # the features' frame rate: 5 fps for every preset
-from sample import decode_tokens
-from utils import autocast, parse_config, pick_device, save_json
+from utils import autocast, parse_config, pick_device, save_json, weights_dtype
 
 # -----------------------------------------------------------------------------
 # config
@@ -209,7 +208,7 @@ def main(argv=None):
     cuda = device.type == "cuda"
     spec = MODELS[args.preset]
     sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [1, 8, 32] if cuda else [1, 4]
-    fast_dtype = torch.bfloat16 if cuda else torch.float32  # the LLM as load_llm loads it
+    fast_dtype = weights_dtype(device)  # the LLM as load_llm loads it
     full_llm = llm_config(args.preset, toy_tokenizer(s1.INSTRUCTIONS))
     audio, codec = random_audio(args.preset, full_llm.hidden_size, device)
     fast_audio = torch.compile(audio) if args.compile else audio  # --naive never compiles
@@ -241,7 +240,7 @@ def main(argv=None):
                                device=device)
             with nullcontext() if naive else autocast(device):
                 cond, cond_mask = timed("prefill", lambda: conv.condition(x, [s1.TEMPLATE] * len(x)))
-                codes = timed("decoder", lambda: decode_tokens(
+                codes = timed("decoder", lambda: sample.decode_tokens(
                     naive_audio if naive else fast_audio, cond, cond_mask, codes, g, args.steps, args.guidance_scale,
                     args.temperature, args.top_k, args.mask_temperature))
             timed("codec", lambda: codec.decode(codes))

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from data.toy import world
 from extract_features import VideoError, list_videos, load_audio
-from utils import parse_config, pick_device, save_json
+from utils import parse_config, pick_device, save_json, weights_dtype
 
 # -----------------------------------------------------------------------------
 # config
@@ -116,7 +116,7 @@ class AudioLLMCaptioner:
     def __init__(self, name_or_path, prompt, device, max_new_tokens):
         from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = weights_dtype(device)
         try:
             self.processor = AutoProcessor.from_pretrained(name_or_path)
             self.model = Qwen2AudioForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)

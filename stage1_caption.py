@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from data.toy.llm import build_toy_llm
 from utils import (all_mean, autocast, check_npy, get_lr, parse_config, pick_device, print0, record_timing,
-                   save_checkpoint, setup_ddp, shape_fits, shape_str, weights_digest)
+                   save_checkpoint, setup_ddp, shape_fits, shape_str, weights_digest, weights_dtype)
 
 # -----------------------------------------------------------------------------
 # config
@@ -134,7 +134,7 @@ def load_llm(path, lora, device):
     (base frozen), r = 0 leaves every weight trainable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = weights_dtype(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -95,6 +95,12 @@ def autocast(device):
     return nullcontext()
 
 
+def weights_dtype(device):
+    """The dtype a frozen pretrained model (an LLM, the audio captioner) is loaded in: bf16 on
+    CUDA, float32 elsewhere, for the reason autocast gives."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def get_lr(step, cfg):
     """The training stages' schedule: 1) linear warm-up to cfg.lr, 2) cosine decay to lr/10 at
     cfg.max_steps."""

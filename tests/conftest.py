@@ -1,8 +1,11 @@
 """
 Shared fixture: a tiny toy world and tiny trained checkpoints, built once per test session
-(prepare -> extract -> stage 1 -> stage 2 on 6 train + 2 test clips, a few seconds on a CPU);
-and make_llm, a tiny random LLaMA or Gemma saved the way the hub's models are.
+(prepare -> extract -> stage 1 -> stage 2 on 6 train + 2 validation + 2 test clips, a few seconds on a CPU);
+make_llm, a tiny random LLaMA or Gemma saved the way the hub's models are; the authors' parity
+fixtures (`fixture`, skipped where absent) and `offline` (no hub access).
 """
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +13,25 @@ import extract_features
 import stage1_caption
 import stage2_audio
 from data.toy import prepare
+
+# the parity fixtures made by running the authors' code: the shared folder next to the repository
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def fixture(name):
+    """A parity fixture's path; the test skips cleanly where the shared folder is absent."""
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"fixture {name} not found in {FIXTURES} (the shared fixtures folder next to the repo is absent)")
+    return path
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub access: a test that reaches for the network fails instead of downloading."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
 
 TINY_STAGE1 = ["--max_steps=2", "--eval_interval=1", "--eval_batches=1", "--batch_size=4",
                "--toy_layers=1", "--toy_width=32", "--toy_heads=2", "--warmup_steps=1"]

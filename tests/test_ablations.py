@@ -15,16 +15,9 @@ import sample
 import stage2_audio as s2
 from conftest import TINY_STAGE2
 from stage1_caption import load_converter
+from test_masked_modelling import PAPER, Phi, phi
 
 N = 50_000  # draws per distribution: the mean is checked to 4 standard errors
-
-
-def Phi(z):
-    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
-
-
-def phi(z):
-    return math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
 
 
 def truncnorm_mean(mu, sigma, low=0.5, high=1.0):
@@ -156,8 +149,7 @@ def test_table_4_cross_attn_budget_and_interface():
     model = ablations.CrossAttnAudio(tiny_config(architecture="cross-attn"), torch.randn(4, 16, 8)).eval()
     codes = torch.full((2, 4, 10), 16)
     out = sample.decode_tokens(model, torch.randn(2, 6, 12), torch.ones(2, 6, dtype=torch.long), codes,
-                               [torch.Generator().manual_seed(i) for i in range(2)], steps=4, guidance_scale=5.0,
-                               temperature=1.0, top_k=256, mask_temperature=25.5)
+                               [torch.Generator().manual_seed(i) for i in range(2)], **{**PAPER, "steps": 4})
     assert out.shape == codes.shape and (out < 16).all()
 
 

@@ -20,7 +20,7 @@ import bench  # noqa: E402
 import sample as S  # noqa: E402
 import stage2_audio  # noqa: E402
 from stage1_caption import TEMPLATE  # noqa: E402
-from test_masked_modelling import BINS, COND_DIM, N_Q, all_mask, conditions, gens, tiny_model  # noqa: E402
+from test_masked_modelling import BINS, COND_DIM, N_Q, PAPER, all_mask, conditions, gens, tiny_model  # noqa: E402
 
 
 def counted_flops(fn):
@@ -176,8 +176,7 @@ def test_decode_tokens_never_waits_for_the_gpu():
     torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
     try:
         with S.autocast(device):
-            out = S.decode_tokens(model, cond, cond_mask, codes, generators, steps=8, guidance_scale=5.0,
-                                  temperature=1.0, top_k=256, mask_temperature=25.5)
+            out = S.decode_tokens(model, cond, cond_mask, codes, generators, **{**PAPER, "steps": 8})
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert not (out == BINS).any()

@@ -95,7 +95,7 @@ def test_3_2_2_mask_ratio_truncated_normal():
     m2 = 1 - 2 * phi(1) / Z  # E[Z^2]
     m4 = 3 * m2 - 2 * phi(1) / Z  # E[Z^4] (= 3 m2 - 2 a^3 phi(a) / Z, a = 1)
     sd = sigma * math.sqrt(m2)
-    assert abs(sd - 0.1349) < 5e-5  # the closed form quoted in the brief
+    assert abs(sd - 0.1349) < 5e-5  # the std of TN(0.75, 0.25) on [0.5, 1], to 4 places
     se_mean = sd / math.sqrt(n)
     se_sd = sd * math.sqrt((m4 / m2**2 - 1) / (4 * n))  # delta method for the sample sd
     assert abs(r.mean().item() - mu) < 4 * se_mean, (r.mean().item(), 4 * se_mean)

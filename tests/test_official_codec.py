@@ -16,16 +16,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so `import codec` works however pytest is started
 import codec as C  # noqa: E402
+from conftest import fixture  # noqa: E402
 
-FIXTURES = ROOT.parent / "shared" / "fixtures"
 N_PARAMS = 56_819_138  # parameter elements of the AudioGen codec, buffers excluded (README section 1)
-
-
-def fixture(name):
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"fixture {name} not found in {FIXTURES} (the shared fixtures folder next to the repo is absent)")
-    return path
 
 
 @pytest.fixture

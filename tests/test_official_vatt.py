@@ -19,32 +19,20 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so `import official` works however pytest is started
 import official as O  # noqa: E402
-from conftest import make_llm  # noqa: E402
+from conftest import fixture, make_llm  # noqa: E402
 from stage2_audio import VATTAudio, masked_loss, sincos_table  # noqa: E402
 
-FIXTURES = ROOT.parent / "shared" / "fixtures"
 # the tiny LLMs' vocabulary: their prompt templates and the test prompts
 WORDS = " ".join(O.TEMPLATES.values()) + " user model a dog barks twice loudly then rain falls " + " ".join(
     f"w{i}" for i in range(40))
+
+pytestmark = pytest.mark.usefixtures("offline")  # no test here may reach the hub
 ATOL, RTOL = 1e-5, 1e-4  # float32 on CPU (README §4)
-
-
-def fixture(name):
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"fixture {name} not found in {FIXTURES} (the shared fixtures folder next to the repo is absent)")
-    return path
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return torch.load(fixture("vatt_audio_tiny.pt"), weights_only=True)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 def expand_patterns(patterns):

@@ -30,22 +30,15 @@ import extract_features
 import sample
 import stage1_caption
 import stage2_audio
-from conftest import TINY_STAGE1, TINY_STAGE2
+from conftest import TINY_STAGE1, TINY_STAGE2, fixture
 from data.toy import prepare, world as toy_world
 from data.toy.llm import build_toy_llm
 from stage1_caption import FeatureFiles
 from utils import check_npy
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+pytestmark = pytest.mark.usefixtures("offline")  # no test here may reach the hub
 YTIDS = ["-3b9gwBYXp8_000503", "0aZ9v8kQ_bQ_000030", "Zz_top-9xk4_000120", "a1b2c3d4e5f_000000",
          "q-w_e-r_t-y_000010", "UvWxYz01234_000250", "mnOPqrSTuvw_000007"]  # <ytid>_<start, 6 digits>
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 def val_loss_at(log, step=0):
@@ -113,16 +106,15 @@ def test_authors_layout_trains_both_stages(authors_data, tmp_path, capsys):
 # bad files, found before step 0
 
 
-def _bad_files(folder):
-    """(name, bytes-writer, expected problem) for the ways a file goes bad."""
-    return {
-        "pickled": (lambda p: np.save(p, np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True), "pickled Python objects"),
-        "random": (lambda p: p.write_bytes(np.random.default_rng(1).bytes(100)), "not a .npy file"),
-        "empty": (lambda p: p.write_bytes(b""), "empty file"),
-        "truncated": (lambda p: p.write_bytes(_npy_bytes(np.zeros((500, 4), np.int16))[:-10]), "truncated"),
-        "wrong_shape": (lambda p: np.save(p, np.zeros((4, 500), np.int16)), "shape (4, 500), expected (500, 4)"),
-        "floats": (lambda p: np.save(p, np.zeros((500, 4), np.float32)), "expected integers"),
-    }
+# name -> (writer of the bad bytes to a path, the problem the check must report): the ways a file goes bad
+BAD_FILES = {
+    "pickled": (lambda p: np.save(p, np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True), "pickled Python objects"),
+    "random": (lambda p: p.write_bytes(np.random.default_rng(1).bytes(100)), "not a .npy file"),
+    "empty": (lambda p: p.write_bytes(b""), "empty file"),
+    "truncated": (lambda p: p.write_bytes(_npy_bytes(np.zeros((500, 4), np.int16))[:-10]), "truncated"),
+    "wrong_shape": (lambda p: np.save(p, np.zeros((4, 500), np.int16)), "shape (4, 500), expected (500, 4)"),
+    "floats": (lambda p: np.save(p, np.zeros((500, 4), np.float32)), "expected integers"),
+}
 
 
 def _npy_bytes(arr):
@@ -141,7 +133,7 @@ def test_check_npy_against_np_load(tmp_path):
     for name, arr in good.items():
         np.save(tmp_path / f"{name}.npy", arr)
         assert check_npy(tmp_path / f"{name}.npy", (500, 4), "iu") is None
-    for name, (write, problem) in _bad_files(tmp_path).items():
+    for name, (write, problem) in BAD_FILES.items():
         path = tmp_path / f"{name}.npy"
         write(path)
         found = check_npy(path, (500, 4), "iu")
@@ -159,7 +151,7 @@ def test_bad_files_are_named_before_step_0(authors_data, tmp_path, capsys):
     tokens = authors_data / "meta_pretrain_vgg_encodec_tokens"
     bad = dict(zip(YTIDS[:3], ["random", "empty", "wrong_shape"]))
     for ytid, kind in bad.items():
-        _bad_files(tokens)[kind][0](tokens / f"{ytid}.npy")
+        BAD_FILES[kind][0](tokens / f"{ytid}.npy")
     data = [f"--data_json={authors_data}/vggsound_v2a_instruction.json", f"--features_dir={authors_data}"]
     out = tmp_path / "out"
     stage1_caption.main(data + [f"--out_dir={out}"] + TINY_STAGE1)  # stage 1 reads no tokens
@@ -171,7 +163,7 @@ def test_bad_files_are_named_before_step_0(authors_data, tmp_path, capsys):
     captured = capsys.readouterr()
     for ytid, kind in bad.items():
         line = next(l for l in captured.err.splitlines() if ytid in l)
-        assert line.startswith(str(tokens / f"{ytid}.npy")) and _bad_files(tokens)[kind][1] in line
+        assert line.startswith(str(tokens / f"{ytid}.npy")) and BAD_FILES[kind][1] in line
     assert re.search(rf"{YTIDS[3]}\.npy: shape \(49, 768\), expected \(50, 768\)", captured.err)
     assert "step 0" not in captured.out and not (out / "stage2.pt").exists()  # stopped before training
 
@@ -392,10 +384,7 @@ def test_stage2_init_from_rejects_a_mismatch(world, tmp_path):
 def _authors_ckpt(tmp_path, codebook_dim):
     """The authors' tiny VT2AModel fixture (made by running their code) as a Lightning .ckpt, its
     codec width set to `codebook_dim` (the toy codec's tables are 32 wide, the fixture's 16)."""
-    path = FIXTURES / "vatt_audio_tiny.pt"
-    if not path.exists():
-        pytest.skip(f"fixture {path.name} not found in {FIXTURES}")
-    sd = dict(torch.load(path, weights_only=True)["state_dict"])
+    sd = dict(torch.load(fixture("vatt_audio_tiny.pt"), weights_only=True)["state_dict"])
     g = torch.Generator().manual_seed(0)
     sd["embedding.out_proj.weight"] = torch.randn(sd["embedding.out_proj.weight"].shape[0], codebook_dim, generator=g) * 0.1
     sd["embedding.special.MASK"] = torch.randn(4, codebook_dim, generator=g) * 0.02
@@ -448,8 +437,8 @@ def test_own_videos_end_to_end_and_fine_tuning_starts_trained(world, tmp_path, c
     loss on new clips stays above its own validation loss. The full-size numbers are in docs/own-data.md."""
     data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features"]
     trained = tmp_path / "trained"  # a stage 2 trained for more than the fixture's 2 steps
-    stage2_audio.main(data + [f"--converter={world}/out/stage1.pt", f"--out_dir={trained}", "--max_steps=60",
-                              "--eval_interval=60", "--lr=3e-3"] + TINY_STAGE2[2:])
+    stage2_audio.main(data + [f"--converter={world}/out/stage1.pt", f"--out_dir={trained}"] + TINY_STAGE2
+                      + ["--max_steps=60", "--eval_interval=60", "--lr=3e-3"])  # the last value of an option wins
     trained_loss = val_loss_at(capsys.readouterr().out, 60)
 
     mine = tmp_path / "mine"  # a folder of new videos (the generator's own JSON is not used)

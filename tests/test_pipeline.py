@@ -38,7 +38,7 @@ def test_checkpoints_are_self_describing(world):
     assert model.codebooks.shape == (4, 64, 32)  # the codec's tables travel with the model
 
 
-def test_sample_and_eval_end_to_end(world, capsys):
+def test_sample_and_eval_end_to_end(world):
     common = [f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json", "--steps=2"]
     for name, extra in (("video_only", []), ("gt_caption", ["--prompt_field=output"]),
                         ("self_caption", ["--self_prompt"]), ("swapped_pitch_text", ["--prompt_field=swapped"]),

@@ -23,6 +23,7 @@ import torch
 
 import extract_features
 import sample
+from eval import read_wav
 import stage1_caption
 import stage2_audio
 from conftest import TINY_STAGE1
@@ -30,16 +31,9 @@ from utils import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-# (module, its presets) of every script that reads its options with utils.parse_config
+# (module, its presets) of the pipeline scripts that read their options with utils.parse_config
 PARSE_CONFIG_SCRIPTS = [("extract_features", "PRESETS"), ("stage1_caption", "PRESETS"), ("stage2_audio", "PRESETS"),
                         ("sample", "PRESETS"), ("bench", "PRESETS"), ("data.toy.prepare", None)]
-
-
-def read_wav(path):
-    import wave
-
-    with wave.open(str(path)) as f:
-        return np.frombuffer(f.readframes(f.getnframes()), "<i2")
 
 
 def clips(world, folder, names):
@@ -184,7 +178,7 @@ def test_two_clips_in_one_batch_draw_different_noise(world, tmp_path, monkeypatc
 def test_same_video_under_two_names_gives_two_samples(world, tmp_path):
     folder = clips(world, tmp_path / "videos", {"one.mp4": "test_00000", "two.mp4": "test_00000"})
     assert run(world, folder, "--out_dir", str(tmp_path / "out")) == 0
-    assert not np.array_equal(read_wav(tmp_path / "out" / "one.vatt.wav"), read_wav(tmp_path / "out" / "two.vatt.wav"))
+    assert not np.array_equal(read_wav(tmp_path / "out" / "one.vatt.wav")[0], read_wav(tmp_path / "out" / "two.vatt.wav")[0])
 
 
 def test_clip_gives_the_same_audio_alone_in_a_batch_and_in_two_runs(world, tmp_path):
@@ -195,11 +189,11 @@ def test_clip_gives_the_same_audio_alone_in_a_batch_and_in_two_runs(world, tmp_p
     assert run(world, batch, "--batch_size", "6", "--out_dir", str(tmp_path / "out6")) == 0
     assert run(world, alone, "--out_dir", str(tmp_path / "out1")) == 0
     assert run(world, batch, "--batch_size", "4", "--out_dir", str(tmp_path / "again")) == 0
-    wav = read_wav(tmp_path / "out1" / "train_00001.vatt.wav")
-    assert np.array_equal(wav, read_wav(tmp_path / "out6" / "train_00001.vatt.wav"))
+    wav = read_wav(tmp_path / "out1" / "train_00001.vatt.wav")[0]
+    assert np.array_equal(wav, read_wav(tmp_path / "out6" / "train_00001.vatt.wav")[0])
     for name in six:
         base = Path(name).stem + ".vatt.wav"
-        assert np.array_equal(read_wav(tmp_path / "out6" / base), read_wav(tmp_path / "again" / base)), name
+        assert np.array_equal(read_wav(tmp_path / "out6" / base)[0], read_wav(tmp_path / "again" / base)[0]), name
 
 
 # -----------------------------------------------------------------------------
@@ -329,7 +323,7 @@ def test_overlap_refused_on_the_command_line(world, tmp_path):
 
 
 @pytest.mark.parametrize("overlap", [0.3, 2.0])
-def test_generate_windows_in_sync_at_paper_timing(world, models, monkeypatch, overlap):
+def test_generate_windows_in_sync_at_paper_timing(models, monkeypatch, overlap):
     """The tiny toy models run with the paper's 10 s window on a 25 s clip: window w's video starts
     at the frame generate() cuts, its audio at the token where its output lands in the clip's
     codes (and its in-painted tokens are the ones already there), and both are one instant."""

@@ -72,7 +72,8 @@ def main(argv=None):
         prompts = [items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
         feats = torch.stack([files.load_video(items[i][0]) for i in pick])  # (B, N, D)
         codes = torch.stack([files.load_tokens(items[i][0]) for i in pick])  # (B, L, T)
-        mask, drop = s2.training_draw(n, codes.shape[1:], g, s2cfg.mask_mean, s2cfg.mask_std, s2cfg.cond_dropout)
+        mask, drop = s2.training_draw(n, codes.shape[1:], g, s2cfg.mask_mean, s2cfg.mask_std, s2cfg.cond_dropout,
+                                      s2cfg.mask_dist, step / s2cfg.max_steps)
         marks.append((time.perf_counter(), time.process_time()))
         cond, cond_mask = s2.audio_condition(converter, feats, prompts, s2cfg.condition)
         marks.append((time.perf_counter(), time.process_time()))

@@ -1,7 +1,7 @@
 """
 Does VATT Audio read the text? A diagnostic for a trained toy model (stage1.pt + stage2.pt).
 
-On the toy world the register (low / high) is named only by the caption's pitch word, so the text
+On the toy world the register (low / high) is named only by the caption's pitch words, so the text
 path works exactly when the model's predictions depend on that word. For clips of a split it
 prints three measurements, from the condition to the output:
 
@@ -24,15 +24,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo root
 from data.toy.world import SWAP  # noqa: E402
-from stage1_caption import load_converter, load_features  # noqa: E402
-from stage2_audio import load_vatt_audio, random_mask  # noqa: E402
+from stage1_caption import feature_files, load_converter  # noqa: E402
+from stage2_audio import load_vatt_audio, masked_loss, random_mask  # noqa: E402
 from utils import parse_config  # noqa: E402
 
 FREQUENCY_LEVEL = 1  # the toy codec's level 1 is the dominant frequency (data/toy/codec.py)
@@ -87,15 +85,13 @@ def main(argv=None):
     device = torch.device("cpu")
     conv = load_converter(f"{cfg.ckpt_dir}/stage1.pt", device)
     model, ckpt = load_vatt_audio(f"{cfg.ckpt_dir}/stage2.pt", device)
-    features_dir = ckpt["config"]["features_dir"]
-    root = Path(cfg.data_json).parent
+    files = feature_files(ckpt["config"]["features_dir"])
     entries = [e for e in json.loads(Path(cfg.data_json).read_text()) if e["split"] == cfg.split][: cfg.n_clips]
     if not entries:
         sys.exit(f"error: {cfg.data_json}: no clips in split {cfg.split!r}")
     stems = [Path(e["video_path"]).stem for e in entries]
-    feats = torch.stack([load_features(features_dir, s) for s in stems])
-    codes = torch.stack([torch.from_numpy(np.load(Path(features_dir) / "audio" / f"{s}.npy").astype(np.int64))
-                         for s in stems])  # (B, L, T)
+    feats = torch.stack([files.load_video(s) for s in stems])  # (B, N, D)
+    codes = torch.stack([files.load_tokens(s) for s in stems])  # (B, L, T)
     true, swapped = [e["output"] for e in entries], [e["swapped"] for e in entries]
     c_true, m_true = conv.condition(feats, true, cut=True)
     c_swap, _ = conv.condition(feats, swapped, cut=True)
@@ -125,8 +121,9 @@ def main(argv=None):
         inp = codes.masked_fill(mask, model.config.bins)
         losses = []
         for c in (c_true, c_swap):
-            nll = F.cross_entropy(rearrange(model(inp, c, m_true), "b l t v -> b v l t"), codes, reduction="none")
-            losses.append((nll[:, FREQUENCY_LEVEL][mask[:, FREQUENCY_LEVEL]].mean().item(), nll[mask].mean().item()))
+            logits, f = model(inp, c, m_true), FREQUENCY_LEVEL  # (B, L, T, V); eq. 2 without smoothing
+            losses.append((masked_loss(logits[:, f], codes[:, f], mask[:, f], 0.0).item(),
+                           masked_loss(logits, codes, mask, 0.0).item()))
         print(f"   {r:5.2f} | {losses[1][0] - losses[0][0]:15.3f} | {losses[1][1] - losses[0][1]:10.3f}")
 
 

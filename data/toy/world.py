@@ -209,7 +209,7 @@ VERBS = {  # (intransitive 3rd person, -ing form, past participle, transitive 3r
     "whistle": (("blows", "toots", "sounds"), ("blowing", "tooting"), ("blown", "sounded"),
                 ("blows", "sounds")),
 }
-HIT_NOUNS = {  # (singular, plural) for "two deep drum hits"
+HIT_NOUNS = {  # (singular, plural) for "two deep and low drum hits"
     "bell": (("ring", "rings"), ("chime", "chimes"), ("strike", "strikes")),
     "drum": (("hit", "hits"), ("beat", "beats"), ("thump", "thumps")),
     "whistle": (("blow", "blows"), ("toot", "toots"), ("call", "calls")),
@@ -230,7 +230,7 @@ def make_caption(cls, pitch, count, rng):
     makes the register survive in a captioner's states: after "high and" comes "bright", after "low
     and" comes "deep", so an LLM trained to write these captions must keep the register in its
     last layer. With one pitch word nothing later depends on it, and the captioner's training maps
-    "high" and "low" onto nearly the same state (README, "Paper notes")."""
+    "high" and "low" onto nearly the same state (docs/toy-tuning.md)."""
     pick = lambda options: options[rng.integers(len(options))]
     v3, ving, vpp, vt = VERBS[cls]
     singular, plural = pick(HIT_NOUNS[cls])
