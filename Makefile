@@ -9,7 +9,7 @@ SEED ?= 0
 OUT ?= out/toy
 SAMPLE := $(PY) sample.py --preset=toy --data_json=$(DATA) --split=test --ckpt_dir=$(OUT) --seed=$(SEED)
 
-.PHONY: demo test clean ablations
+.PHONY: demo test clean ablations gpu-check
 
 .venv/installed: requirements.txt constraints.txt
 	python3 -m venv .venv
@@ -27,7 +27,8 @@ demo: .venv/installed
 	$(SAMPLE) --name=self_caption --self_prompt
 	$(SAMPLE) --name=swapped_pitch_text --prompt_field=swapped
 	$(SAMPLE) --name=negative_pitch --negative_field=swapped
-	$(PY) eval.py toy --samples_dir=$(OUT)/samples --out=$(OUT)/eval.json
+	$(PY) data/toy/score.py --samples_dir=$(OUT)/samples --out=$(OUT)/eval.json
+	$(PY) report.py --samples_dir=$(OUT)/samples --eval_json=$(OUT)/eval.json --out=$(OUT)/report.html
 
 # `make ablations`: the paper's ablations in miniature (docs/ablations.md). Each variant of ablations.py
 # is trained with the toy's budget into $(OUT)-ablations/<variant> ($(JOBS) at a time, one thread each),
@@ -53,6 +54,12 @@ ablations: .venv/installed | $(OUT)/stage1.pt
 test: .venv/installed
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "could not install chromium: the browser tests will skip"
 	$(PY) -m pytest -q tests
+
+# `make gpu-check` (a GPU machine, at most 8 minutes): the GPU-only tests, bench.py at gemma-2b in bf16
+# (eager and --compile), a shortened toy demo on the GPU; out/gpu-check/result.json, and every GPU
+# table written between its <!-- gpu-check:NAME --> markers. Refuses (exit 2) without a GPU.
+gpu-check: .venv/installed
+	$(PY) gpu_check.py
 
 clean:
 	rm -rf out/toy out/toy-ablations data/toy/clips data/toy/features data/toy/v2a_instruction.json data/toy/timing.json

@@ -2,16 +2,16 @@
 The paper's ablations in miniature, on the toy world: Table 4 (VATT-V, VATT-Cross-Attn) and
 appendix A's Table 5 (masking-ratio distributions). docs/ablations.md says what the table holds.
 
-Every variant is stage2_audio.py with an option or two (VARIANTS below), trained with the toy's
-budget on the one stage-1 model they share, then sampled on the test clips in the modes that apply
-(video only; the ground-truth caption; the caption with its register swapped) and scored by
-`eval.py toy`. The two architectures' ablations:
+Every variant is stage2_audio.py with an option or two (VARIANTS below; the variants themselves
+live in stage2_audio.py), trained with the toy's budget on the one stage-1 model they share, then
+sampled on the test clips in the modes that apply (video only; the ground-truth caption; the
+caption with its register swapped) and scored by data/toy/score.py. The two architectures' ablations:
 
   VATT-V           --condition=visual: no LLM, the VATT Projector's video tokens are the condition
                    (stage2_audio.audio_condition); no text input, so only the video-only mode
   VATT-Cross-Attn  --architecture=cross-attn: the audio tokens pass through a vanilla transformer
                    decoder (Vaswani et al. 2017) whose blocks interleave self-attention over the audio
-                   with cross-attention to the condition (CrossAttnAudio below)
+                   with cross-attention to the condition (stage2_audio.CrossAttnAudio)
 
     make ablations                                   # all variants, two at a time, then the table
     python ablations.py --stage1=out/toy/stage1.pt   # the same without make (the data must exist)
@@ -35,12 +35,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from einops import rearrange
 
+import sample
 import stage2_audio as s2
-from utils import atomic_path, parse_config, save_json
+from data.toy import score
+from utils import atomic_path, parse_config, read_checkpoint, save_json
 
 # -----------------------------------------------------------------------------
 # config
@@ -83,93 +82,15 @@ VARIANTS = {
 MODES = {"video_only": [], "gt_caption": ["--prompt_field=output"], "swapped_pitch_text": ["--prompt_field=swapped"]}
 
 # -----------------------------------------------------------------------------
-# VATT-Cross-Attn (Table 4): a vanilla transformer decoder in place of VATT Audio's fused stack
-
-
-class CrossAttention(s2.Attention):
-    """Vaswani et al.'s encoder-decoder attention: queries from the audio, keys and values from the condition."""
-
-    def forward(self, x, memory, bias):
-        q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.n_head)
-        k, v = (rearrange(f(memory), "b l (h d) -> b h l d", h=self.n_head) for f in (self.to_k, self.to_v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
-        return self.to_out(rearrange(y, "b h l d -> b l (h d)"))
-
-
-class DecoderBlock(nn.Module):
-    """Pre-LN: self-attention over the audio tokens, cross-attention to the condition, FFN."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.norm1, self.self_attn = nn.LayerNorm(c.dim), s2.Attention(c)
-        self.norm2, self.cross_attn = nn.LayerNorm(c.dim), CrossAttention(c)
-        self.norm3, self.ff = nn.LayerNorm(c.dim), s2.feed_forward(c)
-
-    def forward(self, a, memory, self_bias, cross_bias, no_pad):
-        a = a + self.self_attn(self.norm1(a), self_bias, no_pad)
-        a = a + self.cross_attn(self.norm2(a), memory, cross_bias)
-        return a + self.ff(self.norm3(a))
-
-
-class CrossAttnAudio(nn.Module):
-    """VATT-Cross-Attn: VATT Audio with its decoder replaced by interleaved self- and cross-attention
-    blocks (the paper's §3.2.1 names this the straightforward design it improves on). Everything
-    else is VATT Audio's: the audio and condition embeddings, sin-cos positions (audio after the
-    condition), modality vectors, the null condition, ALiBi (the same bias, audio-audio in
-    self-attention and audio-condition in cross-attention), the L heads. The condition is not
-    processed by any layer: it is the memory every cross-attention reads, so the audio positions
-    see it only there. Budget: n_multiway + n_plain blocks of 16 dim^2 weights each (self- and
-    cross-attention 4 + 4, the FFN 8, with n_head * head_dim = dim), against a multiway block's
-    4 + 2 x 8 and a plain block's 4 + 8: VATT Audio's weights exactly when n_multiway = n_plain, as
-    in every preset. The interface is VATTAudio's, so training and sample.decode_tokens run it
-    unchanged."""
-
-    embed_audio = s2.VATTAudio.embed_audio
-
-    def __init__(self, c: s2.ModelConfig, codebooks=None):
-        super().__init__()
-        s2.add_inputs(self, c, codebooks)  # exactly VATT Audio's input side
-        self.cond_norm = nn.LayerNorm(c.dim)  # the memory, normalised as a pre-LN encoder's output is
-        self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_multiway + c.n_plain))
-        self.norm = nn.LayerNorm(c.dim)
-        self.heads = nn.ModuleList(nn.Linear(c.dim, c.bins, bias=False) for _ in range(c.n_q))
-
-    def forward(self, codes, cond, cond_mask, drop_cond=None):
-        """As VATTAudio.forward: codes (B, L, T) with MASK where unknown, cond (B, Lc, cond_dim),
-        cond_mask (B, Lc), drop_cond (B,) bool. Returns logits (B, L, T, bins)."""
-        B, _, T = codes.shape
-        Lc = cond.shape[1]
-        c = self.cond_proj(cond)  # (B, Lc, dim)
-        if drop_cond is not None:
-            c = c.masked_fill(drop_cond[:, None, None], 0.0)
-        memory = self.cond_norm(self.drop(c + self.pos[:Lc] + self.modality_cond))
-        a = self.drop(self.audio_proj(self.embed_audio(codes)) + self.pos[Lc:Lc + T] + self.modality_audio)  # (B, T, dim)
-        idx = torch.arange(Lc + T, device=codes.device)
-        bias = -(idx[None, :] - idx[:, None]).abs() * self.slopes[:, None, None]  # (H, Lc+T, Lc+T): VATT Audio's
-        dtype = torch.get_autocast_dtype(a.device.type) if torch.is_autocast_enabled(a.device.type) else a.dtype
-        self_bias = bias[None, :, Lc:, Lc:].to(dtype)  # (1, H, T, T)
-        cross_bias = bias[None, :, Lc:, :Lc].masked_fill((cond_mask == 0)[:, None, None, :],
-                                                         -torch.finfo(torch.float32).max / 2).to(dtype)  # (B, H, T, Lc)
-        no_pad = torch.zeros(B, T, dtype=torch.bool, device=codes.device)
-        for block in self.blocks:
-            a = block(a, memory, self_bias, cross_bias, no_pad)
-        a = self.norm(a)
-        return torch.stack([head(a) for head in self.heads], 1)  # (B, L, T, bins)
-
-
-# -----------------------------------------------------------------------------
 # one variant: train, sample, score
 
 
 def link_stage1(stage1, folder):
-    """sample.py reads stage1.pt from the checkpoint folder, and a toy stage1.pt its base LLM from
-    beside it: both are linked into the variant's folder, so every variant shares one Converter."""
-    stage1 = Path(stage1).resolve()
-    llm = torch.load(stage1, map_location="cpu", weights_only=True)["llm_path"]
-    for name, target in (("stage1.pt", stage1), (llm, stage1.parent / llm)):
-        link = folder / name
-        if target.exists() and not (link.exists() or link.is_symlink()):
-            link.symlink_to(target)
+    """sample.py reads stage1.pt from the checkpoint folder: it is linked into the variant's
+    folder, so every variant shares one Converter."""
+    link = folder / "stage1.pt"
+    if not (link.exists() or link.is_symlink()):
+        link.symlink_to(Path(stage1).resolve())
 
 
 def stage2_done(path):
@@ -181,9 +102,6 @@ def stage2_done(path):
 
 def run_variant(cfg, name):
     """Trains, samples and scores one variant into out_dir/<name>, skipping what is already done."""
-    import eval as vatt_eval
-    import sample
-
     v, out = VARIANTS[name], Path(cfg.out_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     link_stage1(cfg.stage1, out)
@@ -199,8 +117,8 @@ def run_variant(cfg, name):
                             f"--name={mode}", *options, *shlex.split(cfg.sample_args)]) != 0:
                 raise RuntimeError(f"sample.py --name={mode} failed on some clips")
     if not (out / "eval.json").is_file():
-        vatt_eval.main(["toy", *data, f"--features_dir={cfg.features_dir}", f"--samples_dir={out / 'samples'}",
-                        f"--out={out / 'eval.json'}"])
+        score.main([*data, f"--features_dir={cfg.features_dir}", f"--samples_dir={out / 'samples'}",
+                    f"--out={out / 'eval.json'}"])
 
 
 def run_in_process(cfg, names):
@@ -229,7 +147,7 @@ def run_in_processes(cfg, names):
         t0 = time.time()
         log = Path(cfg.out_dir) / name / "log.txt"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f:
+        with open(log, "a", encoding="utf-8") as f:
             rc = subprocess.run([sys.executable, __file__, *options, f"--variants={name}", "--jobs=1", "--table="],
                                 stdout=f, stderr=subprocess.STDOUT, env=env).returncode
         print(f"{name}: {'done' if rc == 0 else 'FAILED'} in {(time.time() - t0) / 60:.1f} min (log: {log})", flush=True)
@@ -252,14 +170,14 @@ COLUMNS = (("class", "class_acc", ".3f"), ("onset F1", "onset_f1", ".3f"), ("cou
 
 
 def gather(cfg, names):
-    """One row per variant from its eval.json (eval.py toy) and stage2.pt; None where missing."""
+    """One row per variant from its eval.json (data/toy/score.py) and stage2.pt; None where missing."""
     rows = []
     for name in names:
         out = Path(cfg.out_dir) / name
         row = dict(variant=name, paper=VARIANTS[name]["paper"], stage2_options=VARIANTS[name]["stage2"],
                    **{key: None for _, key, _ in COLUMNS})
         if (out / "eval.json").is_file():
-            audio = json.loads((out / "eval.json").read_text())["audio"]
+            audio = json.loads((out / "eval.json").read_text(encoding="utf-8"))["audio"]
             video = audio.get("video_only", {})
             row.update(class_acc=video.get("class_acc"), onset_f1=video.get("onset_f1"), count_acc=video.get("count_acc"),
                        register_true_caption=audio.get("gt_caption", {}).get("pitch_acc"),
@@ -270,8 +188,8 @@ def gather(cfg, names):
                        mask=dict(dist=ckpt["config"]["mask_dist"], mean=ckpt["config"]["mask_mean"],
                                  std=ckpt["config"]["mask_std"]))
         if (out / "timing.json").is_file():
-            seconds = json.loads((out / "timing.json").read_text()).get("stage2_audio")
-            row["stage2_min"] = None if seconds is None else round(seconds / 60, 1)
+            stage2 = json.loads((out / "timing.json").read_text(encoding="utf-8")).get("stage2_audio")
+            row["stage2_min"] = None if stage2 is None else round(stage2["wall_s"] / 60, 1)
         rows.append(row)
     return rows
 
@@ -300,14 +218,14 @@ def write_table(cfg, names, failed, wall_s=None):
               "settings": {"stage1": cfg.stage1, "split": "test", "seed": cfg.seed, "stage2_args": cfg.stage2_args,
                            "sample_args": cfg.sample_args,
                            "columns": "class, onset F1, count: video-only mode; register: ground-truth-caption "
-                                      "mode; follows: swapped-register-caption mode (eval.py toy); val loss: "
+                                      "mode; follows: swapped-register-caption mode (data/toy/score.py); val loss: "
                                       "stage2.pt's last validation, under the variant's own masking"}}
     table = Path(cfg.table)
     save_json(result, table)
     text = markdown(rows) + (f"\nCommit {result['commit']}, {result['machine']}, torch {result['torch']}"
                              + (f"; {result['wall_min']} min of wall clock.\n" if wall_s is not None else ".\n"))
     with atomic_path(table.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")
     print(text + f"wrote {table} and {table.with_suffix('.md')}")
 
 
@@ -322,11 +240,7 @@ def main(argv=None):
         sys.exit(f"error: --variants: no variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     failed, t0 = {}, time.time()
     if not cfg.table_only:
-        if not Path(cfg.stage1).is_file():
-            sys.exit(f"error: {cfg.stage1}: no such checkpoint (make demo trains it, or stage1_caption.py)")
-        ckpt = torch.load(cfg.stage1, map_location="cpu", weights_only=True)
-        if ckpt.get("kind") != "vatt-converter":
-            sys.exit(f"error: {cfg.stage1}: not a stage-1 (Converter) checkpoint")
+        ckpt = read_checkpoint(cfg.stage1, "vatt-converter", " (make demo trains it, or stage1_caption.py)")
         if ckpt["step"] != ckpt["config"]["max_steps"]:
             sys.exit(f"error: {cfg.stage1}: stopped at step {ckpt.get('step')} of {ckpt['config']['max_steps']} "
                      f"(an interrupted run): finish it with stage1_caption.py --out_dir={Path(cfg.stage1).parent}")

@@ -39,7 +39,7 @@ import sample
 import stage1_caption as s1
 import stage2_audio as s2
 from codec import build_audiogen_codec, load_codec
-from data.toy.llm import toy_llm_config, toy_tokenizer
+from data.toy.llm import Config as ToyLLMConfig, toy_llm_config, toy_tokenizer
 from extract_features import Config as FeatureConfig  # the features' frame rate: 5 fps for every preset
 from utils import autocast, parse_config, pick_device, save_json, weights_dtype
 
@@ -99,7 +99,7 @@ def llm_config(preset, tokenizer):
     """The preset's LLM as a Hugging Face config, at full depth."""
     family, fields = MODELS[preset]["llm"]
     if family == "toy":
-        return toy_llm_config(parse_config(s1.Config, s1.PRESETS, ["--preset=toy"]), tokenizer)
+        return toy_llm_config(ToyLLMConfig(), tokenizer)
     return (GemmaConfig if family == "gemma" else LlamaConfig)(
         **fields, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id)
@@ -125,7 +125,7 @@ def random_audio(preset, cond_dim, device):
     """VATT Audio at the preset's size (float32; the sampler autocasts it) and the codec whose tokens
     it models, random weights: AudioGen's EnCodec (codec.py) at paper size, the toy's DSP codec."""
     torch.manual_seed(0)
-    codec = load_codec("toy") if preset == "toy" else build_audiogen_codec()
+    codec = load_codec(FeatureConfig.codec) if preset == "toy" else build_audiogen_codec()  # data.toy.codec:ToyCodec
     stage2 = parse_config(s2.Config, s2.PRESETS, [f"--preset={preset}"])
     audio = s2.VATTAudio(s2.model_config(stage2, cond_dim, codec), codec.codebooks.float())
     return audio.to(device).eval().requires_grad_(False), codec.to(device)

@@ -200,7 +200,7 @@ def main(argv=None):
             sys.exit(f"error: {v} and {stems[Path(v).stem]} have the same file name; rename one")
         stems[Path(v).stem] = v
     video_path = lambda v: os.path.relpath(v, out.parent)  # noqa: E731 (as extract_features.py resolves it)
-    entries = json.loads(out.read_text()) if out.exists() else []
+    entries = json.loads(out.read_text(encoding="utf-8")) if out.exists() else []
     done = {e["video_path"] for e in entries}
     todo = [v for v in videos if video_path(v) not in done]
     print(f"{len(videos)} videos, {len(videos) - len(todo)} already captioned in {out}")

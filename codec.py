@@ -52,6 +52,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from utils import load_error, resolve
+
 CKPT_NAME = "compression_state_dict.bin"
 DEFAULT_REPO = "facebook/audiogen-medium"
 DOWNLOAD_HINT = (f"download https://huggingface.co/{DEFAULT_REPO}/resolve/main/{CKPT_NAME} and pass the "
@@ -276,7 +278,10 @@ def load_audiogen_codec(path_or_repo=DEFAULT_REPO, revision=None, device="cpu", 
     """Load audiocraft's `compression_state_dict.bin`: {'best_state': state_dict, 'xp.cfg': YAML str,
     'version': str, 'exported': True}. The config comes from xp.cfg (defaults where absent), then overrides."""
     path = _resolve_checkpoint(path_or_repo, revision)
-    pkg = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # tensors and plain values only: a file whose pickle would run code is refused
+        pkg = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (pickled objects, not a torch file, truncated)
+        raise ValueError(f"{path}: refused as a codec checkpoint ({load_error(path, e)})") from None
     if "pretrained" in pkg:  # audiocraft's pointer form (MusicGen -> facebook/encodec_32khz)
         raise ValueError(f"{path} only points to the pretrained codec {pkg['pretrained']!r}, it holds no "
                          f"weights; AudioGen's 16 kHz codec needs the full form ('best_state'): {DOWNLOAD_HINT}")
@@ -288,11 +293,11 @@ def load_audiogen_codec(path_or_repo=DEFAULT_REPO, revision=None, device="cpu", 
 
 
 def load_codec(name: str):
-    """'toy' -> the tiny synthetic codec used by the toy data; anything else -> AudioGen's codec."""
-    if name == "toy":
-        from data.toy.codec import ToyCodec
-        return ToyCodec()
-    return load_audiogen_codec(name)
+    """The codec that meta.json names: "module:Class" -> that class, built with no arguments (any
+    module with EnCodec's interface: encode, decode, codebooks, n_q, bins, dim, sample_rate,
+    frame_rate; the toy world's is data.toy.codec:ToyCodec); anything else -> AudioGen's codec
+    from a hub id or a local file (load_audiogen_codec)."""
+    return resolve(name)() if ":" in name else load_audiogen_codec(name)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils import save_json
+
 # -----------------------------------------------------------------------------
 # captions: tokenisation (coco-caption's PTB tokenizer, re-done in Python)
 
@@ -587,7 +589,7 @@ def read_captions(path) -> dict[str, list[str]]:
     list of records with "id" or "video_path" and "caption" or "output" (VATT's V2A-Instruction
     files). Ids are cut to their file stem ("a/b_01.mp4" -> "b_01") so that they also match audio
     file names."""
-    data = json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
     if isinstance(data, dict) and set(data) == {"settings", "clips"}:  # sample.py's run file
         data = data["clips"]
     pairs = [(k, v["caption"] if isinstance(v, dict) else v) for k, v in data.items()] if isinstance(data, dict) else [
@@ -648,7 +650,7 @@ def format_table(name: str, metrics: dict, columns: list) -> str:
 def write_report(args, result: dict, columns: list):
     out = Path(args.out or Path(args.generated).with_suffix("").as_posix() + ".metrics.json")
     result = {"command": args.command, "generated": str(args.generated), "reference": str(args.reference), **result}
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_json(result, out)
     print(format_table(args.name or Path(args.generated).stem, result["metrics"], columns))
     print(f"wrote {out}")
 
@@ -672,99 +674,6 @@ def run_audio(args):
 # (source class, onsets, count, pitch register; data/toy/world.py) instead of pretrained models
 
 
-TOY_ROWS = ("ground_truth", "codec_roundtrip", "video_only", "gt_caption", "self_caption")
-TOY_MODES = (*TOY_ROWS[2:], "swapped_pitch_text", "negative_pitch")  # the sample.py runs, a folder each
-
-
-def run_toy(args):
-    """out/toy/eval.json: caption accuracy + coco metrics of the Converter's captions, and per
-    generation mode (video only, ground-truth caption, own caption, pitch-swapped caption, the
-    template with a negative prompt) how often the generated audio has the clip's source, count,
-    onsets and register; then the report page beside it (report.py: out/toy/report.html). A mode
-    that was not sampled (an ablation run samples a few) is left out, and so is the page."""
-    import report
-    from codec import load_codec
-    from data.toy.world import analyze, parse_caption, score
-    from extract_features import load_audio
-
-    data = Path(args.data_json)
-    test = [e for e in json.loads(data.read_text()) if e["split"] == args.split]
-    stems = [Path(e["video_path"]).stem for e in test]
-    meta = json.loads((Path(args.features_dir) / "meta.json").read_text())
-    sr, samples = meta["sample_rate"], Path(args.samples_dir)
-
-    def generated(name):
-        return [analyze(read_wav(samples / name / f"{s}.wav")[0], sr) for s in stems]
-
-    sampled = {name for name in TOY_MODES if (samples / name / "captions.json").is_file()}
-
-    codec = load_codec(meta["codec"])
-    tokens = torch.stack([torch.from_numpy(np.load(Path(args.features_dir) / "audio" / f"{s}.npy").astype(np.int64)) for s in stems])
-    with torch.no_grad():
-        roundtrip = codec.decode(tokens)[:, 0].numpy()  # (N, S)
-    analyses = {
-        "ground_truth": [analyze(load_audio(str(data.parent / e["video_path"]), sr, meta["seconds"]), sr) for e in test],
-        "codec_roundtrip": [analyze(w, sr) for w in roundtrip],
-        **{name: generated(name) for name in TOY_ROWS[2:] if name in sampled},
-    }
-    audio = {name: score(rows, test) for name, rows in analyses.items()}
-    opposite = {"low": "high", "high": "low"}
-    if "swapped_pitch_text" in sampled:
-        swapped = score(generated("swapped_pitch_text"), [dict(e, pitch=opposite[e["pitch"]]) for e in test])
-        audio["swapped_pitch_text"] = {"pitch_follows_text": swapped["pitch_acc"], "onset_f1": swapped["onset_f1"]}
-    if "negative_pitch" in sampled:
-        # the template prompt with a negative prompt naming a register: the audio should take the other one
-        negatives = json.loads((samples / "negative_pitch" / "captions.json").read_text())["clips"]
-        away = [opposite[parse_caption(negatives[s]["negative_prompt"])["pitch"]] for s in stems]
-        negative = score(generated("negative_pitch"), [dict(e, pitch=p) for e, p in zip(test, away)])
-        audio["negative_pitch"] = {"pitch_avoids_negative": negative["pitch_acc"], "onset_f1": negative["onset_f1"]}
-
-    caption_row = {}
-    if "video_only" in sampled:  # the Converter's own captions, written by the video-only run
-        captions = json.loads((samples / "video_only" / "captions.json").read_text())["clips"]
-        hyps = [captions[s]["caption"] or "" for s in stems]
-        parsed = [parse_caption(h) for h in hyps]
-        caption_row = {f"{k}_acc": sum(p[k] == e[k] for p, e in zip(parsed, test)) / len(test) for k in ("class", "count", "pitch")}
-        caption_row.update(caption_metrics(hyps, [[e["output"]] for e in test]))
-
-    timing = {}
-    for folder in (data.parent, Path(args.features_dir), samples.parent):
-        if (folder / "timing.json").exists():
-            timing.update(json.loads((folder / "timing.json").read_text()))
-    seeds = {}  # every stage's seed, read from what it wrote
-    for stage in ("stage1", "stage2"):
-        ckpt = samples.parent / f"{stage}.pt"
-        if ckpt.exists():
-            seeds[stage] = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]["seed"]
-    result = {"captions": caption_row, "audio": audio, "timing": timing, "seeds": seeds,
-              "settings": {"split": args.split, "n_clips": len(test), "onset_tolerance_s": 0.05, "analyzer": "data/toy/world.py analyze",
-                           "swapped_prompts": "the test caption with its pitch words swapped (world.swap_pitch)",
-                           "negative_pitch": "the template prompt, with the negative prompt each clip's captions.json "
-                                             "entry names (the Makefile: the pitch-swapped caption)"}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"captions ({len(test)} {args.split} clips): " + ", ".join(f"{k} {v:.3f}" for k, v in caption_row.items()))
-    print(f"| {'audio':20s} | class | count | onset F1 | pitch |")
-    print("|" + "-" * 22 + "|-------|-------|----------|-------|")
-    for name, r in audio.items():
-        if name == "swapped_pitch_text":
-            print(f"| {name:20s} |       |       | {r['onset_f1']:8.3f} | {r['pitch_follows_text']:.3f} (follows the text) |")
-        elif name == "negative_pitch":
-            print(f"| {name:20s} |       |       | {r['onset_f1']:8.3f} | {r['pitch_avoids_negative']:.3f} (avoids the negative) |")
-        else:
-            print(f"| {name:20s} | {r['class_acc']:.3f} | {r['count_acc']:.3f} | {r['onset_f1']:8.3f} | {r['pitch_acc']:.3f} |")
-    print("timing (s): " + ", ".join(f"{k} {v}" for k, v in timing.items()))
-    print(f"wrote {out}")
-    missing = [name for name in TOY_MODES if name not in sampled]
-    if missing:
-        print(f"no report page: the modes {', '.join(missing)} were not sampled")
-        return
-    report.write_report(report.Config(data_json=args.data_json, features_dir=args.features_dir,
-                                      samples_dir=args.samples_dir, split=args.split, eval_json=str(out),
-                                      out=str(out.with_name("report.html"))))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description="VATT evaluation metrics (see the module docstring)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -781,13 +690,6 @@ def main(argv=None):
         p.add_argument("--out", default=None, help="output JSON (default: <generated>.metrics.json)")
         p.add_argument("--name", default=None, help="row name in the table (default: name of --generated)")
         p.set_defaults(func=run)
-    toy = sub.add_parser("toy", help="the toy world's table: analyzer accuracies per generation mode (out/toy/eval.json)")
-    toy.add_argument("--data_json", default="data/toy/v2a_instruction.json", help="the toy world's JSON")
-    toy.add_argument("--features_dir", default="data/toy/features", help="extracted features and tokens")
-    toy.add_argument("--samples_dir", default="out/toy/samples", help="sample.py outputs, one folder per mode")
-    toy.add_argument("--split", default="test", help="the clips scored: test for the table, val for tuning")
-    toy.add_argument("--out", default="out/toy/eval.json", help="output JSON")
-    toy.set_defaults(func=run_toy)
     args = parser.parse_args(argv)
     args.func(args)
 

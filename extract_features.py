@@ -8,9 +8,13 @@ The encoders are the authors' (EVA02-CLIP-L/14-336, 50 x 768 per 10 s clip, pape
 16 kHz EnCodec, 4 codebooks, 500 frames per 10 s, paper §3.2.1). Their released VGGSound files
 use another layout (two folders, tokens stored time-first as (500, 4), no meta.json); the trainers
 read that layout as it is (--features_dir=the folder they are unzipped in; see authors_meta and
-stage1_caption.FeatureFiles), so they need no extraction. Every clip is cut or padded to one fixed window
+FeatureFiles below), so they need no extraction. Every clip is cut or padded to one fixed window
 (`seconds`): frames past the end of a short video repeat its last frame, audio is padded with
 silence, longer clips are cropped from their start.
+
+Where this file differs from the paper and from the released code: the clip window is fixed
+per preset (10 s for VGGSound, as the released features); a video is read at its frames'
+timestamps, so any container and (variable) frame rate works.
 
 Toy world (CPU, ~80 s):
     python extract_features.py --preset=toy
@@ -21,11 +25,14 @@ Many GPUs (each rank takes every WORLD_SIZE-th clip; finished clips are skipped,
 simply resumes):
     torchrun --nproc_per_node=8 extract_features.py --preset=vggsound --input=list.txt
 """
+import functools
+import io
 import json
 import math
 import os
 import sys
 import time
+import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,7 +43,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from codec import AudioGenCodecConfig, load_codec
-from utils import atomic_path, parse_config, pick_device, print0, record_timing, save_json
+from utils import atomic_path, check_npy, parse_config, pick_device, print0, record_timing, save_json, shape_fits, shape_str
 
 # -----------------------------------------------------------------------------
 # config
@@ -51,14 +58,15 @@ class Config:
     out_dir: str = "data/toy/features"
     fps: float = 5.0  # frame rate of the visual features (the authors extract at 5 fps)
     seconds: float = 2.0  # fixed window per clip: 10 s for VGGSound, 2 s for the toy world
-    # open_clip model name and pretrained tag (or a local checkpoint file). The toy preset uses a
-    # tiny ViT registered from data/toy/toy-vit.json with random weights (no download possible).
-    clip_model: str = "toy-vit"
+    # open_clip model name and pretrained tag (or a local checkpoint file). A path to an open_clip
+    # model config (.json) registers that architecture under its file name: the toy preset's tiny
+    # ViT, with random weights (no download possible)
+    clip_model: str = "data/toy/toy-vit.json"
     clip_pretrained: str = ""
     clip_seed: int = 0  # seeds the random toy ViT, so features are reproducible
-    # "toy" = the toy world's DSP codec; otherwise a hub id or local path of AudioGen's
-    # compression_state_dict.bin (see codec.py)
-    codec: str = "toy"
+    # a hub id or local path of AudioGen's compression_state_dict.bin, or "module:Class" for a codec
+    # with EnCodec's interface (the toy world's DSP codec); see codec.load_codec
+    codec: str = "data.toy.codec:ToyCodec"
     batch_size: int = 16  # clips per forward pass
     num_workers: int = 2  # DataLoader processes that decode videos with PyAV
     device: str = "auto"
@@ -70,9 +78,6 @@ PRESETS = {
                      clip_model="EVA02-L-14-336", clip_pretrained="merged2b_s6b_b61k",
                      codec="facebook/audiogen-medium", batch_size=32, num_workers=8),
 }
-
-TOY_VIT = Path(__file__).parent / "data" / "toy" / "toy-vit.json"
-
 
 def authors_meta():
     """What our meta.json would say about the authors' released VGGSound features and tokens
@@ -102,47 +107,69 @@ def _open(path):
         raise VideoError(f"{path}: not a readable video ({e})") from None
 
 
+class Frames:
+    """A video's frames resampled to `fps`, one at a time: for each target time k/fps the decoded
+    frame nearest to it, as uint8 RGB (H, W, 3). Works for any container, codec and (variable)
+    frame rate, since it reads each frame's timestamp instead of trusting a nominal rate. With
+    `seconds`, exactly round(seconds * fps) frames (the last held past the end); without, the
+    whole video. Nothing but the current decoded frames is held, so memory does not grow with the
+    video's length, and a frame held over several target times (a still, a gap in a variable-rate
+    video) is converted once. `duration` (seconds) is set once the frames have all been read."""
+
+    def __init__(self, path, fps, seconds=None):
+        self.path, self.fps, self.seconds, self.duration = path, fps, seconds, None
+
+    def __iter__(self):
+        path, fps = self.path, self.fps
+        converted = (None, None)  # (a decoded frame, its RGB array)
+
+        def rgb(frame):
+            nonlocal converted
+            if converted[0] is not frame:
+                converted = (frame, frame.to_ndarray(format="rgb24"))
+            return converted[1]
+
+        with _open(path) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            origin = stream_origin(container)
+            n_max = round(self.seconds * fps) if self.seconds is not None else None
+            n, last, prev, prev_t, t, last_dt = 0, None, None, None, None, 1.0 / fps
+            try:
+                for frame in container.decode(stream):
+                    t = frame.time - origin if frame.time is not None else n / fps
+                    if prev_t is not None and t > prev_t:
+                        last_dt = t - prev_t
+                    if frame.duration and frame.time_base:
+                        # the frame's own duration (its packet's) when the container stores one: with a
+                        # variable frame rate the last frame need not last as long as the gap before it,
+                        # and this is where the video ends for a player (and for the copied stream)
+                        last_dt = float(frame.duration * frame.time_base)
+                    # every target time passed by this frame takes the nearer of it and its predecessor
+                    while (n_max is None or n < n_max) and n / fps <= t:
+                        target = n / fps
+                        last = prev if prev is not None and target - prev_t < t - target else frame
+                        n += 1
+                        yield rgb(last)
+                    if n_max is not None and n == n_max:
+                        break
+                    prev, prev_t = frame, t
+            except av.error.FFmpegError as e:
+                raise VideoError(f"{path}: corrupt video stream ({e})") from None
+            if prev is None and last is None:
+                raise VideoError(f"{path}: the video stream has no frames")
+            self.duration = (t if t is not None else 0.0) + last_dt
+            n_total = n_max if n_max is not None else max(1, round(self.duration * fps))
+            for _ in range(n_total - n):  # hold the last frame to fill the window
+                yield rgb(last if last is not None else prev)
+
+
 def load_frames(path, fps, seconds=None):
-    """Frames resampled to `fps`: for each target time k/fps the decoded frame nearest to it.
-    Works for any container, codec and (variable) frame rate, since it reads each frame's
-    timestamp instead of trusting a nominal rate. Returns (frames uint8 (N, H, W, 3), duration):
-    with `seconds` N = round(seconds * fps) (holding the last frame past the end), without it
-    N covers the whole video."""
-    with _open(path) as container:
-        if not container.streams.video:
-            raise VideoError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        origin = stream_origin(container)
-        n_max = round(seconds * fps) if seconds is not None else None
-        picked, prev, prev_t, t, last_dt = [], None, None, None, 1.0 / fps
-        try:
-            for frame in container.decode(stream):
-                t = frame.time - origin if frame.time is not None else len(picked) / fps
-                if prev_t is not None and t > prev_t:
-                    last_dt = t - prev_t
-                if frame.duration and frame.time_base:
-                    # the frame's own duration (its packet's) when the container stores one: with a
-                    # variable frame rate the last frame need not last as long as the gap before it,
-                    # and this is where the video ends for a player (and for the copied stream)
-                    last_dt = float(frame.duration * frame.time_base)
-                # every target time passed by this frame takes the nearer of it and its predecessor
-                while (n_max is None or len(picked) < n_max) and len(picked) / fps <= t:
-                    target = len(picked) / fps
-                    use_prev = prev is not None and target - prev_t < t - target
-                    picked.append(prev if use_prev else frame)
-                if n_max is not None and len(picked) == n_max:
-                    break
-                prev, prev_t = frame, t
-        except av.error.FFmpegError as e:
-            raise VideoError(f"{path}: corrupt video stream ({e})") from None
-        if prev is None and not picked:
-            raise VideoError(f"{path}: the video stream has no frames")
-        duration = (t if t is not None else 0.0) + last_dt
-        last = picked[-1] if picked else prev
-        n_total = n_max if n_max is not None else max(1, round(duration * fps))
-        picked += [last] * (n_total - len(picked))  # hold the last frame to fill the window
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in picked])
-    return frames, duration
+    """Frames (see Frames) all at once: (frames uint8 (N, H, W, 3), duration). For a fixed window
+    (`seconds`); a whole video is read a chunk at a time (sample.VideoFeatures)."""
+    frames = Frames(path, fps, seconds)
+    return np.stack(list(frames)), frames.duration
 
 
 def load_audio(path, sr, seconds=None):
@@ -187,12 +214,13 @@ def build_visual_encoder(cfg, device):
     are `model.encode_image` outputs: the projected image embedding (768-d for EVA02-L)."""
     import open_clip  # imported here: it is slow to import and only this stage needs it
 
-    if cfg.clip_model == "toy-vit":
-        open_clip.add_model_config(str(TOY_VIT))
+    name = cfg.clip_model
+    if name.endswith(".json"):  # a model config file: registered under its file name
+        open_clip.add_model_config(name)
+        name = Path(name).stem
     torch.manual_seed(cfg.clip_seed)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.clip_model, pretrained=cfg.clip_pretrained or None)
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=cfg.clip_pretrained or None)
     except Exception as e:  # noqa: BLE001 (hub / file errors come in many types)
         sys.exit(f"error: could not load open_clip {cfg.clip_model!r} / {cfg.clip_pretrained!r} ({e}). "
                  "Without internet, download the checkpoint and pass --clip_pretrained=/path/to/file.")
@@ -217,12 +245,12 @@ def preprocess_frames(preprocess, frames):
 def list_videos(input_path):
     p = Path(input_path)
     if p.suffix == ".json":
-        return [str(p.parent / e["video_path"]) for e in json.loads(p.read_text())]
+        return [str(p.parent / e["video_path"]) for e in json.loads(p.read_text(encoding="utf-8"))]
     if p.is_dir():
         exts = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
         return sorted(str(f) for f in p.iterdir() if f.suffix.lower() in exts)
     if p.suffix == ".txt":
-        return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     sys.exit(f"error: {input_path}: expected a .json, a .txt list or a folder of videos")
 
 
@@ -243,6 +271,238 @@ class Clips(torch.utils.data.Dataset):
         except VideoError as e:
             return path, str(e)
         return path, (preprocess_frames(self.preprocess, frames), torch.from_numpy(wav))
+
+
+# -----------------------------------------------------------------------------
+# writing audio and video: sample.py's outputs
+
+
+def write_wav(path, wav, sr):
+    """16-bit PCM mono wav, atomically."""
+    pcm = (np.clip(wav, -1, 1) * 32767).round().astype("<i2")
+    with atomic_path(path) as tmp:
+        with wave.open(tmp, "wb") as f:
+            f.setnchannels(1)
+            f.setsampwidth(2)
+            f.setframerate(sr)
+            f.writeframes(pcm.tobytes())
+
+
+def mux(video_path, wav, sr, out_base):
+    """The original video stream copied packet by packet (no re-encoding) + the new audio as AAC,
+    in <out_base>.mp4, or in <out_base>.mkv when MP4 cannot hold the video's codec (VP8, raw
+    video, ...): Matroska holds nearly every codec. Returns the path written, or None when
+    neither can hold it (nothing is written then)."""
+    with av.open(str(video_path)) as src:
+        vin = src.streams.video[0]
+
+        def holds(fmt):  # a container that is never started writes nothing
+            with av.open(io.BytesIO(), "w", format=fmt) as probe:
+                return vin.codec_context.codec.name in probe.supported_codecs
+
+        fmt, ext = next(((f, e) for f, e in (("mp4", ".mp4"), ("matroska", ".mkv")) if holds(f)), (None, None))
+        if fmt is None:
+            return None
+        with atomic_path(out_base + ext) as tmp, av.open(tmp, "w", format=fmt) as dst:
+            # opaque: reuse the decoder's codec for the copied stream, so a codec FFmpeg can decode
+            # but not encode (no encoder to look up) still copies
+            vout = dst.add_stream_from_template(vin, opaque=True)
+            aout = dst.add_stream("aac", rate=sr, layout="mono")
+            # the audio was generated for the timeline that starts at the container's start
+            # (load_frames' origin), so the copy moves that start to 0 and the audio starts at 0 too,
+            # as ffmpeg's stream copy does: a video whose frames start at, say, 3 s stays in sync, and
+            # the MP4 muxer can trim the AAC encoder's priming (it does so only before time 0)
+            shift = round(stream_origin(src) / vin.time_base)
+            for packet in src.demux(vin):
+                # skip the demuxer's final, empty flush packet. A real packet may lack a dts (B-frames
+                # in Matroska, whose first keyframe has none): the muxer derives it from the pts, so it
+                # must not be dropped, or the copied stream starts without its keyframe
+                if packet.size == 0:
+                    continue
+                packet.pts = packet.pts - shift if packet.pts is not None else None
+                packet.dts = packet.dts - shift if packet.dts is not None else None
+                packet.stream = vout
+                dst.mux(packet)
+            frame = av.AudioFrame.from_ndarray(wav[None].astype(np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = sr, 0
+            for packet in aout.encode(frame):
+                dst.mux(packet)
+            for packet in aout.encode(None):
+                dst.mux(packet)
+    return out_base + ext
+
+
+# -----------------------------------------------------------------------------
+# the data layout this file writes, and reading it back (both trainers and sample.py read it here):
+# a clip's features and tokens, in ours or the authors' folder layout, checked by header before step 0
+
+
+# layout name -> (frame-feature folder, token folder) inside --features_dir
+LAYOUTS = {
+    # extract_features.py's: meta.json, video/<stem>.npy (frames, D), audio/<stem>.npy (L, T)
+    "ours": ("video", "audio"),
+    # the authors' VGGSound download unzipped into one folder, as their setup_inference.sh does:
+    # vggsound_clip_5fps/<stem>.npy (50, 768) and meta_pretrain_vgg_encodec_tokens/<stem>.npy
+    # (500, 4), no meta.json (extract_features.authors_meta says what it would hold)
+    "authors": ("vggsound_clip_5fps", "meta_pretrain_vgg_encodec_tokens"),
+}
+
+
+class BadFileError(ValueError):
+    """A feature or token file that cannot be used; the message starts with its path."""
+
+
+class FeatureFiles:
+    """Where a clip's frame features and codec tokens are, what shapes they must have, and loading
+    them. `layout` is one of LAYOUTS or "auto": the folder's contents decide."""
+
+    def __init__(self, folder, layout="auto"):
+        self.folder = Path(folder)
+        if layout == "auto":
+            layout = "authors" if (self.folder / LAYOUTS["authors"][0]).is_dir() else "ours"
+        if layout not in LAYOUTS:
+            sys.exit(f"error: unknown features layout {layout!r}; choose one of {', '.join(LAYOUTS)} or auto")
+        self.layout = layout
+        self.video_dir, self.tokens_dir = (self.folder / sub for sub in LAYOUTS[layout])
+        meta_json = self.folder / "meta.json"
+        if layout == "authors":
+            self.meta = authors_meta()
+        else:
+            self.meta = json.loads(meta_json.read_text(encoding="utf-8")) if meta_json.exists() else None
+
+    def require_meta(self):
+        if self.meta is None:
+            sys.exit(f"error: {self.folder}: no meta.json and no {LAYOUTS['authors'][0]}/ folder: expected the "
+                     "output of extract_features.py, or the authors' VGGSound features unzipped there")
+        return self.meta
+
+    def video_path(self, stem):
+        return self.video_dir / f"{stem}.npy"
+
+    def tokens_path(self, stem):
+        return self.tokens_dir / f"{stem}.npy"
+
+    def video_shape(self, feature_dim=None):
+        """(frames, D): the fixed window at the features' rate; unknown axes None without meta.json."""
+        if self.meta is None:
+            return (None, feature_dim)
+        return (round(self.meta["seconds"] * self.meta["fps"]), self.meta["feature_dim"])
+
+    def tokens_shape(self):
+        """The token file's shape on disk: (L, T) ours, (T, L) the authors' (time first)."""
+        m = self.require_meta()
+        shape = (m["n_q"], round(m["seconds"] * m["frame_rate"]))
+        return shape[::-1] if self.layout == "authors" else shape
+
+    def _load(self, path, shape, what):
+        try:
+            x = np.load(path)
+        except (ValueError, OSError, EOFError) as e:  # e.g. pickled data, a truncated file
+            raise BadFileError(f"{path}: unreadable ({str(e).splitlines()[0][:80]})") from None
+        if not shape_fits(shape, x.shape):
+            raise BadFileError(f"{path}: expected {what} of shape {shape_str(shape)}, got {x.shape}")
+        return x
+
+    def load_video(self, stem, feature_dim=None):
+        """(frames, D) float32 frame features."""
+        path = self.video_path(stem)
+        x = self._load(path, self.video_shape(feature_dim), "features")
+        if x.dtype.kind != "f":
+            raise BadFileError(f"{path}: dtype {x.dtype}, expected floats")
+        return torch.from_numpy(x.astype(np.float32))
+
+    def load_tokens(self, stem):
+        """(L, T) int64 codec tokens, whatever the layout stores."""
+        path, bins = self.tokens_path(stem), self.require_meta()["bins"]
+        x = self._load(path, self.tokens_shape(), "tokens")
+        if x.dtype.kind not in "iu" or x.min() < 0 or x.max() >= bins:
+            raise BadFileError(f"{path}: expected integer tokens in [0, {bins}), got {x.dtype} in [{x.min()}, {x.max()}]")
+        if self.layout == "authors":
+            x = x.T  # stored time-first (500, 4), as their dataset transposes on load: (L, T) here
+        return torch.from_numpy(x.astype(np.int64))
+
+    def problems(self, stem, tokens):
+        """'path: problem' for each bad file of a clip: its header (utils.check_npy), then, for
+        the features, their values: a NaN or an infinity would make every loss it touches NaN."""
+        checks = [(self.video_path(stem), self.video_shape(), "f")]
+        if tokens:
+            checks.append((self.tokens_path(stem), self.tokens_shape(), "iu"))
+        found = [f"{path}: {problem}" for path, shape, kinds in checks
+                 if (problem := check_npy(path, shape, kinds)) is not None]
+        path = self.video_path(stem)
+        if not any(line.startswith(f"{path}:") for line in found):
+            bad = ~np.isfinite(np.load(path, mmap_mode="r"))
+            if bad.any():
+                found.append(f"{path}: {int(bad.sum())} values are NaN or infinite")
+        return found
+
+
+@functools.lru_cache(maxsize=None)
+def feature_files(folder, layout="auto"):
+    return FeatureFiles(folder, layout)
+
+
+def load_split(data_json, features_dir, split, layout="auto", tokens=False):
+    """Entries of `split` whose features (and, with `tokens`, token files) exist: [(stem, caption)].
+    Returns (items, n_missing)."""
+    files = feature_files(str(features_dir), layout)
+    entries = [e for e in json.loads(Path(data_json).read_text(encoding="utf-8")) if e["split"] == split]
+    items = [(Path(e["video_path"]).stem, e["output"]) for e in entries]
+    have = [(s, c) for s, c in items if files.video_path(s).exists() and (not tokens or files.tokens_path(s).exists())]
+    return have, len(items) - len(have)
+
+
+def load_features(features_dir, stem, expected_dim=None, layout="auto"):
+    return feature_files(str(features_dir), layout).load_video(stem, expected_dim)
+
+
+def exit_changed_file(error):
+    """A file that passed the check before step 0 and fails to load later: one line, and the run stops."""
+    sys.exit(f"error: {error} (it passed the check before step 0, so it changed during the run; fix or "
+             "remove it and rerun: training resumes from its last checkpoint)")
+
+
+def check_split_files(files, items, tokens, skip_bad, rank=0, world=1):
+    """Checks every file of a split's clips before step 0, by its header (seconds even for 200 k
+    clips; DDP ranks share the work). A bad file stops the run with the list of them, or, with
+    `skip_bad`, its clip is left out and reported. Returns the items to train on."""
+    t0 = time.time()
+    bad = {}
+    for stem, _ in tqdm(items[rank::world], desc="checking files", disable=rank != 0, leave=False):
+        if found := files.problems(stem, tokens):
+            bad[stem] = found
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, bad)
+        bad = {k: v for part in gathered for k, v in part.items()}
+    n_files, seconds = len(items) * (2 if tokens else 1), time.time() - t0
+    if not bad:
+        print0(f"checked the {n_files} files of {len(items)} clips in {seconds:.1f} s: all good")
+        return items
+    for stem in sorted(bad):
+        for line in bad[stem]:
+            print0(line, file=sys.stderr)
+    if not skip_bad:
+        sys.exit(f"error: {len(bad)} of {len(items)} clips have bad files (listed above; checked {n_files} files "
+                 f"in {seconds:.1f} s): fix or remove them, or leave those clips out with --skip_bad_files=true")
+    print0(f"left out {len(bad)} of {len(items)} clips with bad files (listed above; checked {n_files} files in {seconds:.1f} s)")
+    return [item for item in items if item[0] not in bad]
+
+
+def train_val_split(cfg, tokens, rank=0, world=1):
+    """The trainers' data: the train split's clips whose files exist and pass the check, the last
+    cfg.val_fraction of them held out for validation (the test split is never seen). `tokens`:
+    stage 2 also needs each clip's codec tokens. Returns (files, train, val), [(stem, caption)] each."""
+    files = feature_files(cfg.features_dir, cfg.features_layout)
+    files.require_meta()
+    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout, tokens=tokens)
+    if n_missing:
+        print0(f"warning: {n_missing} train clips have no features{' or tokens' if tokens else ''} and are left out")
+    items = check_split_files(files, items, tokens=tokens, skip_bad=cfg.skip_bad_files, rank=rank, world=world)
+    n_val = max(1, int(len(items) * cfg.val_fraction))
+    train, val = items[:-n_val], items[-n_val:]
+    print0(f"{len(train)} training and {len(val)} validation clips")
+    return files, train, val
 
 
 # -----------------------------------------------------------------------------

@@ -6,13 +6,21 @@ four stage-2 Lightning checkpoints (`vatt_models.zip`, e.g. `vatt_llama_T_final.
 stage-1 Converter weights (`checkpoint-117000/pytorch_model.bin` for Vicuna). This file maps
 them onto our code without bending it:
 
-    their VT2AModel (stage 2, `audio_token_decoder.*`)  ->  stage2_audio.VATTAudio   (+ OfficialOrder)
+    their VT2AModel (stage 2, `audio_token_decoder.*`)  ->  stage2_audio.VATTAudio, head_order "released"
     their LoRA + `video_proj` (stage 1, peft key names)  ->  stage1_caption.Converter (OfficialConverter)
     AudioGen's EnCodec                                  ->  codec.py (already loads their codec as is)
 
-    from official import load_official_models
-    models = load_official_models("vatt/checkpoints", "cuda")   # same interface as sample.load_models
-    python official.py path/to/vatt_llama_T_final.ckpt          # inspect a checkpoint (no LLM needed)
+The stages never import this file: their checkpoints enter through the commands below.
+
+    python official.py inspect checkpoints/vatt_models/vatt_llama_T_final.ckpt   # what the loader reads (no LLM needed)
+    # sample.py's options with their download folder in place of --ckpt_dir
+    python official.py sample --preset=llama-2-7b --official_ckpt=checkpoints --video=clip.mp4 --prompt="a dog barks" --batch_size=1
+    # their VATT Audio as a stage2.pt of ours (head order and position table kept), for --init_from
+    python official.py convert checkpoints/vatt_models/vatt_llama_T_final.ckpt out/released --codebooks=checkpoints/meta_pretrain_vgg_encodec_embed.pt
+
+Their files are Lightning pickles. They are read with torch.load(weights_only=True): tensors and
+plain values only, never code. A file that needs more is refused with the globals it names, and
+loads fully only with --trust_pickle (which runs what its pickle says: only for a download you trust).
 
 Everything below was checked against parity fixtures made by running the official code
 (tests/test_official_vatt.py). The quirks of the released code,
@@ -29,14 +37,15 @@ and where each one is handled:
    (sampling) as "b c t -> b (t c)". So flat index j = k*T + t holds head floor(j/T) at audio
    position j mod T, yet it is trained and sampled as codebook j mod K at time floor(j/K).
    Their network never predicts "codebook k at time t with head k"; it learned that permutation.
-   Our VATTAudio stays in the natural order (models trained here are unaffected); for THEIR
-   weights, `official_logits_order` re-indexes our natural logits into what they mean, and
-   `OfficialOrder` wraps a loaded model so sample.py's sampler sees logits[b, c, t] = "codebook c
-   at time t" exactly as the official sampler does. Only ever use it with their checkpoints.
-3. pos_embed (README §4): a frozen parameter in their state_dict, a recomputed buffer in ours.
+   Our VATTAudio stays in the natural order (models trained here are unaffected); THEIR weights
+   are loaded with ModelConfig.head_order = "released", whose forward re-indexes the natural
+   logits into what they mean (stage2_audio.released_order), so sample.py's sampler sees
+   logits[b, c, t] = "codebook c at time t" exactly as the official sampler does. The order is
+   saved with the model (`convert`), and a model fine-tuned from their weights keeps it.
+3. pos_embed (README §4): a frozen parameter in their state_dict, the `pos` buffer in ours.
    Both are the same sin-cos table; theirs was computed with numpy float32 and differs from our
    sincos_table by ~3e-5 at position ~1000 (float rounding of the angle p * w_i), so the loader
-   checks it is the same table (<= 1e-4) and then uses their exact numbers.
+   checks it is the same table (<= 1e-4) and then uses their exact numbers (saved with the model).
 4. The model is otherwise the same math, verified on the tiny fixture (float32, CPU: logits
    bit-identical with their pos_embed, max |diff| 7e-7 with our own table): ALiBi -|i-j| * slope_h with the standard slopes, padded keys at
    -(float32 max)/2, zeroed attention output at padded query rows, pre-LN with eps 1e-5,
@@ -63,10 +72,12 @@ LLM in fp16; sample.py's sampler draws its own random numbers (same distribution
 captioner samples (temperature 0.1, top-p 0.95, top-k 500, repetition penalty 1.1) where
 Converter.caption is greedy.
 """
+import hashlib
 import pickle
 import re
 import sys
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -74,8 +85,12 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from stage1_caption import Converter
+import sample
+from codec import load_codec
+from extract_features import PRESETS as FEATURE_PRESETS, Config as FeatureConfig
+from stage1_caption import Converter, load_llm
 from stage2_audio import ModelConfig, VATTAudio, sincos_table
+from utils import load_error, parse_config, pick_device, save_checkpoint
 
 PREFIX = "audio_token_decoder."  # where both Lightning wrappers keep VT2AModel (fixtures README §3)
 HEAD_DIM = 64  # dim_head is hard-coded to 64 in the official code, whatever the width
@@ -96,13 +111,13 @@ CODEC_DIR = "audiogen_model"  # audiogen_models.zip: a copy of facebook/audiogen
 # reading checkpoint files
 
 
-def load_checkpoint(path, allow_pickle=True):
-    """A torch.save'd file -> its tensors. Lightning .ckpt -> ckpt['state_dict'].
-    Tries the safe loader first (weights_only=True: tensors and plain types only). A Lightning
-    checkpoint may also pickle objects (hyper-parameters, callback states); then, and only when
-    allow_pickle, it is loaded again with weights_only=False -- which runs pickle code, so only do
-    this for files from a source you trust (the authors' own download). mmap=True keeps the frozen
-    7B LLM that a stage-2 checkpoint may also contain on disk instead of in RAM."""
+def load_checkpoint(path, trust_pickle=False):
+    """A torch.save'd file of theirs -> its tensors (Lightning .ckpt -> ckpt['state_dict']).
+    Read with weights_only=True: tensors and plain types only, so nothing in the file runs. A file
+    whose pickle needs anything else stops the run with one line naming those globals; with
+    trust_pickle (--trust_pickle) it is loaded fully, which runs its pickled code: only for a
+    download you trust. mmap=True keeps the frozen 7B LLM that a stage-2 checkpoint may also hold
+    on disk instead of in RAM."""
     def load(weights_only):
         try:
             return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
@@ -111,15 +126,17 @@ def load_checkpoint(path, allow_pickle=True):
                 raise
             return torch.load(path, map_location="cpu", weights_only=weights_only)
 
+    if not Path(path).is_file():
+        sys.exit(f"error: {path}: no such file")
     try:
         obj = load(True)
     except pickle.UnpicklingError as e:
-        if not allow_pickle:
-            raise
-        warnings.warn(f"{path}: not loadable with weights_only=True ({str(e).splitlines()[0][:120]}); "
-                      "loading it with weights_only=False, which executes pickled code -- only do this "
-                      "for checkpoints from a trusted source", stacklevel=2)
+        if not trust_pickle:
+            sys.exit(f"error: {path}: refused ({load_error(path, e)}); if you trust this file, "
+                     "--trust_pickle loads it fully, running that code")
         obj = load(False)
+    except Exception as e:  # noqa: BLE001 (not a torch file at all: garbage, truncated, empty)
+        sys.exit(f"error: {path}: not a readable checkpoint ({load_error(path, e)})")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # Lightning: {'state_dict', 'epoch', 'optimizer_states', ...}
     if isinstance(obj, nn.Module):
@@ -127,13 +144,13 @@ def load_checkpoint(path, allow_pickle=True):
     return obj
 
 
-def load_codebooks(src):
+def load_codebooks(src, trust_pickle=False):
     """The frozen EnCodec tables VT2AModel embeds with -> float (n_q, bins, dim). `src` is a tensor
     (n_q, bins, dim), a list of (bins, dim) tables, a state dict holding `..._codebook.embed` keys
     (an audiocraft quantizer), or a file with any of these (`meta_pretrain_vgg_encodec_embed.pt`,
     whose format the fixtures could not inspect; the official code indexes it codec[level])."""
     if isinstance(src, (str, Path)):
-        src = load_checkpoint(src)
+        src = load_checkpoint(src, trust_pickle)
     if isinstance(src, nn.Module):
         src = src.state_dict()
     if isinstance(src, dict):
@@ -186,7 +203,7 @@ def official_to_ours(state_dict, codebooks=None, report=None):
     to VATTAudio's keys. Returns a dict that VATTAudio.load_state_dict(strict=True) accepts when
     `codebooks` (n_q, bins, dim) is given (the tables are not in their state_dict).
     `report`, a dict, receives 'ignored' (keys that are not VT2AModel's: LLM, LoRA, quantizer),
-    'pos_embed' (their position table, to be checked by the caller: ours is recomputed) and
+    'pos_embed' (their position table, mapped to our `pos` buffer: the caller checks it) and
     'n_aliases' (how many shared-norm aliases were found).
 
     Their layout (README §3): encoder.attn_layers.layers.N / decoder.attn_layers.layers.N, even N
@@ -242,18 +259,11 @@ def official_to_ours(state_dict, codebooks=None, report=None):
         out[f"encoder_norm.{j}.{p}"] = v0
     if codebooks is not None:
         out["codebooks"] = codebooks
+    if pos_embed is not None:  # quirk 3: their exact table is our `pos` buffer (the caller checks it)
+        out["pos"] = pos_embed[0]
     if report is not None:
         report.update(ignored=ignored, pos_embed=pos_embed, n_aliases=sum(len(e) for e in shared.values()))
     return out
-
-
-def official_logits_order(logits):
-    """Our natural-order logits (B, K, T, V) -- logits[b, k, t] = head k at audio position t --
-    -> what the official checkpoints MEAN: out[b, c, t] = their prediction for codebook c at time t.
-    Their flat index j = k*T + t (head k = floor(j/T), position t = j mod T) is read as codebook
-    j mod K at time floor(j/K) (quirk 2), i.e. "b k t v -> b (k t) v -> b c t v" with (k t) = (t c).
-    A pure permutation: argmax, softmax, sampling all commute with it."""
-    return rearrange(rearrange(logits, "b k t v -> b (k t) v"), "b (t c) v -> b c t v", c=logits.shape[1])
 
 
 def official_flat_logits(logits):
@@ -265,32 +275,14 @@ def official_targets(codes, mask):
     """The official training targets: codes (B, K, T), mask (B, K, T) bool -> (B, K*T) in their
     "b (t c)" order, -1 where a token was not masked (CrossEntropyLoss ignore_index=-1). With
     official_flat_logits this is their loss; equivalently stage2_audio.masked_loss applied to
-    official_logits_order(logits), since a mean over the masked tokens ignores their order."""
+    stage2_audio.released_order(logits), since a mean over the masked tokens ignores their order."""
     return rearrange(codes.masked_fill(~mask.bool(), -1), "b c t -> b (t c)")
 
 
-class OfficialOrder(nn.Module):
-    """A VATTAudio loaded from the authors' weights whose logits come out in the order those
-    weights were trained for (quirk 2): forward(...)[b, c, t] predicts codes[b, c, t]. Same
-    interface as VATTAudio (config, forward), so sample.decode_tokens runs it unchanged. Never wrap
-    a model trained here: it is already in the natural order."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    @property
-    def config(self):
-        return self.model.config
-
-    def forward(self, codes, cond, cond_mask, drop_cond=None):
-        return official_logits_order(self.model(codes, cond, cond_mask, drop_cond))
-
-
-def build_official_vatt_audio(state_dict, codebooks=None, device="cpu", official_order=True):
+def build_official_vatt_audio(state_dict, codebooks=None, device="cpu", head_order="released"):
     """VT2AModel state_dict (prefix optional) + EnCodec tables -> our VATTAudio with their weights,
-    in eval mode and frozen; wrapped in OfficialOrder unless official_order=False (natural order:
-    logits[b, k] = their head k, what their forward computes before its flattening)."""
+    in eval mode and frozen; its logits in the order their weights mean (quirk 2), or with
+    head_order="natural" logits[b, k] = their head k, what their forward computes before its flattening."""
     report = {}
     if codebooks is None:  # a quantizer module inside the checkpoint (the one format README §3 allows)
         sd, _ = _strip(state_dict)
@@ -299,29 +291,28 @@ def build_official_vatt_audio(state_dict, codebooks=None, device="cpu", official
                              f"({CODEBOOKS}, or codec.load_codec(...).codebooks)")
         codebooks = load_codebooks({k: v for k, v in sd.items() if k.endswith("_codebook.embed")})
     cfg = official_config(state_dict)
+    cfg.head_order = head_order
     codebooks = load_codebooks(codebooks)
     if tuple(codebooks.shape) != (cfg.n_q, cfg.bins, cfg.codebook_dim):
         raise ValueError(f"codebooks {tuple(codebooks.shape)} do not fit the checkpoint's "
                          f"{(cfg.n_q, cfg.bins, cfg.codebook_dim)}")
     weights = official_to_ours(state_dict, codebooks, report)
+    # quirk 3: same sin-cos table as ours up to float32 rounding; their exact numbers are loaded
+    pos = weights["pos"] = weights["pos"][: cfg.max_len].float()
+    diff = (pos - sincos_table(cfg.max_len, cfg.dim)).abs().max().item()
+    if diff > 1e-4:
+        raise ValueError(f"pos_embed differs from the sin-cos table by {diff:.2e}: not the released model")
     with torch.device(device):  # random init straight on the device, overwritten just below
         model = VATTAudio(cfg)
     model.load_state_dict(weights, strict=True)
-    # quirk 3: same sin-cos table as ours up to float32 rounding; use their exact numbers
-    pos = report["pos_embed"][0, : model.pos.shape[0]].to(model.pos)
-    diff = (pos - model.pos).abs().max().item()
-    if diff > 1e-4:
-        raise ValueError(f"pos_embed differs from the sin-cos table by {diff:.2e}: not the released model")
-    model.pos.copy_(pos)
     model.official_report = {k: v for k, v in report.items() if k != "pos_embed"}
-    model = model.eval().requires_grad_(False)
-    return OfficialOrder(model) if official_order else model
+    return model.eval().requires_grad_(False)
 
 
-def load_official_vatt_audio(ckpt_path, codebooks=None, device="cpu", official_order=True):
+def load_official_vatt_audio(ckpt_path, codebooks=None, device="cpu", head_order="released", trust_pickle=False):
     """The authors' stage-2 Lightning .ckpt (or a bare VT2AModel state_dict file) -> our model.
     codebooks: a path, a tensor (n_q, bins, dim), or None to look inside the checkpoint."""
-    return build_official_vatt_audio(load_checkpoint(ckpt_path), codebooks, device, official_order)
+    return build_official_vatt_audio(load_checkpoint(ckpt_path, trust_pickle), codebooks, device, head_order)
 
 
 # -----------------------------------------------------------------------------
@@ -398,14 +389,12 @@ class OfficialConverter(Converter):
         return h.float() * mask[..., None], mask
 
 
-def load_official_converter(weights, base_llm, device="cpu", family=None, lora=(16, 32, 0.0)):
+def load_official_converter(weights, base_llm, device="cpu", family=None, lora=(16, 32, 0.0), trust_pickle=False):
     """Stage-1 weights (a path or a state dict: see official_converter_weights) + the base LLM
     folder (LTU's Vicuna-7B or Gemma-2B, Hugging Face format) -> a frozen OfficialConverter.
     LoRA: r 16, alpha 32 (scale 2) on q_proj / v_proj, dropout 0 -- how stage 2 rebuilds it.
     family: 'vicuna' or 'gemma' (default: from the LLM's model_type)."""
-    from stage1_caption import load_llm
-
-    sd = weights if isinstance(weights, dict) else load_checkpoint(weights)
+    sd = weights if isinstance(weights, dict) else load_checkpoint(weights, trust_pickle)
     lora_w, proj_w, ignored = official_converter_weights(sd)
     if set(proj_w) != {"weight", "bias"}:
         raise ValueError("no video_proj.{weight,bias} among the Converter weights: use the Trainer's "
@@ -443,7 +432,7 @@ def _first(*paths):
 
 
 def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converter=None, codebooks=None,
-                         codec=None, features_dir=""):
+                         codec=None, features_dir="", trust_pickle=False):
     """The authors' checkpoints folder (their setup_inference.sh layout: vatt_models/*.ckpt, vicuna/,
     checkpoint-117000/, meta_pretrain_vgg_encodec_embed.pt, audiogen_model/) -> the same
     SimpleNamespace(converter, audio, codec, meta) as sample.load_models, so generation runs
@@ -456,14 +445,13 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
       codec       a codec module, a path, or a hub id (default ckpt_dir/audiogen_model, else
                   facebook/audiogen-medium)
       features_dir  where sample.py --data_json finds the 50 x 768 features: our layout (video/<stem>.npy)
-                    or the authors' download (vggsound_clip_5fps/<stem>.npy), see stage1_caption.FeatureFiles"""
-    from codec import load_codec
-
+                    or the authors' download (vggsound_clip_5fps/<stem>.npy), see extract_features.FeatureFiles
+      trust_pickle  load files whose pickle needs more than tensors (see load_checkpoint)"""
     d = Path(ckpt_dir)
     vatt_path = _first(vatt, d / str(vatt), d / "vatt_models" / str(vatt))
     if vatt_path is None:
         sys.exit(f"error: {vatt!r} not found in {d} or {d / 'vatt_models'} (unzip the authors' vatt_models.zip there)")
-    sd = load_checkpoint(vatt_path)
+    sd = load_checkpoint(vatt_path, trust_pickle)
     cfg = official_config(sd)
     family = {4096: "vicuna", 2048: "gemma"}.get(cfg.cond_dim)
 
@@ -473,7 +461,7 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
     codec = load_codec(codec) if isinstance(codec, str) else codec
     if codebooks is None:
         codebooks = _first(d / CODEBOOKS) or codec.codebooks
-    audio = build_official_vatt_audio(sd, codebooks, device)
+    audio = build_official_vatt_audio(sd, load_codebooks(codebooks, trust_pickle), device)
 
     llm_path = _first(llm, d / BASE_LLM[family] if family else None)
     if llm_path is None:
@@ -488,13 +476,9 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
         if converter is None:
             sys.exit(f"error: the stage-2 checkpoint holds no Converter weights and no stage-1 file was "
                      f"found: pass converter=... (e.g. {d / STAGE1.get(family, STAGE1['vicuna'])})")
-    conv = load_official_converter(converter, llm_path, device)
+    conv = load_official_converter(converter, llm_path, device, trust_pickle=trust_pickle)
     if conv.hidden_size != cfg.cond_dim:
         sys.exit(f"error: {llm_path} has {conv.hidden_size}-d states, {vatt_path.name} expects {cfg.cond_dim}-d")
-
-    from dataclasses import asdict
-
-    from extract_features import PRESETS as FEATURE_PRESETS, Config as FeatureConfig
 
     # the authors' features: EVA02-CLIP-L/14-336 at 5 fps over 10 s (= extract_features.py --preset=vggsound)
     meta = {**asdict(FeatureConfig(**FEATURE_PRESETS["vggsound"])), "codec": codec_name,
@@ -507,27 +491,92 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
 
 
 # -----------------------------------------------------------------------------
+# the commands: inspect, convert, sample
 
 
-def main(argv=None):
-    """python official.py CKPT: what the loader reads from a released checkpoint (no LLM needed)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print(__doc__.split("\n\n")[0] + "\n\nusage: python official.py path/to/vatt_model.ckpt")
-        return 0 if argv in (["-h"], ["--help"]) else 2
-    sd = load_checkpoint(argv[0])
+def inspect(path, trust_pickle=False):
+    """What the loader reads from a released checkpoint (no LLM needed)."""
+    sd = load_checkpoint(path, trust_pickle)
     cfg = official_config(sd)
     report = {}
     weights = official_to_ours(sd, None, report)
     lora, proj, _ = official_converter_weights(sd)
-    print(f"{argv[0]}: {cfg}")
+    print(f"{path}: {cfg}")
     print(f"VATT Audio: {len(weights)} tensors for our model (+ the codebooks); the shared encoder "
           f"LayerNorm is stored under {report['n_aliases']} keys")
     print(f"Converter weights inside: {len(lora)} LoRA matrices, video_proj {'yes' if proj else 'no'}; "
           f"{len(report['ignored'])} keys not VT2AModel's")
     pos = report["pos_embed"][0, : cfg.max_len].float()
     print(f"pos_embed vs our sin-cos table: max |diff| {(pos - sincos_table(cfg.max_len, cfg.dim)).abs().max():.2e}")
-    return 0
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert(path, out_dir, codebooks=None, trust_pickle=False):
+    """Their stage-2 .ckpt -> out_dir/stage2.pt, a checkpoint of ours (step 0, no optimizer) that
+    stage2_audio.py --init_from fine-tunes: their weights, head order and position table, the
+    codec's tables (`codebooks`: their meta_pretrain_vgg_encodec_embed.pt, or AudioGen's codec
+    named by a hub id or path), and the sha256 of every file read."""
+    state_dict = load_checkpoint(path, trust_pickle)
+    sources = [path] + ([codebooks] if codebooks and Path(codebooks).is_file() else [])
+    if codebooks and Path(codebooks).is_file():
+        tables = load_codebooks(codebooks, trust_pickle)
+    else:
+        tables = load_codec(codebooks or "facebook/audiogen-medium").codebooks
+    model = build_official_vatt_audio(state_dict, tables)
+    hashes = {str(p): sha256(p) for p in sources}
+    for p, digest in hashes.items():
+        print(f"sha256 {digest}  {p}")
+    out = Path(out_dir) / "stage2.pt"
+    save_checkpoint({"kind": "vatt-audio", "config": {"converted_from": hashes}, "model_config": asdict(model.config),
+                     "codec": None, "step": 0, "model": model.state_dict()}, out)
+    print(f"wrote {out}: {model.config.n_multiway} + {model.config.n_plain} layers of width {model.config.dim}, "
+          f"their head order; fine-tune it with stage2_audio.py --init_from={out}")
+
+
+@dataclass
+class SampleConfig(sample.Config):
+    # the authors' download folder, laid out as their setup_inference.sh leaves it (in place of --ckpt_dir)
+    official_ckpt: str = "checkpoints"
+    official_model: str = DEFAULT_VATT  # which of their vatt_models/*.ckpt
+    trust_pickle: bool = False  # load files whose pickle needs more than tensors (runs their code)
+
+
+def sample_with_theirs(argv):
+    """sample.py's run with their models: every sample.py option, and SampleConfig's."""
+    args = parse_config(SampleConfig, sample.PRESETS, argv)
+    sample.check_options(args)
+    device = pick_device(args.device)
+    models = load_official_models(args.official_ckpt, device, vatt=args.official_model, trust_pickle=args.trust_pickle)
+    return sample.run(args, models, device, models.files)
+
+
+USAGE = """usage:
+  python official.py inspect CKPT [--trust_pickle]
+  python official.py convert CKPT OUT_DIR [--codebooks=FILE|CODEC] [--trust_pickle]
+  python official.py sample --official_ckpt=DIR [--official_model=NAME] [sample.py's options]"""
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "sample":
+        return sample_with_theirs(rest)
+    trust = "--trust_pickle" in rest
+    options = dict(a[2:].split("=", 1) for a in rest if a.startswith("--") and "=" in a)
+    paths = [a for a in rest if not a.startswith("--")]
+    if command == "inspect" and len(paths) == 1:
+        return inspect(paths[0], trust) or 0
+    if command == "convert" and len(paths) == 2 and set(options) <= {"codebooks"}:
+        return convert(*paths, options.get("codebooks"), trust) or 0
+    print(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
+    return 0 if command in ("-h", "--help") else 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """
-The toy run's report page: see and hear what VATT does. `make demo` writes it at the end (eval.py
-toy calls write_report); it opens from disk, no server:
+The toy run's report page: see and hear what VATT does. `make demo` writes it at the end, after
+data/toy/score.py's table; it opens from disk, no server:
 
     python report.py                     # out/toy/report.html + out/toy/report_media/, from a finished run
     chromium out/toy/report.html         # or any browser
@@ -8,7 +8,7 @@ toy calls write_report); it opens from disk, no server:
 The page holds
   - the evaluation table (out/toy/eval.json), each row with one line on what it says about the paper's claim;
   - a few test clips, two of each sound source (one per register where the split has them): the
-    video with each mode's generated audio muxed in (the video stream copied, sample.mux), the
+    video with each mode's generated audio muxed in (the video stream copied, extract_features.mux), the
     reference and the Converter's captions, and the spectrograms of the real audio and of each mode
     on the same axes, with the true strike times marked: the strikes line up, the register moves
     with the text;
@@ -23,9 +23,15 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
+from data.toy.world import CLASSES, PITCHES, REGISTER_SPLIT_HZ
+from eval import read_wav
+from extract_features import load_audio, mux
+from sample import reveal_counts
+from stage1_caption import TEMPLATE
 from utils import atomic_path, parse_config
 
 # -----------------------------------------------------------------------------
@@ -39,7 +45,7 @@ class Config:
     features_dir: str = "data/toy/features"  # its meta.json gives the clip length and sample rate
     samples_dir: str = "out/toy/samples"  # sample.py outputs, one folder per mode
     split: str = "test"  # the clips the samples were made of
-    eval_json: str = "out/toy/eval.json"  # eval.py toy's table
+    eval_json: str = "out/toy/eval.json"  # data/toy/score.py's table
     out: str = "out/toy/report.html"  # the page; its media go to <out without .html>_media/ beside it
     n_clips: int = 6  # test clips shown (kept small: every clip costs 5 videos and a figure)
 
@@ -98,7 +104,7 @@ def table_html(result):
             cells = f"<td></td><td></td><td>{r['onset_f1']:.3f}</td><td>{r['pitch_avoids_negative']:.3f} (avoids the negative)</td>"
         else:
             cells = "".join(f"<td>{r[k]:.3f}</td>" for k in ("class_acc", "count_acc", "onset_f1", "pitch_acc"))
-        rows.append(f"<tr><th>{name}</th>{cells}<td class=reading>{html.escape(read[name])}</td></tr>")
+        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}<td class=reading>{html.escape(read.get(name, ''))}</td></tr>")
     return ("<table><tr><th>row</th><th>class</th><th>count</th><th>onset F1</th><th>pitch</th><th>reading</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -110,8 +116,6 @@ def table_html(result):
 def pick_clips(test, n):
     """n test entries spread over the sources and registers: the first clip of each (class, pitch)
     pair in turn, then the second of each, ... (toy world order: bell, drum, whistle x low, high)."""
-    from data.toy.world import CLASSES, PITCHES
-
     groups = [[e for e in test if (e["class"], e["pitch"]) == (c, p)] for c in CLASSES for p in PITCHES]
     order = [g[i] for i in range(max(map(len, groups), default=0)) for g in groups if i < len(g)]
     return order[:n]
@@ -137,8 +141,6 @@ def spectrograms(path, real, generated, onsets, sr):
     import matplotlib.pyplot as plt
     from matplotlib import mlab
 
-    from data.toy.world import REGISTER_SPLIT_HZ
-
     rows = [("real audio", real)] + [(label, generated[name]) for name, label in MODES]
     spec = dict(NFFT=512, Fs=sr, noverlap=448)
     top = 10 * np.log10(mlab.specgram(real, **spec)[0].max())  # dB; the real clip sets the scale of all rows
@@ -162,8 +164,6 @@ def decoding_picture(path, revealed_at, steps, frame_rate):
     (still masked: grey; given before decoding: black), beside the cosine schedule's count per
     step (bars) and the count read off the grid (dots): they coincide."""
     import matplotlib.pyplot as plt
-
-    from sample import reveal_counts
 
     grid = np.asarray(revealed_at)  # (L, T)
     n_start = int((grid > 0).sum())
@@ -218,18 +218,22 @@ img { max-width: 100%; }
 
 
 def clip_html(entry, caption, media, stem, videos, strikes):
-    from stage1_caption import TEMPLATE
+    """One clip's section: its videos, each mode's prompt, the captions and the spectrograms. Every
+    text is escaped and every link URL-encoded: a clip or folder name may hold any character."""
+    def src(name):
+        return html.escape(quote(f"{media}/{name}"))
 
     prompts = {"video_only": TEMPLATE, "gt_caption": entry["output"], "swapped_pitch_text": entry["swapped"],
                "self_caption": "the Converter's caption"}
-    figures = [f'<figure><video controls preload="auto" src="{media}/{videos["real"]}"></video>'
+    figures = [f'<figure><video controls preload="auto" src="{src(videos["real"])}"></video>'
                "<figcaption>the real audio</figcaption></figure>"]
-    figures += [f'<figure><video controls preload="auto" src="{media}/{videos[name]}"></video><figcaption>'
-                f"{label}<br><q>{html.escape(prompts[name])}</q></figcaption></figure>" for name, label in MODES]
-    return (f'<section class=clip><h3>{stem}: {entry["class"]}, {entry["pitch"]} register, {strikes}</h3>'
+    figures += [f'<figure><video controls preload="auto" src="{src(videos[name])}"></video><figcaption>'
+                f"{html.escape(label)}<br><q>{html.escape(prompts[name])}</q></figcaption></figure>" for name, label in MODES]
+    return (f'<section class=clip><h3>{html.escape(stem)}: {html.escape(entry["class"])}, '
+            f'{html.escape(entry["pitch"])} register, {html.escape(strikes)}</h3>'
             f"<p>reference caption: <q>{html.escape(entry['output'])}</q><br>the Converter's caption: "
             f"<q>{html.escape(caption or '')}</q></p><div class=videos>{''.join(figures)}</div>"
-            f'<img src="{media}/{stem}.spectrograms.png" alt="spectrograms of {stem}"></section>')
+            f'<img src="{src(stem + ".spectrograms.png")}" alt="spectrograms of {html.escape(stem)}"></section>')
 
 
 def write_report(cfg):
@@ -237,16 +241,13 @@ def write_report(cfg):
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    from eval import read_wav
-    from extract_features import load_audio
-    from sample import mux
 
     data, samples, out = Path(cfg.data_json), Path(cfg.samples_dir), Path(cfg.out)
-    result = json.loads(Path(cfg.eval_json).read_text())
-    meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text())
+    result = json.loads(Path(cfg.eval_json).read_text(encoding="utf-8"))
+    meta = json.loads((Path(cfg.features_dir) / "meta.json").read_text(encoding="utf-8"))
     sr, seconds = meta["sample_rate"], meta["seconds"]
-    test = [e for e in json.loads(data.read_text()) if e["split"] == cfg.split]
-    captions = json.loads((samples / "video_only" / "captions.json").read_text())["clips"]
+    test = [e for e in json.loads(data.read_text(encoding="utf-8")) if e["split"] == cfg.split]
+    captions = json.loads((samples / "video_only" / "captions.json").read_text(encoding="utf-8"))["clips"]
     chosen = pick_clips(test, cfg.n_clips)
 
     # the media go to a fresh folder that replaces the old one whole, then the page is written
@@ -271,21 +272,21 @@ def write_report(cfg):
 
     if steps_clip:
         stem, name = steps_clip
-        history = json.loads((samples / name / f"{stem}.steps.json").read_text())
+        history = json.loads((samples / name / f"{stem}.steps.json").read_text(encoding="utf-8"))
         decoding_picture(building / "decoding.png", history["revealed_at"], history["steps"], meta["frame_rate"])
-        decoding = (f"<p>Clip {stem}, mode {dict(MODES)[name]}: VATT Audio starts from all-MASK tokens and at each "
+        decoding = (f"<p>Clip {html.escape(stem)}, mode {dict(MODES)[name]}: VATT Audio starts from all-MASK tokens and at each "
                     "of its steps samples every masked token in parallel, keeps the most confident ones and masks the "
                     "rest again; the cosine schedule sets how many stay masked (few revealed at first, many at the end)."
-                    f'</p><img src="{media.name}/decoding.png" alt="decoding order of {stem}">')
+                    f'</p><img src="{html.escape(quote(media.name + "/decoding.png"))}" alt="decoding order of {html.escape(stem)}">')
     else:
         decoding = ("<p>No step history among these clips: sample a mode with <code>sample.py --save_steps</code> "
                     "(make demo does so for the ground-truth caption).</p>")
 
     shutil.rmtree(media, ignore_errors=True)
     building.rename(media)
-    timing = ", ".join(f"{k} {v} s" for k, v in result.get("timing", {}).items())
+    timing = ", ".join(f"{k} {t['wall_s']} s ({t['cpu_s']} CPU s)" for k, t in result.get("timing", {}).items())
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>VATT toy run</title><style>{CSS}</style>"
-            f"</head><body><h1>VATT on the toy world</h1><p>{result['settings']['n_clips']} held-out {cfg.split} clips. The "
+            f"</head><body><h1>VATT on the toy world</h1><p>{result['settings']['n_clips']} held-out {html.escape(cfg.split)} clips. The "
             "video decides when and what sounds (source, strikes); only the text says the pitch register. Each audio "
             "row is what the analyzer (data/toy/world.py) hears in the generated audio, scored against the clip.</p>"
             f"<h2>Evaluation</h2>{table_html(result)}<p class=reading>Timing: {html.escape(timing)}.</p>"
@@ -293,7 +294,7 @@ def write_report(cfg):
             f"<h2>Test clips</h2><p>Each video plays its clip's picture with the real or a generated sound track; "
             "the spectrograms below share their axes and colour scale.</p>" + "".join(sections) + "</body></html>\n")
     with atomic_path(out) as tmp:
-        Path(tmp).write_text(page)
+        Path(tmp).write_text(page, encoding="utf-8")
     print(f"wrote {out} and {media}/ (open it in a browser)")
     return out
 
@@ -303,7 +304,7 @@ def main(argv=None):
     try:
         write_report(cfg)
     except FileNotFoundError as e:
-        sys.exit(f"error: {e.filename}: no such file (run make demo, or sample.py and eval.py toy, first)")
+        sys.exit(f"error: {e.filename}: no such file (run make demo, or sample.py and data/toy/score.py, first)")
     return 0
 
 

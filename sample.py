@@ -26,37 +26,39 @@ For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the original video 
 the new audio muxed in; .vatt.mkv when the video codec cannot go into mp4, e.g. VP8) and
 <video>.vatt.json (caption, prompt, seed, every setting); with --save_steps also <video>.vatt.steps.json,
 the step at which each token was revealed (report.py draws it).
-Every clip draws its own noise, seeded from (seed, sample index, the clip's name): a clip's audio
-does not depend on its batch, and no two clips share a noise stream.
-Videos longer than the model's window are generated window by window: each window's first
-`overlap` seconds (at least) of tokens are fixed to the previous window's last ones (in-painting),
-so the audio runs on continuously; every window starts its video frames and its audio tokens at
-the same instant, and the output lasts exactly as long as the video.
+
+Where this file differs from the paper and from the released code (README, "Paper notes"):
+1. Classifier-free guidance u + w (c - u) is the released sampler's (the paper has none); a
+   negative prompt in place of the null condition, n + w (c - n), is this project's own.
+2. Any batch size: reveal counts per sample and one forward for the conditional and null halves
+   (the released sampler takes one clip, and sums its counts over the batch).
+3. Every clip draws its own noise, seeded from (seed, sample index, the clip's name): a clip's
+   audio does not depend on its batch, and no two clips share a noise stream (released: unseeded).
+4. Videos longer than the model's window (neither the paper nor the released code has them) are
+   generated window by window: each window's first `overlap` seconds (at least) of tokens are
+   fixed to the previous window's last ones (in-painting), so the audio runs on continuously;
+   every window starts its video frames and its audio tokens at the same instant, and the output
+   lasts exactly as long as the video.
 """
 import hashlib
-import io
 import json
 import math
-import pickle
+import os
 import sys
 import time
-import wave
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
-import av
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from codec import load_codec
-from extract_features import (build_visual_encoder, encode_frames, list_videos, load_frames, preprocess_frames,
-                              stream_origin)
-from official import load_official_models
-from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter, load_features, load_split
+from extract_features import (Frames, build_visual_encoder, encode_frames, list_videos, load_features, load_split, mux,
+                              preprocess_frames, write_wav)
+from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter
 from stage2_audio import audio_condition, load_vatt_audio
 from utils import atomic_path, autocast, parse_config, pick_device, record_timing, save_json
 
@@ -107,12 +109,10 @@ class Config:
     # up so that windows start on both the video frames and the audio tokens (0.2 s at 5 fps, 50 Hz)
     overlap: float = 2.0
     batch_size: int = 8  # videos per batch
+    strict: bool = False  # a clip skipped (a --data_json entry without features) is an error, not a warning
     save_steps: bool = False  # also write <clip>.steps.json: the step at which each token was revealed (report.py draws it)
     device: str = "auto"
     compile: bool = False  # torch.compile VATT Audio: GPU-oriented, pays off over many batches of one shape
-    # the authors' released checkpoints instead of ckpt_dir (official.py; README "Paper notes")
-    official_ckpt: str = ""  # their checkpoint folder, laid out as their setup_inference.sh leaves it
-    official_model: str = "vatt_llama_T_final.ckpt"  # which of their vatt_models/*.ckpt
 
 
 # The toy's small, briefly trained model keeps a source coherent when the clearest tokens come
@@ -126,15 +126,17 @@ PRESETS = {"toy": TOY_SAMPLING, "gemma-2b": dict(ckpt_dir="out/gemma-2b"), "llam
 
 
 def cosine_n_masked(n_start, remaining, t, steps):
-    """How many tokens stay masked after step t of `steps` (cosine schedule): floor(N0 cos(pi/2
-    t/T)), at least one revealed per step while any is left, none left after the last step. The
-    cosine is taken in float32 as the released sampler does, so the counts match it exactly.
-    n_start, remaining: (B,) per sample (never summed over the batch)."""
-    gamma = torch.cos(torch.tensor(math.pi / 2 * t / steps, dtype=torch.float32)).clamp(min=0)
-    n = torch.floor(gamma * n_start.float()).long()
+    """How many tokens stay masked after step t of `steps` (§3.2.2's cosine schedule,
+    r_t = cos(pi/2 t/T)), in the released sampler's arithmetic: t/T as a float32, floor(N0 cos(pi/2
+    t/T)) in float32, and at least one token kept masked (and at least one revealed) until the
+    last step, which reveals the rest. n_start, remaining: (B,) per sample (never summed over the
+    batch, as the released sampler does for its one clip); tests/test_masked_modelling.py checks
+    every N0 up to 8000 and 4 to 64 steps against their formula."""
     if t == steps:
-        return torch.zeros_like(n)
-    return torch.minimum(n.clamp(min=1), (remaining - 1).clamp(min=0))
+        return torch.zeros_like(remaining)
+    gamma = (torch.tensor(t / steps) * torch.pi / 2).cos().clamp(1e-10, 1.0)  # float32, their order
+    n = torch.floor(gamma * n_start).long()
+    return torch.minimum(torch.minimum(remaining - 1, n).clamp(min=1), remaining)
 
 
 def reveal_counts(n_tokens, steps):
@@ -187,9 +189,7 @@ def decode_tokens(model, cond, cond_mask, codes, generators, steps, guidance_sca
     stay masked. A revealed token never changes again. `negative` = (cond, cond_mask, has) gives
     the samples with has[b] a negative prompt's condition in place of the null one: guidance
     n + w (c - n), in the same forward. `history`, a list, collects the codes after every step.
-    Nothing in the step loop waits for the GPU: no .item(), no branch on a tensor's value, the
-    noise drawn on the device; the host only queues kernels. Precision is the caller's choice
-    (generate() autocasts to bf16 on a GPU)."""
+    (How the loop keeps a GPU busy: docs/sampling-speed.md.)"""
     B, L, T = codes.shape
     mask_id = model.config.bins
     unknown = codes == mask_id  # (B, L, T)
@@ -218,6 +218,7 @@ def decode_tokens(model, cond, cond_mask, codes, generators, steps, guidance_sca
         # masking: keep the most confident draws (plus annealed Gumbel noise), remask the rest
         confidence = logp.gather(-1, sampled[..., None])[..., 0]  # (B, L, T) log p of the draw
         tau = mask_temperature * (1 - t / steps)
+        # log p + tau G, as the released sampler: tau times the paper's log p / tau + G, the same ranking for tau > 0
         confidence = confidence + tau * gumbel(noise(generators, (L, T), codes.device))
         n_masked = cosine_n_masked(n_start, unknown.flatten(1).sum(-1), t, steps)  # (B,)
         unknown = remask_least_confident(confidence.flatten(1), unknown.flatten(1), n_masked).view(B, L, T)
@@ -241,16 +242,37 @@ def revealed_at(history, mask_id):
 
 
 def load_models(ckpt_dir, device):
+    """stage1.pt and stage2.pt of a checkpoint folder -> (converter, audio, codec, meta)."""
     ckpt_dir = Path(ckpt_dir)
     converter = load_converter(ckpt_dir / "stage1.pt", device)
-    if not (ckpt_dir / "stage2.pt").is_file():
-        sys.exit(f"error: {ckpt_dir / 'stage2.pt'}: no such checkpoint (train it with stage2_audio.py)")
     audio, ckpt = load_vatt_audio(ckpt_dir / "stage2.pt", device)
     if audio.config.cond_dim != converter.hidden_size:
         sys.exit(f"error: {ckpt_dir}: stage2.pt expects {audio.config.cond_dim}-d LLM states, "
                  f"stage1.pt gives {converter.hidden_size}-d")
     return SimpleNamespace(converter=converter, audio=audio, codec=load_codec(ckpt["codec"]).to(device),
                            meta=converter.features_meta)
+
+
+class VideoFeatures:
+    """Video file -> (features (N, D) at the extraction's frame rate, duration), with the Converter's own visual encoder
+    (rebuilt from the extraction settings stored in stage1.pt)."""
+
+    def __init__(self, meta, device):
+        self.meta, self.device = meta, device
+        self.model, self.preprocess = build_visual_encoder(SimpleNamespace(**meta), device)
+
+    def __call__(self, path):
+        # the frames are preprocessed and encoded 64 at a time as they are decoded: memory does not
+        # grow with the video's length (an hour at 5 fps is 18000 frames)
+        frames, feats, chunk = Frames(path, self.meta["fps"]), [], []
+        for frame in frames:
+            chunk.append(frame)
+            if len(chunk) == 64:
+                feats.append(encode_frames(self.model, preprocess_frames(self.preprocess, chunk), self.device))
+                chunk = []
+        if chunk:
+            feats.append(encode_frames(self.model, preprocess_frames(self.preprocess, chunk), self.device))
+        return torch.cat(feats), frames.duration
 
 
 def clip_seed(seed, sample_index, key):
@@ -262,31 +284,42 @@ def clip_seed(seed, sample_index, key):
     return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid torch.Generator seed
 
 
+def grid_period(fps, rate):
+    """The common period of the video frames at `fps` and the audio tokens at `rate`: the shortest
+    time that is a whole number of both (0.2 s at 5 fps and 50 Hz), as a Fraction of a second."""
+    fps, rate = Fraction(fps).limit_denominator(10**6), Fraction(rate).limit_denominator(10**6)
+    return Fraction(math.lcm(fps.denominator, rate.denominator), math.gcd(fps.numerator, rate.numerator))
+
+
 def window_hop(window, overlap, fps, rate):
-    """The hop between consecutive windows, as (video frames, audio tokens). It is the largest
-    multiple of the common period of the two grids (the shortest time that is a whole number of
-    frames at `fps` and of tokens at `rate`: 0.2 s at 5 fps and 50 Hz) that still shares at least
-    `overlap` seconds, so every window starts its video and its audio at the same instant.
-    `overlap` must lie in [0, window / 2)."""
+    """The hop between consecutive windows, as (video frames, audio tokens): the largest multiple
+    of grid_period that still shares at least `overlap` seconds, so every window starts its video
+    and its audio at the same instant. `overlap` must lie in [0, window / 2)."""
     if not 0 <= overlap < window / 2:
         raise ValueError(f"overlap {overlap:g} s is outside [0, {window / 2:g}) s (the window is {window:g} s)")
-    fps, rate = Fraction(fps).limit_denominator(10**6), Fraction(rate).limit_denominator(10**6)
-    period = Fraction(math.lcm(fps.denominator, rate.denominator), math.gcd(fps.numerator, rate.numerator))
+    period = grid_period(fps, rate)
     span = Fraction(window).limit_denominator(10**6) - Fraction(overlap).limit_denominator(10**6)
     hop = span // period * period
     if hop <= 0:
         raise ValueError(f"a {window:g} s window cannot hop on the {float(period):g} s grid of video frames and "
                          f"audio tokens with {overlap:g} s overlap")
-    return int(hop * fps), int(hop * rate)
+    return int(hop * Fraction(fps).limit_denominator(10**6)), int(hop * Fraction(rate).limit_denominator(10**6))
 
 
 def plan_windows(duration, window, overlap, fps, rate):
     """The windows of a clip of `duration` seconds: [(first video frame, first audio token)], one
-    per window of `window` seconds, until the audio tokens cover the clip."""
-    hop_frames, hop_tokens = window_hop(window, overlap, fps, rate)
+    per window of `window` seconds, a hop apart, until the audio tokens cover the clip. The last
+    window ends at the clip's end (its start rounded up to the grid, so it ends less than one
+    grid period past it): it sees the clip's own frames, not its last frame held, and shares more
+    than `overlap` with the window before it. A clip shorter than a window is one window."""
+    _, hop_tokens = window_hop(window, overlap, fps, rate)
+    frames_per_token = Fraction(fps).limit_denominator(10**6) / Fraction(rate).limit_denominator(10**6)
+    period_tokens = int(grid_period(fps, rate) * Fraction(rate).limit_denominator(10**6))
     n_tokens, win_tokens = math.ceil(round(duration * rate, 6)), round(window * rate)
-    n = 1 + max(0, -(-(n_tokens - win_tokens) // hop_tokens))
-    return [(w * hop_frames, w * hop_tokens) for w in range(n)]
+    starts = list(range(0, max(1, n_tokens - win_tokens), hop_tokens))  # the windows that end before the clip does
+    if n_tokens > win_tokens:  # the last: the first grid point from which a window reaches the end
+        starts.append(-(-(n_tokens - win_tokens) // period_tokens) * period_tokens)
+    return [(int(s * frames_per_token), s) for s in starts]
 
 
 def generate(models, feats, durations, prompts, seeds, args, device, negatives=None, cut_prompts=False):
@@ -387,96 +420,33 @@ class Clip(NamedTuple):
 # outputs
 
 
-def write_wav(path, wav, sr):
-    """16-bit PCM mono wav, atomically."""
-    pcm = (np.clip(wav, -1, 1) * 32767).round().astype("<i2")
-    with atomic_path(path) as tmp:
-        with wave.open(tmp, "wb") as f:
-            f.setnchannels(1)
-            f.setsampwidth(2)
-            f.setframerate(sr)
-            f.writeframes(pcm.tobytes())
-
-
 def save_steps(path, result, steps):
     """<clip>.steps.json, the clip's decoding order (its windows joined as its codes are):
     revealed_at[level][frame] = the step (1..steps) at which that token was revealed, 0 = given."""
     grid = torch.cat(result["revealed_at"], -1)[:, : result["codes"].shape[-1]]  # (L, T)
     with atomic_path(path) as tmp:  # one line: indented, a 10 s clip's 2000 numbers would take 2000 lines
-        Path(tmp).write_text(json.dumps({"steps": steps, "revealed_at": grid.tolist()}) + "\n")
-
-
-def mux(video_path, wav, sr, out_base):
-    """The original video stream copied packet by packet (no re-encoding) + the new audio as AAC,
-    in <out_base>.mp4, or in <out_base>.mkv when MP4 cannot hold the video's codec (VP8, raw
-    video, ...): Matroska holds nearly every codec. Returns the path written, or None when
-    neither can hold it (nothing is written then)."""
-    with av.open(str(video_path)) as src:
-        vin = src.streams.video[0]
-
-        def holds(fmt):  # a container that is never started writes nothing
-            with av.open(io.BytesIO(), "w", format=fmt) as probe:
-                return vin.codec_context.codec.name in probe.supported_codecs
-
-        fmt, ext = next(((f, e) for f, e in (("mp4", ".mp4"), ("matroska", ".mkv")) if holds(f)), (None, None))
-        if fmt is None:
-            return None
-        with atomic_path(out_base + ext) as tmp, av.open(tmp, "w", format=fmt) as dst:
-            # opaque: reuse the decoder's codec for the copied stream, so a codec FFmpeg can decode
-            # but not encode (no encoder to look up) still copies
-            vout = dst.add_stream_from_template(vin, opaque=True)
-            aout = dst.add_stream("aac", rate=sr, layout="mono")
-            # the audio was generated for the timeline that starts at the container's start
-            # (load_frames' origin), so the copy moves that start to 0 and the audio starts at 0 too,
-            # as ffmpeg's stream copy does: a video whose frames start at, say, 3 s stays in sync, and
-            # the MP4 muxer can trim the AAC encoder's priming (it does so only before time 0)
-            shift = round(stream_origin(src) / vin.time_base)
-            for packet in src.demux(vin):
-                # skip the demuxer's final, empty flush packet. A real packet may lack a dts (B-frames
-                # in Matroska, whose first keyframe has none): the muxer derives it from the pts, so it
-                # must not be dropped, or the copied stream starts without its keyframe
-                if packet.size == 0:
-                    continue
-                packet.pts = packet.pts - shift if packet.pts is not None else None
-                packet.dts = packet.dts - shift if packet.dts is not None else None
-                packet.stream = vout
-                dst.mux(packet)
-            frame = av.AudioFrame.from_ndarray(wav[None].astype(np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = sr, 0
-            for packet in aout.encode(frame):
-                dst.mux(packet)
-            for packet in aout.encode(None):
-                dst.mux(packet)
-    return out_base + ext
+        Path(tmp).write_text(json.dumps({"steps": steps, "revealed_at": grid.tolist()}) + "\n", encoding="utf-8")
 
 
 # -----------------------------------------------------------------------------
+# a sampling run: its jobs, generating them batch by batch, writing each clip's outputs
 
 
-def main(argv=None):
-    args = parse_config(Config, PRESETS, argv)
-    t0 = time.time()
-    device = pick_device(args.device)
+def check_options(args):
     if not args.video and not args.data_json:
         sys.exit("error: give --video FILE|FOLDER|LIST or --data_json FILE (see --help)")
     if args.negative_field and not args.data_json:
         sys.exit("error: --negative_field reads the entries of --data_json (for videos, use --negative_prompt)")
     if args.negative_field and args.negative_prompt:
         sys.exit("error: give --negative_prompt or --negative_field, not both")
-    if args.official_ckpt:
-        models = load_official_models(args.official_ckpt, device, vatt=args.official_model)
-    else:
-        try:
-            models = load_models(args.ckpt_dir, device)
-        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as e:
-            # torch.load of a file that is no checkpoint at all (garbage, truncated, empty); its own
-            # messages run to many lines (or none) and rarely say so
-            sys.exit(f"error: {args.ckpt_dir}: stage1.pt or stage2.pt is not a readable PyTorch checkpoint "
-                     f"({type(e).__name__})")
+
+
+def check_for_model(args, models, source):
+    """The options that depend on the model: one error line naming `source` (its checkpoint)."""
     conv = models.converter
     if models.audio.config.condition == "visual" and any(
             getattr(args, k) for k in ("prompt", "negative_prompt", "self_prompt", "prompt_field", "negative_field")):
-        sys.exit(f"error: {args.ckpt_dir}/stage2.pt: conditioned on the video alone (VATT-V), it takes no text")
+        sys.exit(f"error: {source}: conditioned on the video alone (VATT-V), it takes no text")
     try:
         window_hop(models.meta["seconds"], args.overlap, models.meta["fps"], models.codec.frame_rate)
     except ValueError as e:
@@ -486,155 +456,217 @@ def main(argv=None):
         if text and conv.prompt_ids(text)[1]:
             sys.exit(f"error: --{name} {text[:40]!r}... is longer than the {conv.max_text_tokens} tokens this "
                      "model accepts")
+
+
+def read_jobs(args, models, device):
+    """What to sample: [(key, load)] where load() gives a Clip's (features, duration, prompt,
+    negative prompt), and the output folder (None: beside each video). A --data_json run reads
+    the split's extracted features; otherwise each video is decoded and encoded."""
+    if not args.data_json:
+        # a folder or a .txt list of paths; anything else is one video (a missing one fails as such)
+        paths = list_videos(args.video) if Path(args.video).is_dir() or args.video.endswith(".txt") else [args.video]
+        out = Path(args.out_dir) if args.out_dir else None
+        bases = {}  # two videos whose outputs would overwrite each other are refused before any work
+        for p in paths:
+            base = (out or Path(p).parent) / f"{Path(p).stem}.vatt"
+            if base in bases:
+                sys.exit(f"error: {bases[base]} and {p} would both write {base}.*: rename one, or sample them "
+                         "into different --out_dir folders")
+            bases[base] = p
+        encoder = VideoFeatures(models.meta, device)
+        jobs = [(p, lambda p=p: (*encoder(p), args.prompt or None, args.negative_prompt or None)) for p in paths]
+        return jobs, out
+    features_dir = models.converter.features_dir
+    items, missing = load_split(args.data_json, features_dir, args.split)
+    if missing:
+        what = f"{missing} {args.split} clips have no features in {features_dir}"
+        if args.strict:
+            sys.exit(f"error: --strict: {what}")
+        print(f"warning: {what}: skipped", file=sys.stderr)
+    entries = {Path(e["video_path"]).stem: e for e in json.loads(Path(args.data_json).read_text(encoding="utf-8"))}
+
+    def entry_text(stem, field):
+        """The text in an entry's `field`; a missing or empty one fails this clip alone."""
+        text = entries[stem].get(field)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{stem}: its entry in {args.data_json} has no text in the field {field!r}")
+        return text
+
+    def load_entry(stem):
+        return (load_features(features_dir, stem), models.meta["seconds"],
+                entry_text(stem, args.prompt_field) if args.prompt_field else None,
+                entry_text(stem, args.negative_field) if args.negative_field else args.negative_prompt or None)
+
+    jobs = [(stem, lambda s=stem: load_entry(s)) for stem, _ in items]
+    return jobs, Path(args.out_dir or Path(args.ckpt_dir) / "samples" / args.name)
+
+
+def write_clip(args, models, clip, result, k, out, record):
+    """One clip's outputs: for a --data_json run its wav (and steps) in `out`; for a video
+    <video>.vatt.wav, .mp4 and .json (`record`). Raises OSError / ValueError when they cannot be
+    written."""
+    sr = models.codec.sample_rate
+    suffix = f".{k}" if args.num_samples > 1 else ""
+    wav = None if args.caption_only else models.codec.decode(result["codes"][None])[0, 0].cpu().numpy()
+    if args.data_json:
+        if wav is not None:
+            write_wav(out / f"{clip.key}{suffix}.wav", wav, sr)
+            if args.save_steps:
+                save_steps(out / f"{clip.key}{suffix}.steps.json", result, args.steps)
+        return
+    path = Path(clip.key)
+    base = str((out or path.parent) / f"{path.stem}.vatt{suffix}")
+    print(f"{path}: {record['caption']!r}" if record["caption"] else f"{path}")
+    if wav is not None:
+        wav = wav[: round(clip.duration * sr)]
+        write_wav(base + ".wav", wav, sr)
+        record["video_out"] = mux(path, wav, sr, base)
+        if record["video_out"] is None:
+            print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; "
+                  "wrote the wav and json only", file=sys.stderr)
+    save_json(record, base + ".json")
+    if args.save_steps and not args.caption_only:
+        save_steps(base + ".steps.json", result, args.steps)
+
+
+def load_batch(jobs, tally):
+    """The batch's clips, loaded; a clip that cannot be is a failure of its own."""
+    loaded = []
+    for key, load in jobs:
+        try:
+            loaded.append(Clip(key, *load()))
+        except (ValueError, OSError) as e:
+            tally["failed"].append(f"{key}: {e}" if str(key) not in str(e) else str(e))
+    return loaded
+
+
+def earlier_clips(args, out, run_settings):
+    """The captions.json entries of an earlier run into `out` with the same settings whose outputs
+    are all there: a rerun keeps them and samples the rest. Another run's file is started over."""
+    path = out / "captions.json"
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    if earlier.get("settings") != run_settings:
+        print(f"note: {path} was written with other settings: starting over", file=sys.stderr)
+        return {}
+    return {key: entry for key, entry in earlier["clips"].items()
+            if args.caption_only or (out / f"{key}.wav").is_file()}
+
+
+def write_captions(out, run_settings, clips):
+    """captions.json: the run's settings, its counts (texts cut to the model's length, captions
+    that reached the limit) and one entry per clip sampled so far (written after every batch)."""
+    counts = {name: sum(bool(e.get(key)) for e in clips.values()) for name, key in
+              (("prompts_cut", "prompt_cut"), ("negative_prompts_cut", "negative_prompt_cut"),
+               ("captions_at_limit", "caption_at_limit"))}
+    save_json({"settings": run_settings, "counts": counts, "clips": clips}, out / "captions.json")
+    return counts
+
+
+def sample_batch(args, models, device, loaded, k, settings, checkpoints, out, tally):
+    """Sample k of every loaded clip, generated in one batch and written clip by clip. Returns the
+    clips that did not fail (a failure is reported once, not per sample)."""
+    # the clip's key: a --data_json stem, a video's file name (not its folder)
+    keys = [c.key if args.data_json else Path(c.key).name for c in loaded]
+    seeds = [clip_seed(args.seed, k, key) for key in keys]
+    try:
+        results = generate(models, [c.feats for c in loaded], [c.duration for c in loaded], [c.prompt for c in loaded],
+                           seeds, args, device, negatives=[c.negative for c in loaded], cut_prompts=bool(args.data_json))
+    except ValueError as e:
+        tally["failed"] += [f"{c.key}: {e}" for c in loaded]
+        return []
+    for clip, r, seed, key in zip(loaded, results, seeds, keys):
+        if "error" in r:  # this clip alone: the rest of the batch is generated
+            tally["failed"].append(f"{clip.key}: {r['error']}")
+            continue
+        caption = " | ".join(dict.fromkeys(c for c in r["captions"] if c)) or None
+        at_limit = any(r["captions_at_limit"])
+        tally["captions_at_limit"] += at_limit
+        tally["done"] += 1
+        seed_record = {"seed": seed, "seed_from": {"seed": args.seed, "sample": k, "key": key}}
+        if args.data_json:
+            conv = models.converter
+            tally["captions"][clip.key + (f".{k}" if args.num_samples > 1 else "")] = {
+                "caption": caption, "prompt": clip.prompt, "negative_prompt": clip.negative,
+                "caption_at_limit": at_limit, **seed_record,
+                "prompt_cut": clip.prompt is not None and conv.prompt_ids(clip.prompt)[1],
+                "negative_prompt_cut": clip.negative is not None and conv.prompt_ids(clip.negative)[1]}
+        record = {"video": str(clip.key), "caption": caption, "caption_at_limit": at_limit, "prompt": clip.prompt,
+                  "negative_prompt": clip.negative, "prompts_used": r["prompts"], **seed_record,
+                  "duration": clip.duration, **settings, "checkpoints": checkpoints}
+        try:
+            write_clip(args, models, clip, r, k, out, record)
+        except (ValueError, OSError) as e:  # a stream the muxer refuses, a full disk: this clip fails,
+            tally["failed"].append(f"{clip.key}: could not write its outputs ({e})")  # the rest go on
+    return [c for c, r in zip(loaded, results) if "error" not in r]
+
+
+def run(args, models, device, checkpoints):
+    """A sampling run of args with these models (sample.py's own checkpoints, or official.py's
+    the authors'); `checkpoints` names their files in every record. Prints what it was given,
+    did, kept and skipped. Returns the exit status."""
+    t0 = time.time()
+    conv = models.converter
+    check_for_model(args, models, checkpoints.get("audio", "the model"))
     if args.caption_sampling:
         torch.manual_seed(args.seed)  # transformers' sampling draws from torch's global generator
     if args.compile:
         models.audio = torch.compile(models.audio)
-    sr = models.codec.sample_rate
     settings = {k: getattr(args, k) for k in ("steps", "guidance_scale", "temperature", "top_k", "mask_temperature", "overlap",
                                               "caption_sampling")}
     settings.update(caption_prompt=args.caption_prompt or TEMPLATE,
                     caption_max_tokens=args.caption_max_tokens or conv.max_text_tokens + 1)
-    # the files actually used: the authors' checkpoints (official.py resolves them) replace ckpt_dir's
-    checkpoints = (models.files if args.official_ckpt else
-                   {"converter": str(Path(args.ckpt_dir) / "stage1.pt"), "audio": str(Path(args.ckpt_dir) / "stage2.pt")})
-
-    if args.data_json:  # evaluation run on extracted features
-        features_dir = conv.features_dir
-        items, missing = load_split(args.data_json, features_dir, args.split)
-        if missing:
-            print(f"warning: {missing} {args.split} clips have no features in {features_dir}", file=sys.stderr)
-        entries = {Path(e["video_path"]).stem: e for e in json.loads(Path(args.data_json).read_text())}
-        out = Path(args.out_dir or Path(args.ckpt_dir) / "samples" / args.name)
-
-        def entry_text(stem, field):
-            """The text in an entry's `field`; a missing or empty one fails this clip alone."""
-            text = entries[stem].get(field)
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{stem}: its entry in {args.data_json} has no text in the field {field!r}")
-            return text
-
-        def load_entry(stem):
-            return (load_features(features_dir, stem), models.meta["seconds"],
-                    entry_text(stem, args.prompt_field) if args.prompt_field else None,
-                    entry_text(stem, args.negative_field) if args.negative_field else args.negative_prompt or None)
-
-        jobs = [(stem, lambda s=stem: load_entry(s)) for stem, _ in items]
-    else:
-        # a folder or a .txt list of paths; anything else is one video (a missing one fails as such)
-        paths = list_videos(args.video) if Path(args.video).is_dir() or args.video.endswith(".txt") else [args.video]
-        encoder = VideoFeatures(models.meta, device)
-        out = Path(args.out_dir) if args.out_dir else None
-        jobs = [(p, lambda p=p: (*encoder(p), args.prompt or None, args.negative_prompt or None)) for p in paths]
-
-    failed, captions = [], {}
-    n_cut = {"prompt": 0, "negative_prompt": 0}  # --data_json texts longer than the model takes, cut
-    n_at_limit = 0  # captions that reached caption_max_tokens without ending
+    jobs, out = read_jobs(args, models, device)
+    tally = dict(failed=[], captions={}, captions_at_limit=0, done=0)
+    if args.data_json:
+        run_settings = {"data_json": args.data_json, "split": args.split, "prompt_field": args.prompt_field,
+                        "negative_field": args.negative_field, "negative_prompt": args.negative_prompt, "seed": args.seed,
+                        "num_samples": args.num_samples, "caption_only": args.caption_only, **settings,
+                        "checkpoints": checkpoints,  # and when they were written: a retrained model starts over
+                        "checkpoint_times": {k: os.stat(p).st_mtime_ns for k, p in checkpoints.items() if os.path.isfile(p)}}
+        tally["captions"] = earlier_clips(args, out, run_settings)
+        suffixes = [""] if args.num_samples == 1 else [f".{k}" for k in range(args.num_samples)]
+        given = len(jobs)  # a clip whose every sample an earlier run made is kept, not redone
+        jobs = [job for job in jobs if not all(job[0] + x in tally["captions"] for x in suffixes)]
     bar = tqdm(total=len(jobs) * args.num_samples, desc="videos", disable=len(jobs) < 2)
     for b in range(0, len(jobs), args.batch_size):
-        batch, loaded = jobs[b: b + args.batch_size], []
-        for key, load in batch:
-            try:
-                loaded.append(Clip(key, *load()))
-            except (ValueError, OSError) as e:
-                failed.append(f"{key}: {e}" if str(key) not in str(e) else str(e))
-        if args.data_json:
-            for c in loaded:
-                n_cut["prompt"] += c.prompt is not None and conv.prompt_ids(c.prompt)[1]
-                n_cut["negative_prompt"] += c.negative is not None and conv.prompt_ids(c.negative)[1]
+        loaded = load_batch(jobs[b: b + args.batch_size], tally)
         for k in range(args.num_samples):
-            if not loaded:
-                break
-            # the clip's key: a --data_json stem, a video's file name (not its folder)
-            seeds = [clip_seed(args.seed, k, c.key if args.data_json else Path(c.key).name) for c in loaded]
-            try:
-                results = generate(models, [c.feats for c in loaded], [c.duration for c in loaded],
-                                   [c.prompt for c in loaded], seeds, args, device, negatives=[c.negative for c in loaded],
-                                   cut_prompts=bool(args.data_json))
-            except ValueError as e:
-                failed += [f"{c.key}: {e}" for c in loaded]
-                break
-            for (key, feats, duration, prompt, negative), r, seed in zip(loaded, results, seeds):
-                if "error" in r:  # this clip alone: the rest of the batch is generated
-                    failed.append(f"{key}: {r['error']}")
-                    continue
-                caption = " | ".join(dict.fromkeys(c for c in r["captions"] if c)) or None
-                at_limit = any(r["captions_at_limit"])
-                n_at_limit += at_limit
-                suffix = f".{k}" if args.num_samples > 1 else ""
-                seed_record = {"seed": seed, "seed_from": {"seed": args.seed, "sample": k,
-                                                           "key": key if args.data_json else Path(key).name}}
-                wav = None if args.caption_only else models.codec.decode(r["codes"][None])[0, 0].cpu().numpy()
-                if args.data_json:
-                    stem = key
-                    captions[stem + suffix] = {"caption": caption, "prompt": prompt, "negative_prompt": negative,
-                                               "caption_at_limit": at_limit, **seed_record}
-                    if wav is not None:
-                        write_wav(out / f"{stem}{suffix}.wav", wav, sr)
-                        if args.save_steps:
-                            save_steps(out / f"{stem}{suffix}.steps.json", r, args.steps)
-                else:
-                    path = Path(key)
-                    base = str((out or path.parent) / f"{path.stem}.vatt{suffix}")
-                    print(f"{path}: {caption!r}" if caption else f"{path}")
-                    record = {"video": str(path), "caption": caption, "caption_at_limit": at_limit, "prompt": prompt,
-                              "negative_prompt": negative, "prompts_used": r["prompts"], **seed_record,
-                              "duration": duration, **settings, "checkpoints": checkpoints}
-                    if wav is not None:
-                        wav = wav[: round(duration * sr)]
-                        try:
-                            write_wav(base + ".wav", wav, sr)
-                            record["video_out"] = mux(path, wav, sr, base)
-                        except (ValueError, OSError) as e:  # a stream the muxer refuses, a full disk: this video
-                            failed.append(f"{path}: could not write its outputs ({e})")  # fails, the rest go on
-                            bar.update(1)
-                            continue
-                        if record["video_out"] is None:
-                            print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; "
-                                  "wrote the wav and json only", file=sys.stderr)
-                    save_json(record, base + ".json")
-                    if args.save_steps and not args.caption_only:
-                        save_steps(base + ".steps.json", r, args.steps)
-                bar.update(1)
-            loaded = [c for c, r in zip(loaded, results) if "error" not in r]  # reported once, not per sample
+            if loaded:
+                n = len(loaded)
+                loaded = sample_batch(args, models, device, loaded, k, settings, checkpoints, out, tally)
+                bar.update(n)
+        if args.data_json:  # after every batch: an interrupted run keeps what it made
+            write_captions(out, run_settings, tally["captions"])
     bar.close()
-    for name, field in (("prompt", args.prompt_field), ("negative_prompt", args.negative_field)):
-        if n_cut[name]:
-            print(f"note: {n_cut[name]} texts of the field {field!r} are longer than the {conv.max_text_tokens} "
-                  "tokens this model takes: cut as training cuts them", file=sys.stderr)
-    if n_at_limit:
-        print(f"warning: {n_at_limit} captions reached the limit of {settings['caption_max_tokens']} new tokens "
-              "without ending (--caption_max_tokens)", file=sys.stderr)
     if args.data_json:
-        run = {"data_json": args.data_json, "split": args.split, "prompt_field": args.prompt_field,
-               "negative_field": args.negative_field, "negative_prompt": args.negative_prompt, "seed": args.seed,
-               "num_samples": args.num_samples, **settings, "checkpoints": checkpoints,
-               "prompts_cut": n_cut["prompt"], "negative_prompts_cut": n_cut["negative_prompt"],
-               "captions_at_limit": n_at_limit}
-        save_json({"settings": run, "clips": captions}, out / "captions.json")
+        counts = write_captions(out, run_settings, tally["captions"])
+        for name, field in (("prompts_cut", args.prompt_field), ("negative_prompts_cut", args.negative_field)):
+            if counts[name]:
+                print(f"note: {counts[name]} texts of the field {field!r} are longer than the {conv.max_text_tokens} "
+                      "tokens this model takes: cut as training cuts them", file=sys.stderr)
         record_timing(args.ckpt_dir, f"sample_{args.name}", t0)
-    for line in failed:
+    if tally["captions_at_limit"]:
+        print(f"warning: {tally['captions_at_limit']} captions reached the limit of {settings['caption_max_tokens']} "
+              "new tokens without ending (--caption_max_tokens)", file=sys.stderr)
+    for line in tally["failed"]:
         print(f"failed: {line}", file=sys.stderr)
-    if failed and len(jobs) > 1:  # a single video's failure is its one line
-        print(f"{len(failed)} of {len(jobs)} videos failed", file=sys.stderr)
-    return 1 if failed else 0
+    if tally["failed"] and len(jobs) > 1:  # a single video's failure is its one line
+        print(f"{len(tally['failed'])} of {len(jobs)} videos failed", file=sys.stderr)
+    if args.data_json:
+        print(f"{args.name}: {given} clips, {given - len(jobs)} kept from an earlier run, {tally['done']} samples "
+              f"made, {len(tally['failed'])} failed -> {out}", file=sys.stderr)
+    return 1 if tally["failed"] else 0
 
 
-class VideoFeatures:
-    """Video file -> (features (N, D) at the extraction's frame rate, duration), with the Converter's own visual encoder
-    (rebuilt from the extraction settings stored in stage1.pt)."""
-
-    def __init__(self, meta, device):
-        self.meta, self.device = meta, device
-        self.model, self.preprocess = build_visual_encoder(SimpleNamespace(**meta), device)
-
-    def __call__(self, path):
-        frames, duration = load_frames(path, self.meta["fps"])
-        # a long video's frames are preprocessed and encoded a chunk at a time: all at once, an
-        # hour at 5 fps would be 18000 images of 3 x 336 x 336 floats in memory
-        chunks = [frames[i: i + 64] for i in range(0, len(frames), 64)]
-        feats = [encode_frames(self.model, preprocess_frames(self.preprocess, c), self.device) for c in chunks]
-        return torch.cat(feats), duration
+def main(argv=None):
+    args = parse_config(Config, PRESETS, argv)
+    check_options(args)
+    device = pick_device(args.device)
+    models = load_models(args.ckpt_dir, device)
+    checkpoints = {"converter": str(Path(args.ckpt_dir) / "stage1.pt"), "audio": str(Path(args.ckpt_dir) / "stage2.pt")}
+    return run(args, models, device, checkpoints)
 
 
 if __name__ == "__main__":

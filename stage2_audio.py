@@ -7,20 +7,32 @@ Stage 2 of VATT: VATT Audio (paper §3.2), a bidirectional masked audio-token tr
     Dec(Concat(E_lm, E_a^M)) -> the audio positions -> L parallel Linear heads -> token logits
     loss: cross-entropy on the masked tokens only (eq. 2)
 
-As in the authors' released code, Dec is two stacks: first "multiway" layers (one shared
-self-attention, separate LayerNorms and FFNs for condition and audio tokens), then plain layers;
-ALiBi attention bias plus fixed sin-cos positions (audio positions continue after the condition);
-pre-LayerNorm; GELU FFN x4 without bias; dropout 0.1. Sampling (iterative parallel decoding,
-§3.2.2) lives in sample.py.
+Sampling (iterative parallel decoding, §3.2.2) lives in sample.py. The variants of the paper's
+ablations live here too, each an option of this script: VATT-V and VATT-Cross-Attn (Table 4:
+--condition=visual, --architecture=cross-attn) and the masking distributions of appendix A
+(Table 5: --mask_dist); ablations.py runs them on the toy.
 
-Toy world (CPU, ~7 min):
-    python stage2_audio.py --preset=toy
-One GPU, after stage 1 with Gemma-2B:
-    python stage2_audio.py --preset=gemma-2b --converter=out/gemma-2b/stage1.pt --features_dir=vggsound/features --data_json=vggsound/v2a_instruction.json --out_dir=out/gemma-2b
-Many GPUs:
-    torchrun --nproc_per_node=4 stage2_audio.py --preset=llama-2-7b ...
-Parameter count of a preset at full size (random weights, no data needed):
-    python stage2_audio.py --preset=gemma-2b --count_params=true
+    python stage2_audio.py --preset=toy                                   # the toy world (CPU)
+    python stage2_audio.py --preset=gemma-2b --converter=out/gemma-2b/stage1.pt   # one GPU
+    torchrun --nproc_per_node=4 stage2_audio.py --preset=llama-2-7b       # many GPUs
+    python stage2_audio.py --preset=gemma-2b --count_params=true          # its size, no data needed
+    # fine-tuning: from a stage2.pt of ours, or the authors' .ckpt once converted (official.py convert)
+    python stage2_audio.py --preset=gemma-2b --init_from=out/released/stage2.pt --out_dir=out/mine
+
+Where this file differs from the paper and from the released code (README, "Paper notes"):
+1. Dec is the released code's: "multiway" layers (one shared self-attention, separate LayerNorms
+   and FFNs for condition and audio tokens), then plain layers; ALiBi plus fixed sin-cos positions
+   (audio positions after the condition); pre-LN, GELU FFN x4 without bias. The paper says only
+   "self-attention layers". The released encoder shares ONE LayerNorm pair across its multiway
+   layers; here each layer has its own (official.py copies theirs into every one).
+2. Heads and targets in the natural order (logits[b, l, t] predicts codes[b, l, t]); the released
+   model learnt a permutation of it, kept for their weights by ModelConfig.head_order.
+3. The training draw (§3.2.2): one masking ratio per sample and exactly max(1, round(r N)) masked
+   tokens (released: one ratio per batch, Bernoulli masks); the null condition per sample with
+   p = 0.1 (released: per batch).
+4. Label smoothing 0.1 in eq. 2, as the released code trained.
+5. Prompts: the ground-truth caption with p = caption_prob, else one of the ten instructions, in
+   one run (released: the templates alone, then the captions, in two runs).
 """
 import math
 import sys
@@ -34,8 +46,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange, reduce
 
-from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, record_timing, save_checkpoint,
-                   setup_ddp, weights_digest)
+from codec import load_codec
+from extract_features import BadFileError, exit_changed_file, train_val_split
+from stage1_caption import INSTRUCTIONS, load_converter
+from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, read_checkpoint,
+                   read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, stop_if_not_finite, weights_digest)
 
 # -----------------------------------------------------------------------------
 # config
@@ -57,25 +72,22 @@ class Config:
     dropout: float = 0.0  # 0.1 at paper size; the toy has data to spare, and CPU dropout is slow
     max_len: int = 1000  # length of the sin-cos position table (condition + audio tokens)
     cond_dim: int = 0  # width of the LLM states; 0 = read it from the Converter checkpoint
-    # the ablations of Table 4 (ablations.py): the decoder, "vatt" (§3.2.1) or "cross-attn"
-    # (VATT-Cross-Attn); the condition, "llm" (the Converter's states) or "visual" (VATT-V: the
-    # Projector's video tokens, no LLM and no text)
+    # Table 4's ablations: the decoder, "vatt" (§3.2.1) or "cross-attn" (VATT-Cross-Attn,
+    # CrossAttnAudio); the condition, "llm" (the Converter's states) or "visual" (VATT-V: the
+    # Projector's video tokens, no LLM and no text; audio_condition)
     architecture: str = "vatt"
     condition: str = "llm"
     # masking (§3.2.2): ratio r ~ Normal(mask_mean, mask_std) truncated to [0.5, 1], one draw per
-    # sample; the paper's (0.75, 0.25). The toy preset peaks at full masking, where its sampler's
-    # first steps run: in 2000 CPU steps the paper's distribution learnt either the strikes or the
-    # text, never both (docs/ablations.md, docs/toy-tuning.md).
+    # sample; the paper's (0.75, 0.25). The toy preset's N(1.0, 0.05): docs/ablations.md
     mask_mean: float = 0.75
     mask_std: float = 0.25
-    # the ratio's distribution: "truncnorm" (above); appendix A's alternatives (Table 5, see
-    # mask_ratios) "uniform", "arccos", or "sine" (the truncated normal, its mean rising over training)
+    # the ratio's distribution: "truncnorm" (above), or appendix A's alternatives (Table 5,
+    # mask_ratios): "uniform", "arccos", "sine" (the truncated normal, its mean rising over training)
     mask_dist: str = "truncnorm"
     cond_dropout: float = 0.1  # per-sample probability of the null condition (classifier-free guidance)
     label_smoothing: float = 0.1  # as the released code
     # the prompt of a training sample: its ground-truth caption with this probability, otherwise
-    # one of the ten V2A instructions, so one model serves both generation modes of §3.2 (the
-    # text carries what the video cannot show, so it gets the larger share)
+    # one of the ten V2A instructions, so one model serves both generation modes of §3.2
     caption_prob: float = 0.7
     # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
     batch_size: int = 32
@@ -90,9 +102,9 @@ class Config:
     eval_batches: int = 4
     log_interval: int = 25  # print the training loss every this many steps
     resume: bool = True  # continue from out_dir/stage2.pt if it exists
-    # fine-tuning: start from this trained stage2.pt, or from the authors' released VATT .ckpt (via
-    # official.py), with a fresh optimizer at step 0; the network's size comes from it. A run that
-    # has saved its own out_dir/stage2.pt resumes from that instead.
+    # fine-tuning: start from this trained stage2.pt (ours, or the authors' converted by
+    # `official.py convert`) with a fresh optimizer at step 0; the network comes from it. A run
+    # that has saved its own out_dir/stage2.pt resumes from that instead.
     init_from: str = ""
     features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
     skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
@@ -109,6 +121,9 @@ PRESETS = {
     "gemma-2b": dict(PAPER_SIZE, cond_dim=2048, converter="out/gemma-2b/stage1.pt", out_dir="out/gemma-2b"),
     "llama-2-7b": dict(PAPER_SIZE, cond_dim=4096, converter="out/llama-2-7b/stage1.pt", out_dir="out/llama-2-7b"),
 }
+CHOICES = {"mask_dist": ("truncnorm", "uniform", "arccos", "sine"), "architecture": ("vatt", "cross-attn"),
+           "condition": ("llm", "visual")}
+MASK_DISTRIBUTIONS = CHOICES["mask_dist"]
 
 # -----------------------------------------------------------------------------
 # the model
@@ -127,16 +142,19 @@ class ModelConfig:
     head_dim: int = 64
     dropout: float = 0.1
     max_len: int = 1000
-    architecture: str = "vatt"  # or "cross-attn" (ablations.py)
+    architecture: str = "vatt"  # or "cross-attn" (CrossAttnAudio)
     condition: str = "llm"  # what the condition holds: "llm" states, or "visual" (VATT-V, see audio_condition)
+    # "natural", or "released": the order the authors' weights were trained in (difference 2,
+    # released_order); a property of a checkpoint, kept when it is fine-tuned
+    head_order: str = "natural"
 
 
-def model_config(cfg, cond_dim, codec):
+def model_config(cfg, cond_dim, codec, head_order="natural"):
     """The network of a stage-2 Config for an LLM of width cond_dim and a codec's token tables."""
     return ModelConfig(cond_dim=cond_dim, n_q=codec.n_q, bins=codec.bins, codebook_dim=codec.dim, dim=cfg.dim,
                        n_multiway=cfg.n_multiway, n_plain=cfg.n_plain, n_head=cfg.n_head, head_dim=cfg.head_dim,
                        dropout=cfg.dropout, max_len=cfg.max_len, architecture=cfg.architecture,
-                       condition=cfg.condition)
+                       condition=cfg.condition, head_order=head_order)
 
 
 def sincos_table(n, dim):
@@ -201,32 +219,31 @@ class Block(nn.Module):
         return x + per_modality(self.ff, per_modality(self.norm2, x, split), split)
 
 
-def add_inputs(model, c, codebooks=None):
-    """The input side of VATT Audio, also used by the VATT-Cross-Attn ablation (ablations.py): the
-    codec's RVQ codebooks, frozen (a buffer, saved with the model so a checkpoint is
-    self-contained), one learned MASK vector per level, the audio and condition projections, the
-    sin-cos positions, a modality vector per stream, the ALiBi slopes and the input dropout."""
-    model.config = c
-    model.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(c.n_q, c.bins, c.codebook_dim))
-    model.mask_embed = nn.Parameter(torch.randn(c.n_q, c.codebook_dim) * 0.02)
-    model.audio_proj = nn.Linear(c.codebook_dim, c.dim)
-    model.cond_proj = nn.Linear(c.cond_dim, c.dim)
-    model.register_buffer("pos", sincos_table(c.max_len, c.dim), persistent=False)
-    model.modality_cond = nn.Parameter(torch.randn(c.dim) * 0.02)
-    model.modality_audio = nn.Parameter(torch.randn(c.dim) * 0.02)
-    model.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
-    model.drop = nn.Dropout(c.dropout)
-
-
 class VATTAudio(nn.Module):
     def __init__(self, c: ModelConfig, codebooks=None):
         super().__init__()
-        add_inputs(self, c, codebooks)
+        self.build_inputs(c, codebooks)
         self.encoder = nn.ModuleList(Block(c, multiway=True) for _ in range(c.n_multiway))
         self.encoder_norm = nn.ModuleList([nn.LayerNorm(c.dim), nn.LayerNorm(c.dim)])
         self.decoder = nn.ModuleList(Block(c, multiway=False) for _ in range(c.n_plain))
         self.decoder_norm = nn.LayerNorm(c.dim)
         self.heads = nn.ModuleList(nn.Linear(c.dim, c.bins, bias=False) for _ in range(c.n_q))
+
+    def build_inputs(self, c, codebooks):
+        """The input side: the codec's RVQ codebooks, frozen (a buffer, saved with the model so a
+        checkpoint is self-contained), one learned MASK vector per level, the audio and condition
+        projections, the sin-cos positions (saved too: the authors' weights keep their own table),
+        a modality vector per stream, the ALiBi slopes and the input dropout."""
+        self.config = c
+        self.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(c.n_q, c.bins, c.codebook_dim))
+        self.mask_embed = nn.Parameter(torch.randn(c.n_q, c.codebook_dim) * 0.02)
+        self.audio_proj = nn.Linear(c.codebook_dim, c.dim)
+        self.cond_proj = nn.Linear(c.cond_dim, c.dim)
+        self.register_buffer("pos", sincos_table(c.max_len, c.dim))
+        self.modality_cond = nn.Parameter(torch.randn(c.dim) * 0.02)
+        self.modality_audio = nn.Parameter(torch.randn(c.dim) * 0.02)
+        self.register_buffer("slopes", alibi_slopes(c.n_head), persistent=False)
+        self.drop = nn.Dropout(c.dropout)
 
     def embed_audio(self, codes):
         """(B, L, T) tokens, MASK = bins -> (B, T, codebook_dim): the sum of each level's vector."""
@@ -235,22 +252,36 @@ class VATTAudio(nn.Module):
         vectors = F.embedding(codes + offsets, tables.flatten(0, 1))  # (B, L, T, c)
         return reduce(vectors, "b l t c -> b t c", "sum")
 
+    def embed_condition(self, cond, drop_cond):
+        """(B, Lc, cond_dim) LLM states -> (B, Lc, dim); the null condition (drop_cond) = zeros,
+        then positions and modality as usual."""
+        c = self.cond_proj(cond)
+        if drop_cond is not None:
+            c = c.masked_fill(drop_cond[:, None, None], 0.0)
+        return c + self.pos[:cond.shape[1]] + self.modality_cond
+
+    def alibi(self, n, device):
+        """ALiBi's bias -|i - j| * slope per head, (H, n, n)."""
+        idx = torch.arange(n, device=device)
+        return -(idx[None, :] - idx[:, None]).abs() * self.slopes[:, None, None]
+
+    def logits(self, x):
+        """(B, T, dim) audio states -> (B, L, T, bins), in the checkpoint's head order."""
+        logits = torch.stack([head(x) for head in self.heads], 1)
+        return released_order(logits) if self.config.head_order == "released" else logits
+
     def forward(self, codes, cond, cond_mask, drop_cond=None):
         """codes (B, L, T) with MASK where unknown; cond (B, Lc, cond_dim) LLM states; cond_mask
         (B, Lc) 1 = real token; drop_cond (B,) bool selects the null condition per sample.
         Returns logits (B, L, T, bins): logits[b, l, t] predicts codes[b, l, t]."""
         B, _, T = codes.shape
         Lc = cond.shape[1]
-        c = self.cond_proj(cond)  # (B, Lc, dim)
-        if drop_cond is not None:  # null condition = zeros, then positions and modality as usual
-            c = c.masked_fill(drop_cond[:, None, None], 0.0)
-        c = c + self.pos[:Lc] + self.modality_cond
+        c = self.embed_condition(cond, drop_cond)  # (B, Lc, dim)
         a = self.audio_proj(self.embed_audio(codes)) + self.pos[Lc:Lc + T] + self.modality_audio  # (B, T, dim)
         x = self.drop(torch.cat([c, a], 1))  # (B, Lc+T, dim)
-        # attention bias: ALiBi -|i-j| * slope per head; padded condition keys are shut off
+        # attention bias: ALiBi, and padded condition keys shut off
         pad = torch.cat([cond_mask == 0, torch.zeros(B, T, dtype=torch.bool, device=codes.device)], 1)  # (B, Lc+T)
-        idx = torch.arange(Lc + T, device=codes.device)
-        bias = -(idx[None, :] - idx[:, None]).abs() * self.slopes[:, None, None]  # (H, Lc+T, Lc+T)
+        bias = self.alibi(Lc + T, codes.device)  # (H, Lc+T, Lc+T)
         # built once in the dtype attention runs in: under bf16 autocast scaled_dot_product_attention
         # would otherwise re-cast this (B, H, L, L) tensor from float32 in every layer
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
@@ -260,17 +291,89 @@ class VATTAudio(nn.Module):
         x = per_modality(self.encoder_norm, x, Lc)
         for block in self.decoder:
             x = block(x, bias, pad, Lc)
-        x = self.decoder_norm(x)[:, Lc:]  # (B, T, dim): the audio positions only
-        return torch.stack([head(x) for head in self.heads], 1)  # (B, L, T, bins)
+        return self.logits(self.decoder_norm(x)[:, Lc:])  # the audio positions only
+
+
+def released_order(logits):
+    """Natural-order logits (B, K, T, V) -> the order the authors' weights were trained in
+    (difference 2). Their forward flattens the heads as "b k t d -> b d (k t)" but their targets
+    and their sampler as "b c t -> b (t c)", so flat index j = k T + t (head floor(j / T) at
+    position j mod T) stands for codebook j mod K at time floor(j / K): out[b, c, t] is their
+    prediction for codebook c at time t. A pure permutation: argmax, softmax and sampling commute with it."""
+    return rearrange(rearrange(logits, "b k t v -> b (k t) v"), "b (t c) v -> b c t v", c=logits.shape[1])
+
+
+# -----------------------------------------------------------------------------
+# Table 4's ablations. VATT-V changes the condition (audio_condition); VATT-Cross-Attn the decoder:
+
+
+class CrossAttention(Attention):
+    """Vaswani et al.'s encoder-decoder attention: queries from the audio, keys and values from the condition."""
+
+    def forward(self, x, memory, bias):
+        q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.n_head)
+        k, v = (rearrange(f(memory), "b l (h d) -> b h l d", h=self.n_head) for f in (self.to_k, self.to_v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        return self.to_out(rearrange(y, "b h l d -> b l (h d)"))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-LN: self-attention over the audio tokens, cross-attention to the condition, FFN."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm1, self.self_attn = nn.LayerNorm(c.dim), Attention(c)
+        self.norm2, self.cross_attn = nn.LayerNorm(c.dim), CrossAttention(c)
+        self.norm3, self.ff = nn.LayerNorm(c.dim), feed_forward(c)
+
+    def forward(self, a, memory, self_bias, cross_bias, no_pad):
+        a = a + self.self_attn(self.norm1(a), self_bias, no_pad)
+        a = a + self.cross_attn(self.norm2(a), memory, cross_bias)
+        return a + self.ff(self.norm3(a))
+
+
+class CrossAttnAudio(VATTAudio):
+    """VATT-Cross-Attn: VATT Audio with its decoder replaced by interleaved self- and cross-attention
+    blocks (the paper's §3.2.1 names this the straightforward design it improves on). Everything
+    else is VATT Audio's: the audio and condition embeddings, sin-cos positions (audio after the
+    condition), modality vectors, the null condition, ALiBi (the same bias, audio-audio in
+    self-attention and audio-condition in cross-attention), the L heads. The condition is not
+    processed by any layer: it is the memory every cross-attention reads, so the audio positions
+    see it only there. Budget: n_multiway + n_plain blocks of 16 dim^2 weights each (self- and
+    cross-attention 4 + 4, the FFN 8, with n_head * head_dim = dim), against a multiway block's
+    4 + 2 x 8 and a plain block's 4 + 8: VATT Audio's weights exactly when n_multiway = n_plain, as
+    in every preset. The interface is VATTAudio's, so training and sample.decode_tokens run it
+    unchanged."""
+
+    def __init__(self, c: ModelConfig, codebooks=None):
+        nn.Module.__init__(self)
+        self.build_inputs(c, codebooks)  # exactly VATT Audio's input side
+        self.cond_norm = nn.LayerNorm(c.dim)  # the memory, normalised as a pre-LN encoder's output is
+        self.blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_multiway + c.n_plain))
+        self.norm = nn.LayerNorm(c.dim)
+        self.heads = nn.ModuleList(nn.Linear(c.dim, c.bins, bias=False) for _ in range(c.n_q))
+
+    def forward(self, codes, cond, cond_mask, drop_cond=None):
+        """As VATTAudio.forward: codes (B, L, T) with MASK where unknown, cond (B, Lc, cond_dim),
+        cond_mask (B, Lc), drop_cond (B,) bool. Returns logits (B, L, T, bins)."""
+        B, _, T = codes.shape
+        Lc = cond.shape[1]
+        memory = self.cond_norm(self.drop(self.embed_condition(cond, drop_cond)))  # (B, Lc, dim)
+        a = self.drop(self.audio_proj(self.embed_audio(codes)) + self.pos[Lc:Lc + T] + self.modality_audio)  # (B, T, dim)
+        bias = self.alibi(Lc + T, codes.device)  # (H, Lc+T, Lc+T): VATT Audio's
+        dtype = torch.get_autocast_dtype(a.device.type) if torch.is_autocast_enabled(a.device.type) else a.dtype
+        self_bias = bias[None, :, Lc:, Lc:].to(dtype)  # (1, H, T, T)
+        cross_bias = bias[None, :, Lc:, :Lc].masked_fill((cond_mask == 0)[:, None, None, :],
+                                                         -torch.finfo(torch.float32).max / 2).to(dtype)  # (B, H, T, Lc)
+        no_pad = torch.zeros(B, T, dtype=torch.bool, device=codes.device)
+        for block in self.blocks:
+            a = block(a, memory, self_bias, cross_bias, no_pad)
+        return self.logits(self.norm(a))
 
 
 def audio_model(c: ModelConfig, codebooks=None):
-    """VATT Audio, or the decoder of the VATT-Cross-Attn ablation (ablations.py), as c names."""
-    if c.architecture == "cross-attn":
-        from ablations import CrossAttnAudio
-
-        return CrossAttnAudio(c, codebooks)
-    return VATTAudio(c, codebooks)
+    """VATT Audio, or the decoder of the VATT-Cross-Attn ablation, as c names."""
+    return (CrossAttnAudio if c.architecture == "cross-attn" else VATTAudio)(c, codebooks)
 
 
 @torch.no_grad()
@@ -311,9 +414,6 @@ def random_mask(ratios, shape, generator=None):
     return (rank < n_masked[:, None]).view(shape)
 
 
-MASK_DISTRIBUTIONS = ("truncnorm", "uniform", "arccos", "sine")
-
-
 def mask_ratios(dist, n, generator, mean, std, progress=0.0):
     """n training ratios, one per sample. "truncnorm": §3.2.2's TN(mean, std) on [0.5, 1]. Appendix
     A's alternatives (Table 5): "uniform", r ~ U(0, 1); "arccos", r = cos(pi/2 u) with u ~ U(0, 1),
@@ -349,62 +449,19 @@ def masked_loss(logits, codes, mask, label_smoothing):
 
 
 # -----------------------------------------------------------------------------
-# loading a trained model
+# loading a trained model, and fine-tuning from one
 
 
 def load_vatt_audio(ckpt_path, device):
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    if ckpt.get("kind") != "vatt-audio":
-        sys.exit(f"error: {ckpt_path}: not a stage-2 (VATT Audio) checkpoint")
+    """A stage2.pt -> (the frozen model, the checkpoint)."""
+    ckpt = read_checkpoint(ckpt_path, "vatt-audio", " (train it with stage2_audio.py)")
     model = audio_model(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
-    return in_head_order(model, ckpt.get("head_order", "natural")).to(device).eval().requires_grad_(False), ckpt
+    return model.to(device).eval().requires_grad_(False), ckpt
 
-
-def in_head_order(model, head_order):
-    """A model fine-tuned from the authors' weights keeps their head order (official.py, quirk 2):
-    it is trained, saved and sampled through official.OfficialOrder."""
-    if head_order == "natural":
-        return model
-    from official import OfficialOrder
-
-    return OfficialOrder(model)
-
-
-# -----------------------------------------------------------------------------
-# fine-tuning: a trained VATT Audio, ours or the authors', as the starting point
 
 # the settings that make up the network rather than its training: taken from --init_from
 ARCHITECTURE = ("dim", "n_multiway", "n_plain", "n_head", "head_dim", "max_len", "architecture", "condition")
-
-
-def read_init_model(path, own_checkpoint):
-    """--init_from -> (ModelConfig, weights, head order, codec name or None), where weights(codebooks)
-    gives the state dict in our keys. Our stage2.pt, or the authors' VATT Lightning .ckpt mapped by
-    official.py: their codec is AudioGen's, their heads keep their order, and their file holds no
-    codebooks, so the tables of the codec the new tokens were made with are used. Their stored
-    sin-cos table (within 3e-5 of ours, official.py quirk 3) is not kept: the fine-tuned model
-    trains, saves and reloads with ours."""
-    from stage1_caption import read_init_checkpoint
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 (a Lightning .ckpt may pickle objects: official.load_checkpoint decides)
-        ckpt = None
-    if isinstance(ckpt, dict) and "kind" in ckpt:
-        ckpt = read_init_checkpoint(path, "vatt-audio", own_checkpoint)
-        return (ModelConfig(**ckpt["model_config"]), lambda codebooks: ckpt["model"],
-                ckpt.get("head_order", "natural"), ckpt["codec"])
-    import official
-
-    try:
-        state_dict = official.load_checkpoint(path)
-        mcfg = official.official_config(state_dict)
-    except Exception as e:  # noqa: BLE001 (unreadable, or not their keys)
-        sys.exit(f"error: {path}: neither a stage-2 checkpoint of this project nor the authors' VATT .ckpt "
-                 f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})")
-    return (mcfg, lambda codebooks: official.build_official_vatt_audio(state_dict, codebooks, official_order=False).state_dict(),
-            "official", None)
 
 
 def check_init_model(path, mcfg, codec_name, cond_dim, codec, meta):
@@ -419,152 +476,173 @@ def check_init_model(path, mcfg, codec_name, cond_dim, codec, meta):
 
 
 # -----------------------------------------------------------------------------
+# training: a batch, the loss of one batch in the paper's order; main() keeps the data, DDP and checkpoints
+
+
+def clip_arrays(files, stem):
+    try:
+        return files.load_video(stem), files.load_tokens(stem)
+    except BadFileError as e:
+        exit_changed_file(e)
+
+
+def draw_batch(files, items, r, cfg, rank, world):
+    """A batch: its clips' names, and (features, prompt, tokens) with the prompt the ground-truth
+    caption with p = caption_prob, else one of the ten instructions. Every rank draws the same
+    global batch from `r` and keeps its slice (see stage 1). feats (B, N, D), codes (B, L, T)."""
+    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+    n = cfg.batch_size * world
+    pick = r.choice(len(items), n)[mine]
+    use_caption = (r.random(n) < cfg.caption_prob)[mine]
+    instr = r.integers(len(INSTRUCTIONS), size=n)[mine]
+    prompts = [items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
+    arrays = [clip_arrays(files, items[i][0]) for i in pick]
+    return [items[i][0] for i in pick], (torch.stack([f for f, _ in arrays]), prompts, torch.stack([c for _, c in arrays]))
+
+
+def masked_token_loss(model, converter, feats, prompts, codes, generator, cfg, rank, world, progress, device):
+    """One batch of VATT Audio's training, in the paper's order. `model` may be DDP-wrapped.
+    Returns eq. 2's mean over the masked tokens of the GLOBAL batch, as stage 1's caption loss: this
+    rank's sum over its masked tokens divided by the mean count per rank, so that DDP's average
+    over ranks is the mean over all masked tokens of the global batch."""
+    # 1. the condition (§3.2.1): the frozen Converter's last-layer states over [video ; prompt]
+    with autocast(device):
+        cond, cond_mask = audio_condition(converter, feats.to(device), prompts, cfg.condition)  # no grad
+    # 2. the training draw (§3.2.2): masked tokens and null conditions, drawn for the global batch
+    #    so that every rank keeps its slice of one draw
+    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+    mask, drop = training_draw(cfg.batch_size * world, codes.shape[1:], generator, cfg.mask_mean, cfg.mask_std,
+                               cfg.cond_dropout, cfg.mask_dist, progress)
+    codes, mask, drop = codes.to(device), mask[mine].to(device), drop[mine].to(device)
+    # 3. VATT Audio reads the condition and the masked tokens
+    with autocast(device):
+        logits = model(codes.masked_fill(mask, mask_index(model)), cond, cond_mask, drop)
+    # 4. eq. 2: cross-entropy on the masked tokens only
+    n = mask.sum()
+    return masked_loss(logits.float(), codes, mask, cfg.label_smoothing) * n / all_mean(n)
+
+
+def mask_index(model):
+    """The MASK index of a (possibly DDP-wrapped) VATT Audio: its codebook size."""
+    return getattr(model, "module", model).config.bins
+
+
+def train_step(ddp_model, converter, optimizer, files, train, cfg, step, rank, world, device):
+    """One optimizer step over cfg.grad_accum micro-batches. Returns the training loss."""
+    # every random draw of a step is a function of (seed, step) alone: a resumed run replays
+    # exactly what an uninterrupted run does (see stage 1)
+    rng = np.random.default_rng([cfg.seed, step])  # the global batch: the same on every rank
+    g = torch.Generator().manual_seed(int(rng.integers(2**62)))  # its masks, null conditions: the same too
+    torch.manual_seed(int(rng.integers(2**62)) + rank)  # dropout: one stream per rank
+    for group in optimizer.param_groups:
+        group["lr"] = get_lr(step, cfg)
+    train_loss, stems = 0.0, []
+    for micro in range(cfg.grad_accum):
+        if world > 1:  # sync gradients only on the last micro-step
+            ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
+        names, batch = draw_batch(files, train, rng, cfg, rank, world)
+        stems += names
+        loss = masked_token_loss(ddp_model, converter, *batch, g, cfg, rank, world, step / cfg.max_steps, device)
+        loss = loss / cfg.grad_accum
+        loss.backward()
+        train_loss += loss.detach()
+    stop_if_not_finite(train_loss, step, stems)
+    torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return train_loss
+
+
+@torch.no_grad()
+def val_loss(model, converter, files, val, cfg, step, rank, world, device):
+    """The loss on fixed batches, masked as this step's training batches are (mask_dist)."""
+    model.eval()
+    r, g = np.random.default_rng(0), torch.Generator().manual_seed(0)  # fixed validation batches
+    losses = [all_mean(masked_token_loss(model, converter, *draw_batch(files, val, r, cfg, rank, world)[1], g, cfg,
+                                         rank, world, step / cfg.max_steps, device)).item()
+              for _ in range(cfg.eval_batches)]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def print_size(cfg):
+    """--count_params: the network of cfg with random weights, no data or Converter needed."""
+    model = audio_model(ModelConfig(cond_dim=cfg.cond_dim, dim=cfg.dim, n_multiway=cfg.n_multiway, n_plain=cfg.n_plain,
+                                    n_head=cfg.n_head, head_dim=cfg.head_dim, architecture=cfg.architecture))
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{cfg.preset}: {n:,} parameters ({n / 1e6:.1f} M), plus the frozen codebooks")
 
 
 def main(argv=None):
     cfg = parse_config(Config, PRESETS, argv)
     t0 = time.time()
-    for key, choices in (("mask_dist", MASK_DISTRIBUTIONS), ("architecture", ("vatt", "cross-attn")),
-                         ("condition", ("llm", "visual"))):
+    for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
             sys.exit(f"error: --{key}={getattr(cfg, key)}: choose one of {', '.join(choices)}")
     if cfg.count_params:
-        model = audio_model(ModelConfig(cond_dim=cfg.cond_dim, dim=cfg.dim, n_multiway=cfg.n_multiway,
-                                        n_plain=cfg.n_plain, n_head=cfg.n_head, head_dim=cfg.head_dim,
-                                        architecture=cfg.architecture))
-        n = sum(p.numel() for p in model.parameters())
-        print(f"{cfg.preset}: {n:,} parameters ({n / 1e6:.1f} M), plus the frozen codebooks")
-        return
-    from codec import load_codec
-    from stage1_caption import (INSTRUCTIONS, BadFileError, check_split_files, exit_changed_file, feature_files,
-                                load_converter, load_split)
-
+        return print_size(cfg)
     rank, world = setup_ddp()
     device = pick_device(cfg.device)
-    out = Path(cfg.out_dir)
-    ckpt_path = out / "stage2.pt"
-    torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see below)
+    ckpt_path = Path(cfg.out_dir) / "stage2.pt"
+    torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see train_step)
 
-    files = feature_files(cfg.features_dir, cfg.features_layout)
-    meta = files.require_meta()
     converter = load_converter(cfg.converter, device)
+    meta = converter.features_meta
     codec = load_codec(meta["codec"])
     codebooks = codec.codebooks.float().cpu()
+    init = read_init_checkpoint(cfg.init_from, "vatt-audio", ckpt_path) if cfg.init_from else None
     head_order = "natural"
-    if cfg.init_from:  # fine-tuning keeps the trained network's size (and, for the authors', its head order)
-        init_cfg, init_weights, head_order, init_codec = read_init_model(cfg.init_from, ckpt_path)
-        check_init_model(cfg.init_from, init_cfg, init_codec, converter.hidden_size, codec, meta)
+    if init is not None:  # fine-tuning keeps the trained network (and, for the authors', its head order)
+        init_cfg = ModelConfig(**init["model_config"])
+        check_init_model(cfg.init_from, init_cfg, init["codec"], converter.hidden_size, codec, meta)
         for key in ARCHITECTURE:
             setattr(cfg, key, getattr(init_cfg, key))
-    mcfg = model_config(cfg, converter.hidden_size, codec)
+        head_order = init_cfg.head_order
+    mcfg = model_config(cfg, converter.hidden_size, codec, head_order)
     model = audio_model(mcfg, codebooks).to(device)
     del codec
     print0(f"VATT Audio: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
-
-    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout, tokens=True)
-    if n_missing:
-        print0(f"warning: {n_missing} train clips have no features or tokens and are left out")
-    items = check_split_files(files, items, tokens=True, skip_bad=cfg.skip_bad_files, rank=rank, world=world)
-    n_val = max(1, int(len(items) * cfg.val_fraction))
-    train, val = items[:-n_val], items[-n_val:]
-    print0(f"{len(train)} training and {len(val)} validation clips")
-
-    def clip_arrays(stem):
-        try:
-            return files.load_video(stem), files.load_tokens(stem)
-        except BadFileError as e:
-            exit_changed_file(e)
-
-    # every rank draws the same global batch, masks included, and keeps its slice (see stage 1)
-    def batch(split_items, r, g, progress):
-        mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
-        n = cfg.batch_size * world
-        pick = r.choice(len(split_items), n)[mine]
-        use_caption = (r.random(n) < cfg.caption_prob)[mine]
-        instr = r.integers(len(INSTRUCTIONS), size=n)[mine]
-        prompts = [split_items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
-        arrays = [clip_arrays(split_items[i][0]) for i in pick]
-        feats = torch.stack([f for f, _ in arrays])  # (B, N, D)
-        codes = torch.stack([c for _, c in arrays])  # (B, L, T)
-        mask, drop = training_draw(n, codes.shape[1:], g, cfg.mask_mean, cfg.mask_std, cfg.cond_dropout,
-                                   cfg.mask_dist, progress)
-        mask, drop = mask[mine], drop[mine]
-        with autocast(device):
-            cond, cond_mask = audio_condition(converter, feats.to(device), prompts, cfg.condition)  # frozen, no grad
-        return codes.to(device), mask.to(device), cond, cond_mask, drop.to(device)
-
-    def loss_of(codes, mask, cond, cond_mask, drop):
-        """The masked-token mean of the GLOBAL batch, as stage 1's caption loss: this rank's sum
-        over its masked tokens divided by the mean count per rank, so that DDP's average over
-        ranks is the mean over all masked tokens of the global batch."""
-        with autocast(device):
-            logits = ddp_model(codes.masked_fill(mask, mcfg.bins), cond, cond_mask, drop)
-        n = mask.sum()
-        return masked_loss(logits.float(), codes, mask, cfg.label_smoothing) * n / all_mean(n)
+    files, train, val = train_val_split(cfg, tokens=True, rank=rank, world=world)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if cfg.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(ckpt_path, "vatt-audio")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step, head_order = ckpt["step"], ckpt.get("head_order", "natural")
+        step = ckpt["step"]
         print0(f"resuming from {ckpt_path} at step {step}")
-    elif cfg.init_from:
-        model.load_state_dict(init_weights(codebooks))
+    elif init is not None:
+        model.load_state_dict(init["model"])
         print0(f"fine-tuning from {cfg.init_from} ({head_order} head order): fresh optimizer, step 0")
-    net = in_head_order(model, head_order)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
-
-    @torch.no_grad()
-    def val_loss():
-        """The loss on fixed batches, masked as this step's training batches are (mask_dist)."""
-        model.eval()
-        r, vg = np.random.default_rng(0), torch.Generator().manual_seed(0)  # fixed validation batches
-        losses = [all_mean(loss_of(*batch(val, r, vg, step / cfg.max_steps))).item() for _ in range(cfg.eval_batches)]
-        model.train()
-        return sum(losses) / len(losses)
+    if step >= cfg.max_steps:
+        print0(f"{ckpt_path} is at step {step}, max_steps is {cfg.max_steps}: nothing to train")
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     model.train()
+    first = step
     while True:
-        last = step == cfg.max_steps
+        last = step >= cfg.max_steps
         if step % cfg.eval_interval == 0 or last:
-            validation_loss = val_loss()
+            validation_loss = val_loss(ddp_model, converter, files, val, cfg, step, rank, world, device)
             print0(f"step {step}: val loss {validation_loss:.4f}")
-            if rank == 0 and step > 0:
+            if rank == 0 and step > first:
                 save_checkpoint({"kind": "vatt-audio", "config": asdict(cfg), "model_config": asdict(mcfg),
-                                 "codec": meta["codec"], "converter": cfg.converter, "step": step, "head_order": head_order,
+                                 "codec": meta["codec"], "converter": cfg.converter, "step": step,
                                  "val_loss": validation_loss, "model": model.state_dict(),
                                  "optimizer": optimizer.state_dict()}, ckpt_path)
         if last:
             break
-        # ---- training step -------------------------------------------------------------
         t1 = time.time()
-        # every random draw of a step is a function of (seed, step) alone: a resumed run replays
-        # exactly what an uninterrupted run does (see stage 1)
-        rng = np.random.default_rng([cfg.seed, step])  # the global batch: the same on every rank
-        g = torch.Generator().manual_seed(int(rng.integers(2**62)))  # its masks, null conditions: the same too
-        torch.manual_seed(int(rng.integers(2**62)) + rank)  # dropout: one stream per rank
-        lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_loss = 0.0
-        for micro in range(cfg.grad_accum):
-            if world > 1:  # sync gradients only on the last micro-step
-                ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
-            loss = loss_of(*batch(train, rng, g, step / cfg.max_steps)) / cfg.grad_accum
-            loss.backward()
-            train_loss += loss.detach()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_loss = train_step(ddp_model, converter, optimizer, files, train, cfg, step, rank, world, device)
         step += 1
         if step % cfg.log_interval == 0:
             train_loss = all_mean(train_loss).item()  # on every rank: a collective
-            print0(f"step {step}/{cfg.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | {(time.time() - t1) * 1000:.0f} ms")
+            print0(f"step {step}/{cfg.max_steps} | loss {train_loss:.4f} | lr {get_lr(step - 1, cfg):.2e} | "
+                   f"{(time.time() - t1) * 1000:.0f} ms")
     print(f"rank {rank}: weights {weights_digest(model.parameters())}", flush=True)  # the same on every rank
     if rank == 0:
-        record_timing(out, "stage2_audio", t0)
+        record_timing(cfg.out_dir, "stage2_audio", t0)
     if world > 1:
         torch.distributed.destroy_process_group()
 

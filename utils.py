@@ -4,13 +4,16 @@ checks. Everything model- or stage-specific lives in its own script.
 """
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import json
 import math
 import os
+import resource
 import sys
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -74,6 +77,13 @@ def _cast(key, value, typ):
         sys.exit(f"error: --{key} expects a{'n' if typ is int else ''} {typ.__name__}, got {value!r}")
 
 
+def resolve(name):
+    """"module:attribute" -> that attribute, imported by its name: what a config names to be built
+    (a codec, a base LLM made from nothing), so that no stage imports it."""
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 # -----------------------------------------------------------------------------
 # device and precision: cuda -> mps -> cpu; bf16 autocast only on cuda, where it pays
 
@@ -135,6 +145,14 @@ def all_mean(x):
     return x / torch.distributed.get_world_size()
 
 
+def stop_if_not_finite(loss, step, stems):
+    """A NaN or infinite loss stops the run before the optimizer takes it in (every rank together),
+    naming the step and this rank's clips; the last checkpoint on disk stays the last good one."""
+    if not torch.isfinite(all_mean(loss)):
+        sys.exit(f"error: step {step}: the training loss is {loss.item()} (on some rank); this rank's clips: "
+                 f"{', '.join(stems)}. Nothing of this step was applied: the last checkpoint is the last good one")
+
+
 def weights_digest(params):
     """A short sha256 of the parameters' bytes. Each rank of a DDP job prints it at the end of
     training: the ranks hold the same weights exactly when they print the same digest."""
@@ -154,15 +172,27 @@ def print0(*args, **kwargs):
 # job never leaves a half-written file that a resumed job would take for finished
 
 
+def _file_mode():
+    """The mode a new file gets under this process's umask (read once: os.umask can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path):
-    """Yields a temporary path next to `path`; renames it to `path` on success."""
+    """Yields a temporary path next to `path`; renames it to `path` on success. The file ends up
+    with the mode the umask gives a new file (mkstemp's temporary is private to its owner)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -174,16 +204,63 @@ def save_checkpoint(obj, path):
         torch.save(obj, tmp)
 
 
+# the two kinds of checkpoint this project writes, as their error messages name them
+CHECKPOINT_KINDS = {"vatt-converter": "stage-1 (Converter)", "vatt-audio": "stage-2 (VATT Audio)"}
+
+
+def read_checkpoint(path, kind, hint=""):
+    """A checkpoint this project wrote, of `kind` (CHECKPOINT_KINDS). Loaded with weights_only=True:
+    tensors and plain Python values only, so a file whose pickle would run code is refused, never
+    run. A missing, unreadable or other file stops the run with one line (`hint` says how to make it)."""
+    what = CHECKPOINT_KINDS[kind]
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path}: no such checkpoint{hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (garbage, a truncated or empty file, pickled objects)
+        sys.exit(f"error: {path}: not a readable {what} checkpoint ({load_error(path, e)})")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        found = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        sys.exit(f"error: {path}: not a {what} checkpoint" + (f" (a {found!r} one)" if found else ""))
+    return ckpt
+
+
+def read_init_checkpoint(path, kind, own_checkpoint):
+    """The trained checkpoint a fine-tuning run starts from (--init_from), refused when it is the
+    run's own output, which --resume continues instead."""
+    if Path(path).resolve() == Path(own_checkpoint).resolve():
+        sys.exit(f"error: --init_from={path} is this run's own checkpoint: write the fine-tuned model to another --out_dir")
+    return read_checkpoint(path, kind, " (--init_from)")
+
+
+def load_error(path, error):
+    """Why torch.load(weights_only=True) refused a file, in a few words: not a checkpoint file at
+    all, the globals its pickle would import (and so run), or else the error's first line."""
+    if not zipfile.is_zipfile(path):  # torch.save has written zip files since torch 1.6
+        return "empty file" if os.path.getsize(path) == 0 else "not a PyTorch checkpoint file"
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 (not a zip checkpoint at all)
+        unsafe = []
+    if unsafe:
+        return f"its pickle would run code: {', '.join(unsafe)}"
+    first = str(error).strip().splitlines()[0][:100] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 def save_json(obj, path):
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
+        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def record_timing(out_dir, name, t0):
-    """Adds `name: seconds since t0` to out_dir/timing.json (the demo's per-stage table)."""
+    """Adds `name: {wall_s, cpu_s}` to out_dir/timing.json (the demo's per-stage table): seconds
+    since t0, and the CPU seconds (user + system, every thread) of this process and of the worker
+    processes it has waited for, so that a run on another machine can be scaled by its cores."""
     path = Path(out_dir) / "timing.json"
-    timing = json.loads(path.read_text()) if path.exists() else {}
-    timing[name] = round(time.time() - t0, 1)
+    timing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    cpu = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    timing[name] = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(cpu, 1)}
     save_json(timing, path)
 
 

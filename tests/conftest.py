@@ -12,7 +12,7 @@ import torch
 import extract_features
 import stage1_caption
 import stage2_audio
-from data.toy import prepare
+from data.toy import llm as toy_llm, prepare
 
 # the parity fixtures made by running the authors' code: the shared folder next to the repository
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -33,8 +33,8 @@ def offline(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-TINY_STAGE1 = ["--max_steps=2", "--eval_interval=1", "--eval_batches=1", "--batch_size=4",
-               "--toy_layers=1", "--toy_width=32", "--toy_heads=2", "--warmup_steps=1"]
+TINY_LLM = ["--toy_layers=1", "--toy_width=32", "--toy_heads=2"]
+TINY_STAGE1 = ["--max_steps=2", "--eval_interval=1", "--eval_batches=1", "--batch_size=4", "--warmup_steps=1"]
 TINY_STAGE2 = ["--max_steps=2", "--eval_interval=1", "--eval_batches=1", "--batch_size=4",
                "--dim=32", "--n_multiway=1", "--n_plain=1", "--n_head=2", "--head_dim=16", "--warmup_steps=1"]
 
@@ -45,7 +45,9 @@ def world(tmp_path_factory):
     prepare.main([f"--out_dir={d}", "--n_train=6", "--n_test=2", "--n_val=2", "--workers=1"])
     data = f"--data_json={d}/v2a_instruction.json"
     assert extract_features.main([f"--input={d}/v2a_instruction.json", f"--out_dir={d}/features", "--num_workers=0"]) == 0
-    stage1_caption.main([data, f"--features_dir={d}/features", f"--out_dir={d}/out"] + TINY_STAGE1)
+    toy_llm.main([data, f"--out={d}/out/toy_llm"] + TINY_LLM)
+    stage1_caption.main([data, f"--features_dir={d}/features", f"--out_dir={d}/out", f"--llm={d}/out/toy_llm"]
+                        + TINY_STAGE1)
     stage2_audio.main([data, f"--features_dir={d}/features", f"--converter={d}/out/stage1.pt",
                        f"--out_dir={d}/out"] + TINY_STAGE2)
     return d

@@ -113,7 +113,7 @@ def tiny_config(**kw):
 
 def test_table_4_cross_attn_sees_the_condition_only_through_cross_attention():
     torch.manual_seed(0)
-    model = ablations.CrossAttnAudio(tiny_config(architecture="cross-attn"), torch.randn(4, 16, 8)).eval()
+    model = s2.CrossAttnAudio(tiny_config(architecture="cross-attn"), torch.randn(4, 16, 8)).eval()
     codes = torch.randint(0, 17, (2, 4, 10))  # some MASK (= 16)
     cond_a, cond_b = torch.randn(2, 6, 12), torch.randn(2, 6, 12)
     cond_mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
@@ -140,13 +140,13 @@ def test_table_4_cross_attn_budget_and_interface():
     toy = s2.ModelConfig(cond_dim=128, n_q=4, bins=64, codebook_dim=32, dim=128, n_multiway=2, n_plain=2, n_head=4,
                          head_dim=32, dropout=0.0)
     vatt, cross = s2.audio_model(toy), s2.audio_model(s2.ModelConfig(**{**toy.__dict__, "architecture": "cross-attn"}))
-    assert isinstance(vatt, s2.VATTAudio) and isinstance(cross, ablations.CrossAttnAudio)
+    assert isinstance(vatt, s2.VATTAudio) and isinstance(cross, s2.CrossAttnAudio)
 
     def n_linear(modules):
         return sum(m.weight.numel() for m in modules.modules() if isinstance(m, torch.nn.Linear))
 
     assert n_linear(cross.blocks) == n_linear(vatt.encoder) + n_linear(vatt.decoder)
-    model = ablations.CrossAttnAudio(tiny_config(architecture="cross-attn"), torch.randn(4, 16, 8)).eval()
+    model = s2.CrossAttnAudio(tiny_config(architecture="cross-attn"), torch.randn(4, 16, 8)).eval()
     codes = torch.full((2, 4, 10), 16)
     out = sample.decode_tokens(model, torch.randn(2, 6, 12), torch.ones(2, 6, dtype=torch.long), codes,
                                [torch.Generator().manual_seed(i) for i in range(2)], **{**PAPER, "steps": 4})
@@ -191,7 +191,7 @@ def test_ablations_checkpoints_say_what_they_are(micro_run, world):
     _, out, _ = micro_run
     runs = out / "runs"
     cross, ckpt = s2.load_vatt_audio(runs / "cross-attn" / "stage2.pt", torch.device("cpu"))
-    assert isinstance(cross, ablations.CrossAttnAudio) and ckpt["model_config"]["architecture"] == "cross-attn"
+    assert isinstance(cross, s2.CrossAttnAudio) and ckpt["model_config"]["architecture"] == "cross-attn"
     visual, ckpt = s2.load_vatt_audio(runs / "vatt-v" / "stage2.pt", torch.device("cpu"))
     assert isinstance(visual, s2.VATTAudio) and ckpt["model_config"]["condition"] == "visual"
     assert ckpt["config"]["mask_dist"] == "truncnorm"

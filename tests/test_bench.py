@@ -46,7 +46,7 @@ def test_bench_toy_json_and_forward_counts(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(stage2_audio.VATTAudio, "forward", counting_forward)
     assert bench.main(["--preset=toy", f"--steps={steps}", "--batch_sizes=2,3", f"--repeats={repeats}", "--naive",
-                       f"--out_dir={tmp_path}"]) == 0
+                       f"--out_dir={tmp_path}", "--device=cpu"]) == 0
     # fast: per batch of B clips, exactly `steps` forwards of 2B sequences (conditional + null), per
     # pass (one warm-up + `repeats` timed); naive: 2 x steps forwards of 1 sequence per clip, over
     # the smallest batch's 2 clips
@@ -163,6 +163,7 @@ def test_naive_guidance_draws_the_same_tokens_with_two_forwards_per_step():
 # no host synchronisation in the step loop (only a GPU has one to check)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisation exists only on a GPU")
 def test_decode_tokens_never_waits_for_the_gpu():
     device = torch.device("cuda")

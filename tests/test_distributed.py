@@ -39,7 +39,7 @@ def one_thread():
 def stage_args(stage, world):
     data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features"]
     if stage is stage1_caption:
-        return data + TINY_STAGE1
+        return data + [f"--llm={world}/out/toy_llm"] + TINY_STAGE1
     return data + [f"--converter={world}/out/stage1.pt"] + TINY_STAGE2
 
 

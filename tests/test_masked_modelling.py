@@ -142,6 +142,41 @@ def test_3_2_2_reveal_counts_match_released_sampler():
     assert S.reveal_counts(2000, 16) == [10, 29, 48, 66, 84, 101, 116, 132, 146, 157, 169, 177, 185, 190, 194, 196]
 
 
+def released_masked_after(n0, steps):
+    """The released sampler's count of tokens still masked after each step (generate_audio_sample,
+    one clip of n0 masked tokens), for a batch of n0 values at once: r = (i + 1) / T made a float32
+    tensor, gamma = cos(r pi / 2) clamped to [1e-10, 1], num = floor(gamma N0), then, except on the
+    last step, max(1, min(still masked - 1, num)). A token already known is never masked again
+    (its confidence is +inf there), so no count exceeds what is still masked."""
+    remaining, out = n0.clone(), []
+    for i in range(steps):
+        r = torch.tensor((i + 1) / steps).repeat(len(n0))
+        gamma = (r * torch.pi / 2).cos().clamp(1e-10, 1.0)
+        num = torch.floor(gamma * n0).long()
+        if i != steps - 1:
+            num = torch.minimum(remaining - 1, num).clamp(min=1)
+        remaining = torch.minimum(num, remaining)
+        out.append(remaining)
+    return out
+
+
+def test_3_2_2_cosine_schedule_is_the_released_arithmetic_everywhere():
+    """Every N0 from 0 to 8000 in 4 to 64 steps: the same count after every step as the released
+    sampler (float32 in their order, their clamp: one token kept masked until the last step)."""
+    n0 = torch.arange(0, 8001)
+    for steps in range(4, 65):
+        remaining = n0
+        for t, want in enumerate(released_masked_after(n0, steps), start=1):
+            remaining = S.cosine_n_masked(n0, remaining, t, steps)
+            assert torch.equal(remaining, want), (steps, t, (remaining != want).nonzero()[:3].flatten().tolist())
+
+
+def test_3_2_2_a_lone_masked_token_waits_for_the_last_step():
+    """Where float rounding and the clamp matter: 1499 tokens in 16 steps, and fewer tokens than steps."""
+    assert S.reveal_counts(3, 8) == [1, 1, 0, 0, 0, 0, 0, 1]
+    assert sum(S.reveal_counts(1499, 16)) == 1499
+
+
 @pytest.mark.parametrize("N, steps", [(2000, 16), (2000, 12), (500, 10), (40, 8), (16, 16), (17, 16), (3, 16),
                                       (1, 4), (1000, 1)])
 def test_3_2_2_reveal_counts_sum_to_n(N, steps):

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so `import official` works however pytest is started
 import official as O  # noqa: E402
 from conftest import fixture, make_llm  # noqa: E402
-from stage2_audio import VATTAudio, masked_loss, sincos_table  # noqa: E402
+from stage2_audio import VATTAudio, masked_loss, released_order, sincos_table  # noqa: E402
 
 # the tiny LLMs' vocabulary: their prompt templates and the test prompts
 WORDS = " ".join(O.TEMPLATES.values()) + " user model a dog barks twice loudly then rain falls " + " ".join(
@@ -105,9 +105,12 @@ def test_official_vatt_audio_parity(tiny):
     pos_diff = (fx["state_dict"]["pos_embed"][0] - sincos_table(1000, 64)).abs().max().item()
     assert pos_diff < 1e-4
 
-    natural = O.build_official_vatt_audio(fx["state_dict"], fx["frozen_codebooks"], official_order=False)
-    model = O.OfficialOrder(natural)
-    assert not natural.training and model.config.bins == 64
+    natural = O.build_official_vatt_audio(fx["state_dict"], fx["frozen_codebooks"], head_order="natural")
+    model = O.build_official_vatt_audio(fx["state_dict"], fx["frozen_codebooks"])  # their order, the default
+    assert natural.config.head_order == "natural" and model.config.head_order == "released"
+    assert not natural.training and not model.training and model.config.bins == 64
+    # their exact position table is the model's (persistent) `pos` buffer
+    assert torch.equal(model.pos, fx["state_dict"]["pos_embed"][0]) and torch.equal(model.state_dict()["pos"], model.pos)
     null = torch.ones(2, dtype=torch.bool)
     with torch.no_grad():
         by_head = natural(fx["tokens"], fx["cond"], fx["cond_mask"])  # natural order: head k at position t
@@ -125,7 +128,7 @@ def test_official_vatt_audio_parity(tiny):
     assert not torch.allclose(null_by_head, by_head, atol=1e-3)  # the null path is a different path
 
     # the ordering quirk itself, on the fixture's own tensors (a pure permutation)
-    assert torch.equal(O.official_logits_order(fx["logits_by_head"]), fx["logits_true_order"])
+    assert torch.equal(released_order(fx["logits_by_head"]), fx["logits_true_order"])
     # targets and loss: theirs (flat logits, "b (t c)" targets, ignore -1, smoothing 0.1) ==
     # our masked loss on the re-ordered logits
     t_masked = O.official_targets(fx["tokens_clean"], fx["mask"])
@@ -157,20 +160,42 @@ def test_official_vatt_audio_padding(tiny):
         assert torch.equal(a, b)
 
 
+def _payload(marker):
+    """What a pickled object in a checkpoint may run when loaded fully: here, it leaves a file."""
+    Path(marker).write_text("ran")
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return _payload, (self.marker,)
+
+
 def test_official_vatt_audio_lightning_file(tiny, tmp_path):
-    """A Lightning-style .ckpt: the `audio_token_decoder.` prefix, LLM keys to ignore, a pickled
-    object that the safe loader refuses (explicit fallback with a warning), codebooks as a file."""
+    """A Lightning-style .ckpt: the `audio_token_decoder.` prefix, LLM keys to ignore, pickled
+    objects that the safe loader refuses (one line naming them; the payload never runs) unless
+    trust_pickle loads the file fully, codebooks as a file."""
     fx = tiny
     sd = {O.PREFIX + k: v for k, v in fx["state_dict"].items()}
     sd["encoder.base_model.model.model.norm.weight"] = torch.ones(8)
-    path = tmp_path / "vatt.ckpt"
-    torch.save({"state_dict": sd, "epoch": 3, "hyper_parameters": argparse.Namespace(lr=2e-4)}, path)
+    path, marker = tmp_path / "vatt.ckpt", tmp_path / "payload-ran"
+    torch.save({"state_dict": sd, "epoch": 3, "hyper_parameters": argparse.Namespace(lr=2e-4),
+                "callbacks": RunsCode(marker)}, path)
     torch.save(fx["frozen_codebooks"], tmp_path / "codebooks.pt")
-    with pytest.raises(Exception):
-        O.load_checkpoint(path, allow_pickle=False)
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        model = O.load_official_vatt_audio(path, tmp_path / "codebooks.pt")
-    assert model.model.official_report["ignored"] == ["encoder.base_model.model.model.norm.weight"]
+    for load in (lambda: O.load_checkpoint(path), lambda: O.load_official_vatt_audio(path, tmp_path / "codebooks.pt")):
+        with pytest.raises(SystemExit) as e:
+            load()
+        msg = str(e.value)
+        assert msg.startswith(f"error: {path}: refused (its pickle would run code: ") and "\n" not in msg, msg
+        assert "argparse.Namespace" in msg and "_payload" in msg and msg.endswith(
+            "; if you trust this file, --trust_pickle loads it fully, running that code"), msg
+        assert not marker.exists()  # refused before anything in the pickle ran
+    model = O.load_official_vatt_audio(path, tmp_path / "codebooks.pt", trust_pickle=True)
+    assert marker.exists()  # loaded fully: its pickled code ran, as --trust_pickle says
+    assert isinstance(model, VATTAudio) and model.config.head_order == "released"
+    assert model.official_report["ignored"] == ["encoder.base_model.model.model.norm.weight"]
     with torch.no_grad():
         out = model(fx["tokens"], fx["cond"], fx["cond_mask"])
     assert torch.allclose(out, fx["logits_true_order"], atol=ATOL, rtol=RTOL)
@@ -350,7 +375,7 @@ def test_official_end_to_end(tiny, tmp_path):
 
     models = O.load_official_models(tmp_path, "cpu", vatt="tiny.ckpt", llm=llm, codebooks=fx["frozen_codebooks"],
                                     codec=codec)
-    assert isinstance(models.audio, O.OfficialOrder)
+    assert isinstance(models.audio, VATTAudio) and models.audio.config.head_order == "released"
     assert models.meta["fps"] == 5 and models.meta["seconds"] == 10 and models.meta["feature_dim"] == 768
     assert models.files["converter"].endswith("(encoder.*)")
     assert torch.equal(models.converter.proj.bias, torch.zeros(hidden))

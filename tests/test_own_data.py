@@ -8,7 +8,7 @@ Training on data this project did not make, on the tiny toy world of conftest.py
   against the generator's, and a tiny random Qwen2-Audio saved with save_pretrained through the
   exact loading and generation path;
 - fine-tuning (--init_from) for both stages, from our checkpoints and from the authors' VATT
-  checkpoint (official.py): exact reloads, mismatches refused, and the first loss of a
+  checkpoint (converted by official.py): exact reloads, mismatches refused, and the first loss of a
   fine-tuning run against a run from scratch;
 - the whole own-data path, new clips -> captions from their audio -> features -> stage 1 ->
   stage 2 -> sample.
@@ -30,10 +30,9 @@ import extract_features
 import sample
 import stage1_caption
 import stage2_audio
-from conftest import TINY_STAGE1, TINY_STAGE2, fixture
-from data.toy import prepare, world as toy_world
-from data.toy.llm import build_toy_llm
-from stage1_caption import FeatureFiles
+from conftest import TINY_LLM, TINY_STAGE1, TINY_STAGE2, fixture
+from data.toy import llm as toy_llm, prepare, world as toy_world
+from extract_features import BadFileError, FeatureFiles, exit_changed_file
 from utils import check_npy
 
 pytestmark = pytest.mark.usefixtures("offline")  # no test here may reach the hub
@@ -43,6 +42,13 @@ YTIDS = ["-3b9gwBYXp8_000503", "0aZ9v8kQ_bQ_000030", "Zz_top-9xk4_000120", "a1b2
 
 def val_loss_at(log, step=0):
     return float(re.search(rf"step {step}: val loss (\d+\.\d+)", log)[1])
+
+
+def tiny_llm(data_json, folder):
+    """A tiny toy LLM over the words of this data's train captions (data/toy/llm.py), the --llm of
+    a stage-1 run on data other than the world's."""
+    toy_llm.main([f"--data_json={data_json}", f"--out={folder}"] + TINY_LLM)
+    return f"--llm={folder}"
 
 
 # -----------------------------------------------------------------------------
@@ -68,7 +74,9 @@ def authors_data(tmp_path, monkeypatch):
     import codec
 
     stand_in = SimpleNamespace(n_q=4, bins=2048, dim=128, codebooks=torch.randn(4, 2048, 128))
-    monkeypatch.setattr(codec, "load_codec", lambda name: stand_in if name == "facebook/audiogen-medium" else None)
+    load = lambda name: stand_in if name == "facebook/audiogen-medium" else None  # noqa: E731
+    for module in (codec, stage2_audio, sample):  # the stages import it by name
+        monkeypatch.setattr(module, "load_codec", load)
     return d
 
 
@@ -91,7 +99,8 @@ def test_authors_layout_shapes_and_transposition(authors_data):
 def test_authors_layout_trains_both_stages(authors_data, tmp_path, capsys):
     data = [f"--data_json={authors_data}/vggsound_v2a_instruction.json", f"--features_dir={authors_data}"]
     out = tmp_path / "out"
-    stage1_caption.main(data + [f"--out_dir={out}"] + TINY_STAGE1)
+    llm = tiny_llm(authors_data / "vggsound_v2a_instruction.json", tmp_path / "toy_llm")
+    stage1_caption.main(data + [f"--out_dir={out}", llm] + TINY_STAGE1)
     s1 = torch.load(out / "stage1.pt", weights_only=True)
     assert s1["features_meta"]["feature_dim"] == 768 and s1["projector"]["weight"].shape == (32, 768)
     stage2_audio.main(data + [f"--converter={out}/stage1.pt", f"--out_dir={out}"] + TINY_STAGE2)
@@ -154,7 +163,8 @@ def test_bad_files_are_named_before_step_0(authors_data, tmp_path, capsys):
         BAD_FILES[kind][0](tokens / f"{ytid}.npy")
     data = [f"--data_json={authors_data}/vggsound_v2a_instruction.json", f"--features_dir={authors_data}"]
     out = tmp_path / "out"
-    stage1_caption.main(data + [f"--out_dir={out}"] + TINY_STAGE1)  # stage 1 reads no tokens
+    llm = tiny_llm(authors_data / "vggsound_v2a_instruction.json", tmp_path / "toy_llm")
+    stage1_caption.main(data + [f"--out_dir={out}", llm] + TINY_STAGE1)  # stage 1 reads no tokens
     assert "checked the 6 files of 6 clips in" in capsys.readouterr().out
     np.save(authors_data / "vggsound_clip_5fps" / f"{YTIDS[3]}.npy", np.zeros((49, 768), np.float16))  # a short clip
     s2 = data + [f"--converter={out}/stage1.pt", f"--out_dir={out}"] + TINY_STAGE2
@@ -179,16 +189,16 @@ def test_bad_file_in_our_layout_and_during_training(world, tmp_path, capsys):
     (features / "video" / "train_00002.npy").write_bytes(np.random.default_rng(1).bytes(100))
     with pytest.raises(SystemExit, match="1 of 6 clips have bad files"):
         stage1_caption.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={features}",
-                             f"--out_dir={tmp_path}/out"] + TINY_STAGE1)
+                             f"--out_dir={tmp_path}/out", f"--llm={world}/out/toy_llm"] + TINY_STAGE1)
     assert f"{features}/video/train_00002.npy: not a .npy file" in capsys.readouterr().err
     # a file that goes bad after the check: one error naming it when it is read
-    with pytest.raises(stage1_caption.BadFileError, match=r"train_00002\.npy: unreadable"):
+    with pytest.raises(BadFileError, match=r"train_00002\.npy: unreadable"):
         FeatureFiles(features).load_video("train_00002")
     (features / "audio" / "train_00001.npy").write_bytes(_npy_bytes(np.zeros((4, 100), np.int16))[:-8])
-    with pytest.raises(stage1_caption.BadFileError, match=r"train_00001\.npy: unreadable"):
+    with pytest.raises(BadFileError, match=r"train_00001\.npy: unreadable"):
         FeatureFiles(features).load_tokens("train_00001")
     with pytest.raises(SystemExit, match=r"train_00001\.npy: unreadable .* changed during the run"):
-        stage1_caption.exit_changed_file(stage1_caption.BadFileError(f"{features}/audio/train_00001.npy: unreadable (x)"))
+        exit_changed_file(BadFileError(f"{features}/audio/train_00001.npy: unreadable (x)"))
 
 
 # -----------------------------------------------------------------------------
@@ -311,33 +321,41 @@ def _equal_state(a, b):
 
 def test_stage1_init_from_reloads_exactly(world, tmp_path):
     init = torch.load(world / "out" / "stage1.pt", weights_only=True)
-    out = tmp_path / "ft"
-    # lr 0: the one step changes nothing, so the saved weights are the loaded ones
+    out, llm = tmp_path / "ft", f"{world}/out/toy_llm"
+    # lr 0: the one step changes nothing, so the saved weights are the loaded ones; the architecture
+    # options given here are overridden by the checkpoint's
+    other_architecture = {"video_tokens_per_second": 1, "lora_r": 16, "lora_alpha": 8, "max_text_tokens": 30}
+    assert set(other_architecture) == set(stage1_caption.ARCHITECTURE)
+    assert all(init["config"][k] != v for k, v in other_architecture.items())
     stage1_caption.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
-                         f"--out_dir={out}", f"--init_from={world}/out/stage1.pt", "--lr=0", "--max_steps=1",
-                         "--eval_interval=1", "--eval_batches=1", "--batch_size=2", "--toy_width=64"])
+                         f"--out_dir={out}", f"--init_from={world}/out/stage1.pt", f"--llm={llm}", "--lr=0",
+                         "--max_steps=1", "--eval_interval=1", "--eval_batches=1", "--batch_size=2"]
+                        + [f"--{k}={v}" for k, v in other_architecture.items()])
     ft = torch.load(out / "stage1.pt", weights_only=True)
     assert _equal_state(ft["projector"], init["projector"]) and _equal_state(ft["trainable"], init["trainable"])
-    assert ft["step"] == 1 and ft["config"]["toy_width"] == 32  # the architecture comes from the checkpoint
+    assert ft["step"] == 1  # the architecture comes from the checkpoint
+    assert {k: ft["config"][k] for k in stage1_caption.ARCHITECTURE} == {k: init["config"][k] for k in stage1_caption.ARCHITECTURE}
     assert {s["step"].item() for s in ft["optimizer"]["state"].values()} == {1}  # a fresh optimizer
-    assert (out / "toy_llm" / "tokenizer.json").read_text() == (world / "out" / "toy_llm" / "tokenizer.json").read_text()
+    # the base LLM is the one --llm names, as given, and is not copied anywhere
+    assert "llm_path" not in ft and ft["config"]["llm"] == llm == init["config"]["llm"]
+    assert not (out / "toy_llm").exists() and ft["vocab_size"] == init["vocab_size"]
 
 
 def test_stage1_init_from_rejects_a_mismatch(world, tmp_path):
+    llm = f"--llm={world}/out/toy_llm"
     data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features", f"--out_dir={tmp_path}/ft"]
-    with pytest.raises(SystemExit, match=r"stage2\.pt: not a stage-1 \(Converter\) checkpoint of this project \(a 'vatt-audio' one\)"):
-        stage1_caption.main(data + [f"--init_from={world}/out/stage2.pt"] + TINY_STAGE1)
+    with pytest.raises(SystemExit) as e:
+        stage1_caption.main(data + [f"--init_from={world}/out/stage2.pt", llm] + TINY_STAGE1)
+    assert str(e.value) == f"error: {world}/out/stage2.pt: not a stage-1 (Converter) checkpoint (a 'vatt-audio' one)"
     with pytest.raises(SystemExit, match="this run's own checkpoint"):
         stage1_caption.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
-                             f"--out_dir={world}/out", f"--init_from={world}/out/stage1.pt"] + TINY_STAGE1)
-    # another vocabulary: the same checkpoint next to a toy LLM built over other words
+                             f"--out_dir={world}/out", f"--init_from={world}/out/stage1.pt", llm] + TINY_STAGE1)
+    # another vocabulary: the trained checkpoint on a toy LLM of the same size built over other words
     other = tmp_path / "other"
-    other.mkdir()
-    shutil.copy(world / "out" / "stage1.pt", other / "stage1.pt")
-    cfg = stage1_caption.Config(toy_width=32, toy_layers=1, toy_heads=2)
-    build_toy_llm(cfg, ["some entirely different words"], other / "toy_llm")
+    cfg = toy_llm.Config(toy_width=32, toy_layers=1, toy_heads=2)
+    toy_llm.build_toy_llm(cfg, ["some entirely different words"], other / "toy_llm")
     with pytest.raises(SystemExit, match=r"trained with a vocabulary of \d+ tokens, .* has \d+"):
-        stage1_caption.main(data + [f"--init_from={other}/stage1.pt"] + TINY_STAGE1)
+        stage1_caption.main(data + [f"--init_from={world}/out/stage1.pt", f"--llm={other}/toy_llm"] + TINY_STAGE1)
     # other features: a visual encoder of another width
     features = tmp_path / "features"
     shutil.copytree(world / "features", features)
@@ -347,7 +365,7 @@ def test_stage1_init_from_rejects_a_mismatch(world, tmp_path):
         np.save(p, np.zeros((10, 16), np.float16))
     with pytest.raises(SystemExit, match=rf"its projector takes {meta['feature_dim']}-d frame features, these features are 16-d"):
         stage1_caption.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={features}",
-                             f"--out_dir={tmp_path}/ft2", f"--init_from={world}/out/stage1.pt"] + TINY_STAGE1)
+                             f"--out_dir={tmp_path}/ft2", f"--init_from={world}/out/stage1.pt", llm] + TINY_STAGE1)
 
 
 def test_stage2_init_from_reloads_exactly(world, tmp_path):
@@ -358,7 +376,8 @@ def test_stage2_init_from_reloads_exactly(world, tmp_path):
                        "--lr=0", "--max_steps=1", "--eval_interval=1", "--eval_batches=1", "--batch_size=2"])
     ft = torch.load(out / "stage2.pt", weights_only=True)
     assert _equal_state(ft["model"], init["model"]) and ft["model_config"] == init["model_config"]
-    assert ft["step"] == 1 and ft["head_order"] == "natural" and ft["config"]["dim"] == 32
+    assert ft["step"] == 1 and ft["model_config"]["head_order"] == "natural" and ft["config"]["dim"] == 32
+    assert "head_order" not in ft  # a property of the network: in model_config
     assert {s["step"].item() for s in ft["optimizer"]["state"].values()} == {1}
 
 
@@ -375,10 +394,21 @@ def test_stage2_init_from_rejects_a_mismatch(world, tmp_path):
         torch.save({**init, **change}, path)
         with pytest.raises(SystemExit, match=re.escape(message)):
             stage2_audio.main(data + [f"--init_from={path}"])
+    # anything but a stage2.pt of this project (the authors' .ckpt included: official.py convert
+    # makes one of it) is refused with one line naming the file, before any training
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="neither a stage-2 checkpoint of this project nor the authors'"), \
-            pytest.warns(UserWarning, match="weights_only=False"):  # official.py's fallback for their Lightning files
+    with pytest.raises(SystemExit) as e:
         stage2_audio.main(data + [f"--init_from={tmp_path}/junk.ckpt"])
+    assert str(e.value) == (f"error: {tmp_path}/junk.ckpt: not a readable stage-2 (VATT Audio) checkpoint "
+                            "(not a PyTorch checkpoint file)")
+    ckpt, _ = _authors_ckpt(tmp_path, codebook_dim=32)
+    with pytest.raises(SystemExit) as e:
+        stage2_audio.main(data + [f"--init_from={ckpt}"])
+    assert str(e.value) == f"error: {ckpt}: not a stage-2 (VATT Audio) checkpoint"
+    with pytest.raises(SystemExit) as e:
+        stage2_audio.main(data + [f"--init_from={tmp_path}/absent.pt"])
+    assert str(e.value) == f"error: {tmp_path}/absent.pt: no such checkpoint (--init_from)"
+    assert not (tmp_path / "ft" / "stage2.pt").exists()
 
 
 def _authors_ckpt(tmp_path, codebook_dim):
@@ -394,34 +424,46 @@ def _authors_ckpt(tmp_path, codebook_dim):
 
 
 def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
-    """Their weights, mapped by official.py, fine-tune in their own head order (official.py quirk
-    2): with lr 0 the saved model is exactly the mapped one, and loading it back gives the logits
-    of their model."""
+    """Their weights, converted by official.py into a stage2.pt of ours, fine-tune in their own
+    head order (official.py quirk 2): with lr 0 the saved model is exactly the mapped one, and
+    loading it back gives the logits of their model."""
     import official
-
-    ckpt, sd = _authors_ckpt(tmp_path, codebook_dim=32)
-    out = tmp_path / "ft"
-    stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
-                       f"--converter={world}/out/stage1.pt", f"--out_dir={out}", f"--init_from={ckpt}",
-                       "--lr=0", "--max_steps=1", "--eval_interval=1", "--eval_batches=1", "--batch_size=2"])
-    ft = torch.load(out / "stage2.pt", weights_only=True)
     from data.toy.codec import ToyCodec
 
-    theirs = official.build_official_vatt_audio(sd, ToyCodec().codebooks, official_order=False)
-    assert ft["head_order"] == "official" and (ft["model_config"]["dim"], ft["model_config"]["n_head"]) == (64, 4)
-    assert _equal_state(ft["model"], theirs.state_dict())
+    ckpt, sd = _authors_ckpt(tmp_path, codebook_dim=32)
+    torch.save(ToyCodec().codebooks, tmp_path / "toy_codebooks.pt")
+    assert official.main(["convert", str(ckpt), str(tmp_path / "released"), f"--codebooks={tmp_path}/toy_codebooks.pt"]) == 0
+    converted = torch.load(tmp_path / "released" / "stage2.pt", weights_only=True)
+    assert converted["kind"] == "vatt-audio" and converted["codec"] is None and converted["step"] == 0
+    assert converted["model_config"]["head_order"] == "released" and "head_order" not in converted
+    out = tmp_path / "ft"
+    stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+                       f"--converter={world}/out/stage1.pt", f"--out_dir={out}",
+                       f"--init_from={tmp_path}/released/stage2.pt",
+                       "--lr=0", "--max_steps=1", "--eval_interval=1", "--eval_batches=1", "--batch_size=2"])
+    ft = torch.load(out / "stage2.pt", weights_only=True)
+
+    theirs = official.build_official_vatt_audio(sd, ToyCodec().codebooks, head_order="natural")
+    assert ft["model_config"]["head_order"] == "released"
+    assert (ft["model_config"]["dim"], ft["model_config"]["n_head"]) == (64, 4)
+    assert _equal_state(ft["model"], theirs.state_dict())  # their position table (`pos`) included
     model, _ = stage2_audio.load_vatt_audio(out / "stage2.pt", torch.device("cpu"))
-    assert isinstance(model, official.OfficialOrder)
+    assert isinstance(model, stage2_audio.VATTAudio) and model.config.head_order == "released"
     codes = torch.randint(0, 65, (2, 4, 100), generator=torch.Generator().manual_seed(0))
     cond, cond_mask = torch.randn(2, 34, 32), torch.ones(2, 34, dtype=torch.long)
     with torch.no_grad():
-        want = official.OfficialOrder(theirs)(codes, cond, cond_mask)
-        assert torch.allclose(model(codes, cond, cond_mask), want, atol=1e-4)  # their pos table vs ours: <= 3e-5
+        want = official.build_official_vatt_audio(sd, ToyCodec().codebooks)(codes, cond, cond_mask)  # their order
+        assert torch.allclose(model(codes, cond, cond_mask), want, atol=1e-5)  # the same weights and positions
 
-    ckpt16, _ = _authors_ckpt(tmp_path, codebook_dim=16)
-    with pytest.raises(SystemExit, match="made for a codec of 4 x 64 tokens of width 16, 'toy' has 4 x 64 of width 32"):
+    # a converted checkpoint made for another codec width is refused
+    ckpt16, sd16 = _authors_ckpt(tmp_path, codebook_dim=16)
+    torch.save(torch.randn(4, 64, 16), tmp_path / "codebooks16.pt")
+    assert official.main(["convert", str(ckpt16), str(tmp_path / "released16"), f"--codebooks={tmp_path}/codebooks16.pt"]) == 0
+    with pytest.raises(SystemExit, match=re.escape("made for a codec of 4 x 64 tokens of width 16, "
+                                                   "'data.toy.codec:ToyCodec' has 4 x 64 of width 32")):
         stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
-                           f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}/ft16", f"--init_from={ckpt16}"])
+                           f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}/ft16",
+                           f"--init_from={tmp_path}/released16/stage2.pt"])
 
 
 # -----------------------------------------------------------------------------
@@ -447,7 +489,8 @@ def test_own_videos_end_to_end_and_fine_tuning_starts_trained(world, tmp_path, c
     assert caption_audio.main([f"--input={mine}/clips", f"--out={captions}", "--test_fraction=0.2", "--num_workers=0"]) == 0
     assert extract_features.main([f"--input={captions}", f"--out_dir={mine}/features", "--num_workers=0"]) == 0
     new = [f"--data_json={captions}", f"--features_dir={mine}/features"]
-    stage1_caption.main(new + [f"--out_dir={mine}/ft", f"--init_from={world}/out/stage1.pt"] + TINY_STAGE1)
+    stage1_caption.main(new + [f"--out_dir={mine}/ft", f"--init_from={world}/out/stage1.pt",
+                               f"--llm={world}/out/toy_llm"] + TINY_STAGE1)
     runs = {}
     for name, init in (("fine-tuned", [f"--init_from={trained}/stage2.pt"]), ("scratch", [])):
         stage2_audio.main(new + [f"--converter={mine}/ft/stage1.pt", f"--out_dir={mine}/{name}"] + init + TINY_STAGE2)

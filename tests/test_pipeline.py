@@ -16,8 +16,8 @@ import torch
 import eval as vatt_eval
 import extract_features
 import sample
-import stage1_caption
 import stage2_audio
+from data.toy import score
 
 ROOT = Path(__file__).resolve().parents[1]
 def test_extract_features_layout(world):
@@ -32,7 +32,8 @@ def test_extract_features_layout(world):
 def test_checkpoints_are_self_describing(world):
     s1 = torch.load(world / "out" / "stage1.pt", weights_only=True)
     s2 = torch.load(world / "out" / "stage2.pt", weights_only=True)
-    assert s1["kind"] == "vatt-converter" and s1["step"] == 2 and s1["config"]["toy_width"] == 32
+    assert s1["kind"] == "vatt-converter" and s1["step"] == 2 and s1["projector"]["weight"].shape[0] == 32
+    assert s1["config"]["llm"] == f"{world}/out/toy_llm" and "llm_path" not in s1  # the base LLM, as given
     assert s2["kind"] == "vatt-audio" and s2["step"] == 2 and s2["model_config"]["dim"] == 32
     model, _ = stage2_audio.load_vatt_audio(world / "out" / "stage2.pt", torch.device("cpu"))
     assert model.codebooks.shape == (4, 64, 32)  # the codec's tables travel with the model
@@ -46,8 +47,8 @@ def test_sample_and_eval_end_to_end(world):
         assert sample.main(common + [f"--name={name}"] + extra) == 0
     wav, sr = vatt_eval.read_wav(world / "out" / "samples" / "gt_caption" / "test_00000.wav")
     assert sr == 16000 and len(wav) == 32000
-    vatt_eval.main(["toy", f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
-                    f"--samples_dir={world}/out/samples", f"--out={world}/out/eval.json"])
+    assert score.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+                       f"--samples_dir={world}/out/samples", "--split=test", f"--out={world}/out/eval.json"]) == 0
     result = json.loads((world / "out" / "eval.json").read_text())
     assert set(result["audio"]) == {"ground_truth", "codec_roundtrip", "video_only", "gt_caption",
                                     "self_caption", "swapped_pitch_text", "negative_pitch"}
@@ -105,7 +106,7 @@ def test_feature_file_of_wrong_shape_is_named(world, tmp_path):
     (tmp_path / "video").mkdir()
     np.save(tmp_path / "video" / "x.npy", np.zeros((10, 7), np.float16))
     with pytest.raises(ValueError, match=r"x\.npy: expected features of shape \(frames, 256\)"):
-        stage1_caption.load_features(tmp_path, "x", 256)
+        extract_features.load_features(tmp_path, "x", 256)
 
 
 def test_sample_bad_inputs_give_one_clear_line(world, tmp_path):
@@ -118,3 +119,23 @@ def test_sample_bad_inputs_give_one_clear_line(world, tmp_path):
     assert r.returncode == 1 and "stage1.pt: no such checkpoint" in r.stderr
     r = run(f"--ckpt_dir={world}/out", f"--video={world}/clips/test_00000.mp4", f"--prompt={'a very long prompt ' * 20}")
     assert r.returncode == 1 and "longer than the" in r.stderr
+
+
+def test_stage1_builds_a_named_base_llm_once(world, tmp_path):
+    """--llm=module:function (the toy preset's data.toy.llm:build): stage 1 writes the LLM made
+    from nothing into out_dir/base_llm, names that folder in stage1.pt, and a second run (a
+    resume) reuses it; a fine-tuning run keeps the trained model's."""
+    import stage1_caption
+    from conftest import TINY_STAGE1
+
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features"]
+    stage1_caption.main(data + [f"--out_dir={tmp_path}/a", "--llm=data.toy.llm:build"] + TINY_STAGE1)
+    ckpt = torch.load(tmp_path / "a" / "stage1.pt", weights_only=True)
+    assert ckpt["config"]["llm"] == f"{tmp_path}/a/base_llm" and (tmp_path / "a" / "base_llm" / "config.json").is_file()
+    built = (tmp_path / "a" / "base_llm" / "model.safetensors").stat().st_mtime_ns
+    stage1_caption.main(data + [f"--out_dir={tmp_path}/a", "--llm=data.toy.llm:build"] + TINY_STAGE1)
+    assert (tmp_path / "a" / "base_llm" / "model.safetensors").stat().st_mtime_ns == built
+    stage1_caption.main(data + [f"--out_dir={tmp_path}/b", "--llm=data.toy.llm:build",
+                                f"--init_from={tmp_path}/a/stage1.pt"] + TINY_STAGE1)
+    assert torch.load(tmp_path / "b" / "stage1.pt", weights_only=True)["config"]["llm"] == f"{tmp_path}/a/base_llm"
+    assert not (tmp_path / "b" / "base_llm").exists()

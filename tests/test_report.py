@@ -1,5 +1,5 @@
 """
-The report page (report.py; eval.py toy writes it at the end of make demo) in a real browser:
+The report page (report.py; make demo writes it after data/toy/score.py) in a real browser:
 headless Chromium opens it from disk, and every image must decode, every video and audio element
 load and play its media (picture and sound) for the clip's whole length, every relative link
 resolve; a screenshot is saved. Built on a micro run: conftest's `world` (2 test clips, tiny
@@ -21,6 +21,7 @@ from PIL import Image
 import eval as vatt_eval
 import report
 import sample
+from data.toy import score
 from browser import Chromium, find_chromium
 
 # in the page, once it has loaded: wait until every media element has decoded its first frame (or
@@ -58,8 +59,11 @@ def run(world, tmp_path_factory):
     common = [f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json"]
     for name, extra in MODES:
         assert sample.main(common + [f"--name={name}", f"--out_dir={d}/samples/{name}"] + extra) == 0
-    vatt_eval.main(["toy", f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
-                    f"--samples_dir={d}/samples", f"--out={d}/eval.json"])
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+            f"--samples_dir={d}/samples", "--split=test"]
+    assert score.main(data + [f"--out={d}/eval.json"]) == 0
+    assert report.main(data + [f"--eval_json={d}/eval.json", f"--out={d}/report.html"]) == 0
+    assert (d / "report.html").is_file() and (d / "report_media").is_dir()
     return d
 
 
@@ -176,3 +180,29 @@ def test_pick_clips_covers_every_source_and_register():
     assert {(e["class"], e["pitch"]) for e in chosen} == {(c, p) for c in ("bell", "drum", "whistle")
                                                           for p in ("low", "high")}
     assert len(report.pick_clips(test, 8)) == 8 and len(report.pick_clips(test[:2], 6)) == 2
+
+
+def test_clip_section_escapes_names_and_encodes_links():
+    """A clip or folder name may hold HTML and '#': the page shows it as text, and every link
+    still points at its file (a raw '#' would cut the URL at a fragment)."""
+    from html.parser import HTMLParser
+
+    stem, media = "a<b>&c #1", "my media#x"
+    entry = {"output": "a <i>low</i> bell", "swapped": "a high bell", "class": "bell", "pitch": "low"}
+    videos = {"real": f"{stem}.real.mp4", **{name: f"{stem}.{name}.mp4" for name, _ in report.MODES}}
+    page = report.clip_html(entry, "its <caption>", media, stem, videos, "1 strike at 0.5 s")
+    links, texts = [], []
+
+    class Reader(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            assert tag in {"section", "h3", "p", "q", "br", "div", "figure", "video", "figcaption", "img"}, tag
+            links.extend(v for k, v in attrs if k == "src")
+
+        def handle_data(self, data):
+            texts.append(data)
+
+    Reader().feed(page)
+    assert {unquote(urlsplit(src).path) for src in links} == \
+        {f"{media}/{v}" for v in videos.values()} | {f"{media}/{stem}.spectrograms.png"}
+    assert all(urlsplit(src).fragment == "" for src in links)
+    assert any(stem in t for t in texts) and any("its <caption>" in t for t in texts)

@@ -204,11 +204,14 @@ def test_clip_longer_than_the_window_is_inpainted_window_by_window(world, tmp_pa
     # a prompt: no captioning per window; one step per window keeps 16 windows quick
     assert run(world, video, "--prompt=a low bell rings twice", "--steps=1") == 0
     record = check_outputs(video, tmp_path / "long.vatt")
-    window, hop, keep, mask_id = 2.0, 2.0 - 0.4, 20, 64  # toy: 2 s windows at 50 Hz, 0.4 s overlap, 64 bins
-    assert len(calls) == 1 + math.ceil((record["duration"] - window) / hop)
+    mask_id = 64  # toy: 2 s windows at 50 Hz, 0.4 s overlap, 64 bins
+    plan = sample.plan_windows(record["duration"], 2.0, 0.4, 5, 50)
+    assert len(calls) == len(plan) == 1 + math.ceil((record["duration"] - 2.0) / 1.6)
     assert len(record["prompts_used"]) == len(calls)
     assert (calls[0][0] == mask_id).all()
-    for (_, prev), (codes, out) in zip(calls, calls[1:]):
+    for (_, prev), (codes, out), (_, start_prev), (_, start) in zip(calls, calls[1:], plan, plan[1:]):
+        keep = start_prev + 100 - start  # 20 tokens (0.4 s), more for the last window, which ends with the clip
+        assert keep >= 20
         assert torch.equal(codes[..., :keep], prev[..., -keep:])  # the first tokens are the last window's
         assert (codes[..., keep:] == mask_id).all()  # the rest is decoded
         assert torch.equal(out[..., :keep], codes[..., :keep]) and (out != mask_id).all()
@@ -341,8 +344,7 @@ def test_failed_write_leaves_nothing_half_written(world, tmp_path, capsys, monke
 
 
 def _checkpoints(world, folder, stage1, stage2):
-    folder.mkdir()
-    (folder / "toy_llm").symlink_to(world / "out" / "toy_llm")  # stage1.pt names its base LLM next to it
+    folder.mkdir()  # stage1.pt names its base LLM (config["llm"], as given): nothing else is needed beside it
     for name, src in (("stage1.pt", stage1), ("stage2.pt", stage2)):
         if isinstance(src, bytes):
             (folder / name).write_bytes(src)
@@ -354,16 +356,17 @@ def _checkpoints(world, folder, stage1, stage2):
 @pytest.mark.parametrize("stage1,stage2,problem", [
     (None, None, "stage1.pt: no such checkpoint"),
     ("stage1.pt", None, "stage2.pt: no such checkpoint"),
-    ("stage2.pt", "stage2.pt", "stage1.pt: not a stage-1 (Converter) checkpoint"),
-    ("stage1.pt", "stage1.pt", "stage2.pt: not a stage-2 (VATT Audio) checkpoint"),
-    (b"not a checkpoint", "stage2.pt", "stage1.pt or stage2.pt is not a readable PyTorch checkpoint"),
-    (b"", "stage2.pt", "stage1.pt or stage2.pt is not a readable PyTorch checkpoint"),
+    ("stage2.pt", "stage2.pt", "stage1.pt: not a stage-1 (Converter) checkpoint (a 'vatt-audio' one)"),
+    ("stage1.pt", "stage1.pt", "stage2.pt: not a stage-2 (VATT Audio) checkpoint (a 'vatt-converter' one)"),
+    (b"not a checkpoint", "stage2.pt", "stage1.pt: not a readable stage-1 (Converter) checkpoint (not a PyTorch checkpoint file)"),
+    (b"", "stage2.pt", "stage1.pt: not a readable stage-1 (Converter) checkpoint (empty file)"),
+    ("stage1.pt", b"", "stage2.pt: not a readable stage-2 (VATT Audio) checkpoint (empty file)"),
 ])
 def test_bad_checkpoint_gives_one_line(world, tmp_path, stage1, stage2, problem):
     ckpt = _checkpoints(world, tmp_path / "ckpt", stage1, stage2)
     with pytest.raises(SystemExit) as e:
         sample.main([f"--ckpt_dir={ckpt}", f"--video={world}/clips/test_00000.mp4"])
-    assert e.value.code.startswith("error: ") and problem in e.value.code and "\n" not in e.value.code
+    assert e.value.code.startswith(f"error: {ckpt}/") and problem in e.value.code and "\n" not in e.value.code
 
 
 def test_wrong_checkpoint_exit_status(world, tmp_path):
@@ -372,7 +375,8 @@ def test_wrong_checkpoint_exit_status(world, tmp_path):
     r = subprocess.run([sys.executable, "sample.py", f"--ckpt_dir={ckpt}", f"--video={world}/clips/test_00000.mp4"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1] == f"error: {ckpt}/stage1.pt: not a stage-1 (Converter) checkpoint"
+    assert r.stderr.strip().splitlines()[-1] == \
+        f"error: {ckpt}/stage1.pt: not a stage-1 (Converter) checkpoint (a 'vatt-audio' one)"
 
 
 # -----------------------------------------------------------------------------

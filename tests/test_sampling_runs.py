@@ -10,6 +10,7 @@ tests check the plumbing and the arithmetic, not the sound.
 import dataclasses
 import importlib
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 # (module, its presets) of the pipeline scripts that read their options with utils.parse_config
 PARSE_CONFIG_SCRIPTS = [("extract_features", "PRESETS"), ("stage1_caption", "PRESETS"), ("stage2_audio", "PRESETS"),
-                        ("sample", "PRESETS"), ("bench", "PRESETS"), ("data.toy.prepare", None)]
+                        ("sample", "PRESETS"), ("bench", "PRESETS"), ("data.toy.prepare", None), ("data.toy.llm", None),
+                        ("data.toy.score", None)]
 
 
 def clips(world, folder, names):
@@ -206,7 +208,7 @@ def models(world):
 
 
 def features(world, *stems):
-    return [stage1_caption.load_features(world / "features", s) for s in stems]
+    return [extract_features.load_features(world / "features", s) for s in stems]
 
 
 def test_over_long_prompt_fails_its_clip_alone(world, models):
@@ -245,7 +247,7 @@ def test_data_json_cuts_long_captions_and_counts_them(world, tmp_path, capsys):
     assert any(line.startswith("note: 1 texts of the field 'swapped' are longer than the 24 tokens") for line in err)
     assert sorted(p.name for p in out.iterdir()) == ["captions.json", "test_00000.wav"]
     run_file = json.loads((out / "captions.json").read_text())
-    assert run_file["settings"]["prompts_cut"] == 1 and list(run_file["clips"]) == ["test_00000"]
+    assert run_file["counts"]["prompts_cut"] == 1 and list(run_file["clips"]) == ["test_00000"]
     assert run_file["clips"]["test_00000"]["seed"] == sample.clip_seed(0, 0, "test_00000")
 
 
@@ -302,10 +304,25 @@ def test_windows_start_video_and_audio_at_the_same_time(overlap, duration):
     for frame, token in plan:
         assert Fraction(frame, fps) == Fraction(token, rate)
     starts = [Fraction(token, rate) for _, token in plan]
-    for a, b in zip(starts, starts[1:]):
+    for a, b in zip(starts[:-1], starts[1:-1]):
         shared = window - (b - a)
         assert overlap <= shared < overlap + Fraction(1, 5)  # at least the overlap asked for, on the 0.2 s grid
-    assert starts[-1] + window >= duration and (len(starts) == 1 or starts[-2] + window < duration)
+    if len(starts) > 1:  # the last window ends where the clip does, sharing at least the overlap
+        assert window - (starts[-1] - starts[-2]) >= overlap and starts[-2] + window < duration
+    assert duration <= starts[-1] + window < max(duration, window) + Fraction(1, 5)
+
+
+@pytest.mark.parametrize("overlap", [0.0, 2.0, 4.9])
+def test_every_window_sees_real_frames_of_the_clip(overlap):
+    """No window but a lone one (a clip shorter than the window) holds the clip's last frame: every
+    frame a window reads shows a time before the clip's end, and the windows cover every token."""
+    window, fps, rate = PAPER_TIMING.values()
+    for duration in [10.0 + 0.07 * i for i in range(430)]:  # 10 s to 40 s, off the 0.2 s grid too
+        plan = sample.plan_windows(duration, window, overlap, fps, rate)
+        for frame, token in plan:
+            assert Fraction(frame + round(window * fps) - 1, fps) < duration, (duration, frame)
+        ends = [token + round(window * rate) for _, token in plan]
+        assert all(b[1] <= e for b, e in zip(plan[1:], ends)) and ends[-1] >= math.ceil(round(duration * rate, 6))
 
 
 @pytest.mark.parametrize("overlap", [-0.1, 5.0, 7.0, 10.0, 12.0])
@@ -367,10 +384,10 @@ def test_converter_takes_the_frame_rate_of_its_features(world, tmp_path):
     assert extract_features.main(["--input", f"{world}/v2a_instruction.json", "--out_dir", str(feats_dir),
                                   "--fps", "10", "--num_workers", "0"]) == 0
     assert json.loads((feats_dir / "meta.json").read_text())["fps"] == 10
-    x = stage1_caption.load_features(feats_dir, "train_00000")
+    x = extract_features.load_features(feats_dir, "train_00000")
     assert x.shape[0] == 20  # 2 s at 10 fps
     stage1_caption.main(["--data_json", f"{world}/v2a_instruction.json", "--features_dir", str(feats_dir),
-                         "--out_dir", str(out)] + TINY_STAGE1)
+                         "--out_dir", str(out), "--llm", f"{world}/out/toy_llm"] + TINY_STAGE1)
     conv = stage1_caption.load_converter(out / "stage1.pt", CPU)
     assert conv.fps == 10
     assert conv.video_embeds(x[None]).shape[1] == 10  # the toy's 5 video tokens per second, over 2 s

@@ -11,7 +11,8 @@ import torch
 
 import stage1_caption
 from conftest import make_llm
-from stage1_caption import INSTRUCTIONS, TEMPLATE, load_converter, load_features
+from extract_features import load_features
+from stage1_caption import INSTRUCTIONS, TEMPLATE, load_converter
 
 # Gemma-it's chat format (the tokenizer splits words on whitespace); LLaMA gets no template, so
 # the Converter falls back to the released code's alpaca_short prompt
@@ -43,7 +44,7 @@ def test_stage1_preset_with_tiny_llm(world, tmp_path, monkeypatch, preset, famil
                          "--max_steps=2", "--eval_interval=2", "--eval_batches=1", "--warmup_steps=1", "--lr=1e-2"])
     trained = live[0]
     ckpt = torch.load(out / "stage1.pt", weights_only=True)
-    assert ckpt["config"]["lora_r"] == 16 and ckpt["llm_path"] == str(llm)
+    assert ckpt["config"]["lora_r"] == 16 and ckpt["config"]["llm"] == str(llm) and "llm_path" not in ckpt
 
     # trainable = the LoRA matrices and the projector; the checkpoint holds exactly the LoRA ones
     lora = set(ckpt["trainable"])

@@ -1,13 +1,39 @@
 """
 The toy world's LLM: a tiny random Gemma over a word-level tokenizer, built and saved with
-save_pretrained, so stage 1 loads it through the same from_pretrained path as Gemma-2B
-(stage1_caption.load_llm). A random LM has nothing to preserve, so the toy trains all of its
-weights but the frozen input embeddings instead of LoRA (stage1_caption.main).
+save_pretrained into a folder, which stage 1 then loads like any --llm (stage1_caption.load_llm,
+the same from_pretrained path as Gemma-2B). The toy preset of stage 1 names `build` below
+(--llm=data.toy.llm:build): stage 1 calls it with its seed and training texts and writes the LLM
+beside stage1.pt. A random LM has nothing to preserve, so the toy trains all of its weights but
+the frozen input embeddings instead of LoRA (stage1_caption.build_converter).
+
+    python data/toy/llm.py --out=out/tiny_llm --toy_width=32 --toy_layers=1 --toy_heads=2   # one of another size
 """
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from stage1_caption import INSTRUCTIONS  # noqa: E402
+from utils import parse_config, record_timing  # noqa: E402
+
+
+@dataclass
+class Config:
+    preset: str = "toy"
+    data_json: str = "data/toy/v2a_instruction.json"  # the words of its train captions make the vocabulary
+    out: str = "out/toy/toy_llm"  # the folder written; stage 1's --llm can then name it
+    toy_layers: int = 2
+    toy_width: int = 128
+    toy_heads: int = 4
+    seed: int = 1337  # the weights' seed (stage 1's builder, `build`, passes its own)
 
 
 def toy_tokenizer(texts):
@@ -38,7 +64,7 @@ def toy_llm_config(cfg, tokenizer):
         num_hidden_layers=cfg.toy_layers, num_attention_heads=cfg.toy_heads, num_key_value_heads=1,
         head_dim=cfg.toy_width // cfg.toy_heads, max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)  # see the freeze in stage1_caption.main
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)  # see the freeze in stage1_caption.build_converter
 
 
 def build_toy_llm(cfg, texts, folder):
@@ -48,10 +74,32 @@ def build_toy_llm(cfg, texts, folder):
     tokenizer = toy_tokenizer(texts)
     torch.manual_seed(cfg.seed)
     llm = GemmaForCausalLM(toy_llm_config(cfg, tokenizer))
-    # The input embeddings stay frozen (stage1_caption.main), so they are drawn at the scale of the
+    # The input embeddings stay frozen (stage1_caption.build_converter), so they are drawn at the scale of the
     # hidden states (unit RMS after Gemma's sqrt(width) scaling) rather than Gemma's 0.02, so that
     # a word's identity is not drowned by the layers' outputs in the last layer, whose states
     # stage 2 reads (docs/toy-tuning.md).
     nn.init.normal_(llm.get_input_embeddings().weight, std=cfg.toy_width ** -0.5)
     llm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def build(seed, texts, folder):
+    """Stage 1's builder (--llm=data.toy.llm:build): the toy-sized LLM of `seed` over `texts`."""
+    build_toy_llm(Config(seed=seed), texts, folder)
+
+
+def main(argv=None):
+    cfg = parse_config(Config, {"toy": {}}, argv)
+    t0 = time.time()
+    out = Path(cfg.out)
+    if (out / "config.json").exists():
+        print(f"{out}: a base LLM is already there, kept")
+        return
+    captions = [e["output"] for e in json.loads(Path(cfg.data_json).read_text(encoding="utf-8")) if e["split"] == "train"]
+    build_toy_llm(cfg, captions + INSTRUCTIONS, out)
+    print(f"{out}: a random {cfg.toy_layers}-layer Gemma of width {cfg.toy_width} (seed {cfg.seed})")
+    record_timing(out.parent, "toy_llm", t0)
+
+
+if __name__ == "__main__":
+    main()

@@ -109,7 +109,7 @@ def main(argv):
     with Pool(cfg.workers) as pool:
         entries = list(tqdm(pool.imap(make_clip, jobs, chunksize=8), total=len(jobs), desc="clips"))
     path = os.path.join(cfg.out_dir, "v2a_instruction.json")
-    with open(path + ".tmp", "w") as f:  # one entry per line: easy to grep and diff
+    with open(path + ".tmp", "w", encoding="utf-8") as f:  # one entry per line: easy to grep and diff
         f.write("[\n" + ",\n".join(json.dumps(e) for e in entries) + "\n]\n")
     os.replace(path + ".tmp", path)
 

@@ -29,7 +29,8 @@ from einops import rearrange
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo root
 from data.toy.world import SWAP  # noqa: E402
-from stage1_caption import feature_files, load_converter  # noqa: E402
+from extract_features import feature_files  # noqa: E402
+from stage1_caption import load_converter  # noqa: E402
 from stage2_audio import load_vatt_audio, masked_loss, random_mask  # noqa: E402
 from utils import parse_config  # noqa: E402
 
@@ -86,7 +87,7 @@ def main(argv=None):
     conv = load_converter(f"{cfg.ckpt_dir}/stage1.pt", device)
     model, ckpt = load_vatt_audio(f"{cfg.ckpt_dir}/stage2.pt", device)
     files = feature_files(ckpt["config"]["features_dir"])
-    entries = [e for e in json.loads(Path(cfg.data_json).read_text()) if e["split"] == cfg.split][: cfg.n_clips]
+    entries = [e for e in json.loads(Path(cfg.data_json).read_text(encoding="utf-8")) if e["split"] == cfg.split][: cfg.n_clips]
     if not entries:
         sys.exit(f"error: {cfg.data_json}: no clips in split {cfg.split!r}")
     stems = [Path(e["video_path"]).stem for e in entries]

@@ -1,0 +1,79 @@
+"""
+The project's layers, and imports that only point down. LAYERS is the one place the order is
+written: a module may import only modules listed before it, at the top of the file or inside a
+function alike. So the five stages read top to bottom without the extras, and there is no circle.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAYERS = [
+    # the core: what every stage shares, then the stages in their order
+    "utils", "codec", "extract_features", "stage1_caption", "stage2_audio", "sample",
+    # the leaves, which use the core: the toy world (data/toy), the metrics, the authors'
+    # checkpoints, the V2A-Instruction captioner, the benchmark, the report page, the ablations,
+    # the GPU check
+    "data.toy.world", "data.toy.codec", "data.toy.llm", "data.toy.prepare", "eval", "data.toy.score",
+    "data.toy.text_gain", "data.toy.step_time", "data.toy.video_memory", "official", "caption_audio", "bench", "report", "ablations",
+    "gpu_check",
+]
+CORE = LAYERS[: LAYERS.index("sample") + 1]
+
+
+def project_modules():
+    """Every Python module of the project outside tests/, by its dotted name."""
+    files = [p for p in ROOT.rglob("*.py") if not ({"tests", ".venv", "out"} & set(p.relative_to(ROOT).parts))]
+    return {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in files}
+
+
+def imports_of(path, known):
+    """(line, module) for each import of a project module in the file, anywhere in it."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]  # `from data.toy import world`
+        found += [(node.lineno, n) for n in names if n in known]
+    return found
+
+
+def violations(modules, layers):
+    """'module:line imports X, which is not below it' for every import that points up or sideways."""
+    rank = {m: i for i, m in enumerate(layers)}
+    out = []
+    for name, path in modules.items():
+        for line, target in imports_of(path, modules):
+            if target != name and not rank[target] < rank[name]:
+                out.append(f"{name}:{line} imports {target}, which is not below it")
+    return out
+
+
+def test_every_module_has_a_layer():
+    assert sorted(project_modules()) == sorted(LAYERS)
+
+
+def test_imports_point_down():
+    assert violations(project_modules(), LAYERS) == []
+
+
+def test_the_core_imports_no_leaf():
+    modules = project_modules()
+    for name in CORE:
+        assert all(target in CORE for _, target in imports_of(modules[name], modules)), name
+
+
+@pytest.mark.parametrize("line", ["import ablations", "    from official import load_checkpoint",
+                                  "from data.toy.world import analyze"])
+def test_an_upward_import_is_caught(tmp_path, line):
+    """The check can fail: a stage that imports a leaf, at the top or inside a function."""
+    modules = project_modules()
+    stage = tmp_path / "stage2_audio.py"
+    stage.write_text(modules["stage2_audio"].read_text(encoding="utf-8")
+                     + f"\n\ndef extra():\n    pass\n{line if line.startswith(' ') else '    ' + line}\n")
+    found = violations({**modules, "stage2_audio": stage}, LAYERS)
+    assert len(found) == 1 and found[0].startswith("stage2_audio:") and "which is not below it" in found[0]
