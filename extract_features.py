@@ -309,7 +309,7 @@ def mux(video_path, wav, sr, out_base):
             vout = dst.add_stream_from_template(vin, opaque=True)
             aout = dst.add_stream("aac", rate=sr, layout="mono")
             # the audio was generated for the timeline that starts at the container's start
-            # (load_frames' origin), so the copy moves that start to 0 and the audio starts at 0 too,
+            # (Frames' origin), so the copy moves that start to 0 and the audio starts at 0 too,
             # as ffmpeg's stream copy does: a video whose frames start at, say, 3 s stays in sync, and
             # the MP4 muxer can trim the AAC encoder's priming (it does so only before time 0)
             shift = round(stream_origin(src) / vin.time_base)
@@ -334,7 +334,7 @@ def mux(video_path, wav, sr, out_base):
 
 # -----------------------------------------------------------------------------
 # the data layout this file writes, and reading it back (both trainers and sample.py read it here):
-# a clip's features and tokens, in ours or the authors' folder layout, checked by header before step 0
+# a clip's features and tokens, in ours or the authors' folder layout, checked before step 0
 
 
 # layout name -> (frame-feature folder, token folder) inside --features_dir

@@ -503,8 +503,8 @@ def read_jobs(args, models, device):
 
 def write_clip(args, models, clip, result, k, out, record):
     """One clip's outputs: for a --data_json run its wav (and steps) in `out`; for a video
-    <video>.vatt.wav, .mp4 and .json (`record`). Raises OSError / ValueError when they cannot be
-    written."""
+    <video>.vatt.wav, .mp4 and .json (`record`, None for a --data_json run). Raises OSError /
+    ValueError when they cannot be written."""
     sr = models.codec.sample_rate
     suffix = f".{k}" if args.num_samples > 1 else ""
     wav = None if args.caption_only else models.codec.decode(result["codes"][None])[0, 0].cpu().numpy()
@@ -554,14 +554,17 @@ def earlier_clips(args, out, run_settings):
             if args.caption_only or (out / f"{key}.wav").is_file()}
 
 
+def caption_counts(clips):
+    """Over captions.json's entries: the texts cut to the model's length, the captions that reached the limit."""
+    return {name: sum(bool(e.get(key)) for e in clips.values()) for name, key in
+            (("prompts_cut", "prompt_cut"), ("negative_prompts_cut", "negative_prompt_cut"),
+             ("captions_at_limit", "caption_at_limit"))}
+
+
 def write_captions(out, run_settings, clips):
-    """captions.json: the run's settings, its counts (texts cut to the model's length, captions
-    that reached the limit) and one entry per clip sampled so far (written after every batch)."""
-    counts = {name: sum(bool(e.get(key)) for e in clips.values()) for name, key in
-              (("prompts_cut", "prompt_cut"), ("negative_prompts_cut", "negative_prompt_cut"),
-               ("captions_at_limit", "caption_at_limit"))}
-    save_json({"settings": run_settings, "counts": counts, "clips": clips}, out / "captions.json")
-    return counts
+    """captions.json: the run's settings, its counts and one entry per clip sampled so far
+    (written after every batch)."""
+    save_json({"settings": run_settings, "counts": caption_counts(clips), "clips": clips}, out / "captions.json")
 
 
 def sample_batch(args, models, device, loaded, k, settings, checkpoints, out, tally):
@@ -592,9 +595,10 @@ def sample_batch(args, models, device, loaded, k, settings, checkpoints, out, ta
                 "caption_at_limit": at_limit, **seed_record,
                 "prompt_cut": clip.prompt is not None and conv.prompt_ids(clip.prompt)[1],
                 "negative_prompt_cut": clip.negative is not None and conv.prompt_ids(clip.negative)[1]}
-        record = {"video": str(clip.key), "caption": caption, "caption_at_limit": at_limit, "prompt": clip.prompt,
-                  "negative_prompt": clip.negative, "prompts_used": r["prompts"], **seed_record,
-                  "duration": clip.duration, **settings, "checkpoints": checkpoints}
+        record = None if args.data_json else {  # a video's <video>.vatt.json
+            "video": str(clip.key), "caption": caption, "caption_at_limit": at_limit, "prompt": clip.prompt,
+            "negative_prompt": clip.negative, "prompts_used": r["prompts"], **seed_record,
+            "duration": clip.duration, **settings, "checkpoints": checkpoints}
         try:
             write_clip(args, models, clip, r, k, out, record)
         except (ValueError, OSError) as e:  # a stream the muxer refuses, a full disk: this clip fails,
@@ -640,8 +644,8 @@ def run(args, models, device, checkpoints):
         if args.data_json:  # after every batch: an interrupted run keeps what it made
             write_captions(out, run_settings, tally["captions"])
     bar.close()
-    if args.data_json:
-        counts = write_captions(out, run_settings, tally["captions"])
+    if args.data_json:  # captions.json is already written, after the last batch
+        counts = caption_counts(tally["captions"])
         for name, field in (("prompts_cut", args.prompt_field), ("negative_prompts_cut", args.negative_field)):
             if counts[name]:
                 print(f"note: {counts[name]} texts of the field {field!r} are longer than the {conv.max_text_tokens} "

@@ -240,7 +240,7 @@ def load_error(path, error):
         return "empty file" if os.path.getsize(path) == 0 else "not a PyTorch checkpoint file"
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 (not a zip checkpoint at all)
+    except Exception:  # noqa: BLE001 (a zip file, but not one torch.save wrote)
         unsafe = []
     if unsafe:
         return f"its pickle would run code: {', '.join(unsafe)}"

@@ -11,7 +11,6 @@ the frozen input embeddings instead of LoRA (stage1_caption.build_converter).
 import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from stage1_caption import INSTRUCTIONS  # noqa: E402
-from utils import parse_config, record_timing  # noqa: E402
+from utils import parse_config  # noqa: E402
 
 
 @dataclass
@@ -90,7 +89,6 @@ def build(seed, texts, folder):
 
 def main(argv=None):
     cfg = parse_config(Config, {"toy": {}}, argv)
-    t0 = time.time()
     out = Path(cfg.out)
     if (out / "config.json").exists():
         print(f"{out}: a base LLM is already there, kept")
@@ -98,7 +96,6 @@ def main(argv=None):
     captions = [e["output"] for e in json.loads(Path(cfg.data_json).read_text(encoding="utf-8")) if e["split"] == "train"]
     build_toy_llm(cfg, captions + INSTRUCTIONS, out)
     print(f"{out}: a random {cfg.toy_layers}-layer Gemma of width {cfg.toy_width} (seed {cfg.seed})")
-    record_timing(out.parent, "toy_llm", t0)
 
 
 if __name__ == "__main__":
