@@ -300,6 +300,24 @@ def load_codec(name: str):
     return resolve(name)() if ":" in name else load_audiogen_codec(name)
 
 
+@torch.no_grad()
+def decode_windows(codec, codes, window_s=10.0, context_s=1.0):
+    """One clip's codes (n_q, T) -> its audio as float32 numpy pieces of window_s seconds, yielded
+    one at a time, so memory holds one window whatever the clip's length (one decode call over an
+    hour would hold about 15 GB of activations). Each window is decoded with context_s seconds of
+    its neighbours' codes on both sides, which are then cut off: the decoder's convolutions and
+    LSTM see across the window's edges, and with 1 s the pieces join into the one-call decode to
+    float rounding (tests/test_official_codec.py). A clip no longer than a window is one plain
+    decode. The toy codec restarts its tone's phase and its noise table at every call, so its
+    clips longer than a window have a seam every window_s."""
+    hop = round(codec.sample_rate / codec.frame_rate)  # samples per token (320)
+    n, window, context = codes.shape[-1], round(window_s * codec.frame_rate), round(context_s * codec.frame_rate)
+    for start in range(0, n, window):
+        lo, hi = max(0, start - context), min(n, start + window + context)
+        wav = codec.decode(codes[None, :, lo:hi])[0, 0]
+        yield wav[(start - lo) * hop: (min(n, start + window) - lo) * hop].float().cpu().numpy()
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     codec = build_audiogen_codec()

@@ -69,6 +69,7 @@ class Config:
     codec: str = "data.toy.codec:ToyCodec"
     batch_size: int = 16  # clips per forward pass
     num_workers: int = 2  # DataLoader processes that decode videos with PyAV
+    strict: bool = False  # a video that cannot be read stops the run (default: skipped, listed at the end, exit 1)
     device: str = "auto"
 
 
@@ -254,6 +255,18 @@ def list_videos(input_path):
     sys.exit(f"error: {input_path}: expected a .json, a .txt list or a folder of videos")
 
 
+def refuse_shared_stems(paths):
+    """Two videos with one file stem (a.mp4 and a.webm, or two folders) would write the same
+    feature files: refused before any work, both paths named."""
+    seen = {}
+    for path in paths:
+        stem = Path(path).stem
+        if stem in seen:
+            sys.exit(f"error: {seen[stem]} and {path} share the file stem {stem!r}, so their features would "
+                     "overwrite each other: rename one")
+        seen[stem] = path
+
+
 class Clips(torch.utils.data.Dataset):
     """Decodes one clip in a DataLoader worker; a broken clip comes back as its error line."""
 
@@ -277,22 +290,27 @@ class Clips(torch.utils.data.Dataset):
 # writing audio and video: sample.py's outputs
 
 
-def write_wav(path, wav, sr):
-    """16-bit PCM mono wav, atomically."""
-    pcm = (np.clip(wav, -1, 1) * 32767).round().astype("<i2")
+def write_wav(path, pieces, sr, n_samples=None):
+    """16-bit PCM mono wav, atomically: `pieces`, an array or an iterable of arrays (codec.
+    decode_windows), written as they come and cut at n_samples. Returns the samples written."""
+    written = 0
     with atomic_path(path) as tmp:
         with wave.open(tmp, "wb") as f:
             f.setnchannels(1)
             f.setsampwidth(2)
             f.setframerate(sr)
-            f.writeframes(pcm.tobytes())
+            for wav in [pieces] if isinstance(pieces, np.ndarray) else pieces:
+                wav = wav[: None if n_samples is None else n_samples - written]
+                f.writeframes((np.clip(wav, -1, 1) * 32767).round().astype("<i2").tobytes())
+                written += len(wav)
+    return written
 
 
-def mux(video_path, wav, sr, out_base):
-    """The original video stream copied packet by packet (no re-encoding) + the new audio as AAC,
-    in <out_base>.mp4, or in <out_base>.mkv when MP4 cannot hold the video's codec (VP8, raw
-    video, ...): Matroska holds nearly every codec. Returns the path written, or None when
-    neither can hold it (nothing is written then)."""
+def mux(video_path, wav_path, out_base):
+    """The original video stream copied packet by packet (no re-encoding) + the audio of a wav file
+    (write_wav's) as AAC, read a second at a time, in <out_base>.mp4, or in <out_base>.mkv when
+    MP4 cannot hold the video's codec (VP8, raw video, ...): Matroska holds nearly every codec.
+    Returns the path written, or None when neither can hold it (nothing is written then)."""
     with av.open(str(video_path)) as src:
         vin = src.streams.video[0]
 
@@ -303,7 +321,8 @@ def mux(video_path, wav, sr, out_base):
         fmt, ext = next(((f, e) for f, e in (("mp4", ".mp4"), ("matroska", ".mkv")) if holds(f)), (None, None))
         if fmt is None:
             return None
-        with atomic_path(out_base + ext) as tmp, av.open(tmp, "w", format=fmt) as dst:
+        with atomic_path(out_base + ext) as tmp, av.open(tmp, "w", format=fmt) as dst, wave.open(str(wav_path)) as wav:
+            sr = wav.getframerate()
             # opaque: reuse the decoder's codec for the copied stream, so a codec FFmpeg can decode
             # but not encode (no encoder to look up) still copies
             vout = dst.add_stream_from_template(vin, opaque=True)
@@ -323,10 +342,12 @@ def mux(video_path, wav, sr, out_base):
                 packet.dts = packet.dts - shift if packet.dts is not None else None
                 packet.stream = vout
                 dst.mux(packet)
-            frame = av.AudioFrame.from_ndarray(wav[None].astype(np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = sr, 0
-            for packet in aout.encode(frame):
-                dst.mux(packet)
+            for pts in range(0, wav.getnframes(), sr):
+                pcm = np.frombuffer(wav.readframes(sr), "<i2")
+                frame = av.AudioFrame.from_ndarray(pcm[None].astype(np.float32) / 32767, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = sr, pts
+                for packet in aout.encode(frame):
+                    dst.mux(packet)
             for packet in aout.encode(None):
                 dst.mux(packet)
     return out_base + ext
@@ -497,11 +518,16 @@ def train_val_split(cfg, tokens, rank=0, world=1):
     files.require_meta()
     items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout, tokens=tokens)
     if n_missing:
-        print0(f"warning: {n_missing} train clips have no features{' or tokens' if tokens else ''} and are left out")
+        what = f"{n_missing} train clips have no features{' or tokens' if tokens else ''} in {cfg.features_dir}"
+        if cfg.strict:
+            sys.exit(f"error: --strict: {what}")
+        print0(f"warning: {what}: left out")
+    given = len(items) + n_missing
     items = check_split_files(files, items, tokens=tokens, skip_bad=cfg.skip_bad_files, rank=rank, world=world)
     n_val = max(1, int(len(items) * cfg.val_fraction))
     train, val = items[:-n_val], items[-n_val:]
-    print0(f"{len(train)} training and {len(val)} validation clips")
+    print0(f"{cfg.data_json}: {given} train clips, {n_missing} without files and {given - n_missing - len(items)} "
+           f"with bad files left out: {len(train)} training and {len(val)} validation clips")
     return files, train, val
 
 
@@ -524,7 +550,9 @@ def main(argv=None):
         stem = Path(path).stem
         return (out / "video" / f"{stem}.npy").exists() and (out / "audio" / f"{stem}.npy").exists()
 
-    paths = list_videos(cfg.input)[rank::world]  # deterministic shard per rank
+    paths = list_videos(cfg.input)
+    refuse_shared_stems(paths)
+    paths = paths[rank::world]  # deterministic shard per rank
     todo = [p for p in paths if not done(p)]
     print0(f"{len(paths)} clips for this rank, {len(paths) - len(todo)} already done")
     loader = torch.utils.data.DataLoader(
@@ -534,6 +562,8 @@ def main(argv=None):
     for batch in tqdm(loader, desc="extract", disable=rank != 0):
         good = [(p, x) for p, x in batch if not isinstance(x, str)]
         failed += [(p, x) for p, x in batch if isinstance(x, str)]
+        if failed and cfg.strict:
+            sys.exit(f"error: --strict: {failed[0][1]}")
         if not good:
             continue
         frames = torch.cat([x[0] for _, x in good])  # (B*N, 3, S, S)
@@ -549,7 +579,8 @@ def main(argv=None):
                         np.save(fh, arr)
     for path, err in failed:
         print(f"skipped {err}", file=sys.stderr)
-    print0(f"done: {len(todo) - len(failed)} extracted, {len(failed)} skipped -> {out}")
+    print0(f"done: {len(paths)} clips, {len(paths) - len(todo)} done earlier, {len(todo) - len(failed)} extracted, "
+           f"{len(failed)} skipped -> {out}")
     if rank == 0:
         record_timing(out, "extract_features", t0)
     return 1 if failed else 0

@@ -15,8 +15,10 @@ The stages never import this file: their checkpoints enter through the commands 
     python official.py inspect checkpoints/vatt_models/vatt_llama_T_final.ckpt   # what the loader reads (no LLM needed)
     # sample.py's options with their download folder in place of --ckpt_dir
     python official.py sample --preset=llama-2-7b --official_ckpt=checkpoints --video=clip.mp4 --prompt="a dog barks" --batch_size=1
-    # their VATT Audio as a stage2.pt of ours (head order and position table kept), for --init_from
+    # once: their .ckpt as files that load without pickle (out/released/stage2.safetensors + .json,
+    # converter.safetensors); sample with them, or fine-tune them (stage2_audio.py --init_from)
     python official.py convert checkpoints/vatt_models/vatt_llama_T_final.ckpt out/released --codebooks=checkpoints/meta_pretrain_vgg_encodec_embed.pt
+    python official.py sample --preset=llama-2-7b --official_ckpt=checkpoints --official_model=out/released/stage2.safetensors --video=clip.mp4
 
 Their files are Lightning pickles. They are read with torch.load(weights_only=True): tensors and
 plain values only, never code. A file that needs more is refused with the globals it names, and
@@ -81,16 +83,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn as nn
 from einops import rearrange
+from safetensors.torch import load_file
 
 import sample
 from codec import load_codec
 from extract_features import PRESETS as FEATURE_PRESETS, Config as FeatureConfig
 from stage1_caption import Converter, load_llm
-from stage2_audio import ModelConfig, VATTAudio, sincos_table
-from utils import load_error, parse_config, pick_device, save_checkpoint
+from stage2_audio import ModelConfig, VATTAudio, load_vatt_audio, sincos_table
+from utils import load_error, parse_config, pick_device, save_safetensors
 
 PREFIX = "audio_token_decoder."  # where both Lightning wrappers keep VT2AModel (fixtures README §3)
 HEAD_DIM = 64  # dim_head is hard-coded to 64 in the official code, whatever the width
@@ -106,33 +110,50 @@ BASE_LLM = {"vicuna": "vicuna", "gemma": "gemma_2b"}  # LTU's Vicuna-7B (vicuna.
 STAGE1 = {"vicuna": "checkpoint-117000/pytorch_model.bin", "gemma": "checkpoint-231000/pytorch_model.bin"}
 CODEBOOKS = "meta_pretrain_vgg_encodec_embed.pt"  # the EnCodec tables VT2AModel embeds with
 CODEC_DIR = "audiogen_model"  # audiogen_models.zip: a copy of facebook/audiogen-medium
+CONVERTED_CONVERTER = "converter.safetensors"  # `convert` writes their Converter weights here, beside stage2.safetensors
 
 # -----------------------------------------------------------------------------
 # reading checkpoint files
 
 
+def lightning_globals():
+    """What their Lightning checkpoints pickle besides tensors and plain values, and nothing more:
+    numpy float64 learning rates. Their LambdaLinearScheduler computes its factor from a numpy
+    array, so the lr in optimizer_states and lr_schedulers is a numpy scalar (found on checkpoints
+    made with pytorch-lightning 1.9.5 and their trainer's settings: docs/paper-audit.md). numpy 2
+    renamed numpy.core, so both names map to the one function."""
+    scalar = (getattr(np, "_core", None) or np.core).multiarray.scalar
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
+            *([np.dtypes.Float64DType] if hasattr(np, "dtypes") else [])]
+
+
 def load_checkpoint(path, trust_pickle=False):
     """A torch.save'd file of theirs -> its tensors (Lightning .ckpt -> ckpt['state_dict']).
-    Read with weights_only=True: tensors and plain types only, so nothing in the file runs. A file
-    whose pickle needs anything else stops the run with one line naming those globals; with
-    trust_pickle (--trust_pickle) it is loaded fully, which runs its pickled code: only for a
-    download you trust. mmap=True keeps the frozen 7B LLM that a stage-2 checkpoint may also hold
-    on disk instead of in RAM."""
+    Read with weights_only=True and the allow-list of lightning_globals: tensors, plain types and
+    numpy float64 scalars only, so nothing in the file runs. A file whose pickle needs anything
+    else stops the run with one line naming those globals; with trust_pickle (--trust_pickle) it
+    is loaded fully, which runs its pickled code: only for a download you trust. mmap=True keeps
+    the frozen 7B LLM that a stage-2 checkpoint may also hold on disk instead of in RAM."""
     def load(weights_only):
         try:
-            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+            with torch.serialization.safe_globals(lightning_globals()):
+                return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
         except RuntimeError as e:  # mmap needs the zip format (torch >= 1.6 files); old files load whole
             if "mmap" not in str(e):
                 raise
-            return torch.load(path, map_location="cpu", weights_only=weights_only)
+            with torch.serialization.safe_globals(lightning_globals()):
+                return torch.load(path, map_location="cpu", weights_only=weights_only)
 
     if not Path(path).is_file():
         sys.exit(f"error: {path}: no such file")
+    if str(path).endswith(".safetensors"):  # `convert`'s output: tensors only, by the format
+        return load_file(path)
     try:
         obj = load(True)
     except pickle.UnpicklingError as e:
         if not trust_pickle:
-            sys.exit(f"error: {path}: refused ({load_error(path, e)}); if you trust this file, "
+            allowed = [g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in lightning_globals()]
+            sys.exit(f"error: {path}: refused ({load_error(path, e, allowed)}); if you trust this file, "
                      "--trust_pickle loads it fully, running that code")
         obj = load(False)
     except Exception as e:  # noqa: BLE001 (not a torch file at all: garbage, truncated, empty)
@@ -437,7 +458,9 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
     checkpoint-117000/, meta_pretrain_vgg_encodec_embed.pt, audiogen_model/) -> the same
     SimpleNamespace(converter, audio, codec, meta) as sample.load_models, so generation runs
     unchanged. Each part can be given explicitly instead:
-      vatt        the stage-2 .ckpt (a file name inside ckpt_dir[/vatt_models], or a path)
+      vatt        the stage-2 .ckpt (a file name inside ckpt_dir[/vatt_models], or a path), or the
+                  stage2.safetensors `convert` made of it (then no pickle is read: its Converter
+                  weights come from the converter.safetensors beside it)
       llm         base LLM folder (default ckpt_dir/vicuna for 4096-d conditions, ckpt_dir/gemma_2b for 2048-d)
       converter   stage-1 weights; default: the LoRA + video_proj stored inside the stage-2 .ckpt
                   itself (what that model was trained with), else ckpt_dir/checkpoint-117000|231000
@@ -451,23 +474,29 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
     vatt_path = _first(vatt, d / str(vatt), d / "vatt_models" / str(vatt))
     if vatt_path is None:
         sys.exit(f"error: {vatt!r} not found in {d} or {d / 'vatt_models'} (unzip the authors' vatt_models.zip there)")
-    sd = load_checkpoint(vatt_path, trust_pickle)
-    cfg = official_config(sd)
-    family = {4096: "vicuna", 2048: "gemma"}.get(cfg.cond_dim)
+    if vatt_path.suffix == ".safetensors":  # `convert`'s output: our VATT Audio, their Converter weights beside it
+        audio, sd = load_vatt_audio(vatt_path, device)[0], {}
+        cond_dim = audio.config.cond_dim
+        converter = converter or _first(vatt_path.with_name(CONVERTED_CONVERTER))
+    else:
+        sd = load_checkpoint(vatt_path, trust_pickle)
+        audio, cond_dim = None, official_config(sd).cond_dim
+    family = {4096: "vicuna", 2048: "gemma"}.get(cond_dim)
 
     if codec is None:
         codec = str(d / CODEC_DIR) if (d / CODEC_DIR / "compression_state_dict.bin").exists() else "facebook/audiogen-medium"
     codec_name = codec if isinstance(codec, str) else getattr(codec, "name", type(codec).__name__)
     codec = load_codec(codec) if isinstance(codec, str) else codec
-    if codebooks is None:
-        codebooks = _first(d / CODEBOOKS) or codec.codebooks
-    audio = build_official_vatt_audio(sd, load_codebooks(codebooks, trust_pickle), device)
+    if audio is None:
+        if codebooks is None:
+            codebooks = _first(d / CODEBOOKS) or codec.codebooks
+        audio = build_official_vatt_audio(sd, load_codebooks(codebooks, trust_pickle), device)
 
     llm_path = _first(llm, d / BASE_LLM[family] if family else None)
     if llm_path is None:
-        sys.exit(f"error: no base LLM folder for this {cfg.cond_dim}-d checkpoint: pass llm=... (expected "
+        sys.exit(f"error: no base LLM folder for this {cond_dim}-d checkpoint: pass llm=... (expected "
                  f"{d / BASE_LLM[family]} for {family})" if family else
-                 f"error: pass llm=... (the base LLM of this {cfg.cond_dim}-d checkpoint)")
+                 f"error: pass llm=... (the base LLM of this {cond_dim}-d checkpoint)")
     lora_w, proj_w, _ = official_converter_weights(sd)
     if converter is None and proj_w:
         converter = {k: v for k, v in sd.items() if not k.startswith(PREFIX)}
@@ -477,8 +506,8 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
             sys.exit(f"error: the stage-2 checkpoint holds no Converter weights and no stage-1 file was "
                      f"found: pass converter=... (e.g. {d / STAGE1.get(family, STAGE1['vicuna'])})")
     conv = load_official_converter(converter, llm_path, device, trust_pickle=trust_pickle)
-    if conv.hidden_size != cfg.cond_dim:
-        sys.exit(f"error: {llm_path} has {conv.hidden_size}-d states, {vatt_path.name} expects {cfg.cond_dim}-d")
+    if conv.hidden_size != cond_dim:
+        sys.exit(f"error: {llm_path} has {conv.hidden_size}-d states, {vatt_path.name} expects {cond_dim}-d")
 
     # the authors' features: EVA02-CLIP-L/14-336 at 5 fps over 10 s (= extract_features.py --preset=vggsound)
     meta = {**asdict(FeatureConfig(**FEATURE_PRESETS["vggsound"])), "codec": codec_name,
@@ -487,7 +516,7 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
     conv.features_meta, conv.features_dir = meta, features_dir
     return SimpleNamespace(converter=conv, audio=audio, codec=codec.to(device), meta=meta,
                            files={"vatt": str(vatt_path), "llm": str(llm_path),
-                                  "converter": converter if isinstance(converter, (str, Path)) else f"{vatt_path} (encoder.*)"})
+                                  "converter": str(converter) if isinstance(converter, (str, Path)) else f"{vatt_path} (encoder.*)"})
 
 
 # -----------------------------------------------------------------------------
@@ -519,10 +548,13 @@ def sha256(path):
 
 
 def convert(path, out_dir, codebooks=None, trust_pickle=False):
-    """Their stage-2 .ckpt -> out_dir/stage2.pt, a checkpoint of ours (step 0, no optimizer) that
-    stage2_audio.py --init_from fine-tunes: their weights, head order and position table, the
-    codec's tables (`codebooks`: their meta_pretrain_vgg_encodec_embed.pt, or AudioGen's codec
-    named by a hub id or path), and the sha256 of every file read."""
+    """Their stage-2 .ckpt -> files that load without pickle, once: out_dir/stage2.safetensors with
+    stage2.json (a VATT Audio checkpoint of ours: step 0, their weights, head order and position
+    table, the codec's tables, the sha256 of every file read), and out_dir/converter.safetensors,
+    their Converter weights (LoRA + video_proj, under their key names) when the .ckpt holds them.
+    stage2_audio.py --init_from fine-tunes stage2.safetensors; `official.py sample
+    --official_model=out_dir/stage2.safetensors` samples with it. `codebooks`: their
+    meta_pretrain_vgg_encodec_embed.pt, or AudioGen's codec named by a hub id or path."""
     state_dict = load_checkpoint(path, trust_pickle)
     sources = [path] + ([codebooks] if codebooks and Path(codebooks).is_file() else [])
     if codebooks and Path(codebooks).is_file():
@@ -533,11 +565,17 @@ def convert(path, out_dir, codebooks=None, trust_pickle=False):
     hashes = {str(p): sha256(p) for p in sources}
     for p, digest in hashes.items():
         print(f"sha256 {digest}  {p}")
-    out = Path(out_dir) / "stage2.pt"
-    save_checkpoint({"kind": "vatt-audio", "config": {"converted_from": hashes}, "model_config": asdict(model.config),
-                     "codec": None, "step": 0, "model": model.state_dict()}, out)
-    print(f"wrote {out}: {model.config.n_multiway} + {model.config.n_plain} layers of width {model.config.dim}, "
-          f"their head order; fine-tune it with stage2_audio.py --init_from={out}")
+    out = Path(out_dir) / "stage2.safetensors"
+    save_safetensors({"kind": "vatt-audio", "config": {"converted_from": hashes}, "model_config": asdict(model.config),
+                      "codec": None, "step": 0, "model": model.state_dict()}, out)
+    lora, proj, _ = official_converter_weights(state_dict)
+    if proj:
+        converter = {k: v for k, v in state_dict.items() if not k.startswith(PREFIX) and
+                     re.search(r"lora_[AB]|video_proj", k)}
+        save_safetensors({"model": converter, "converted_from": hashes}, Path(out_dir) / CONVERTED_CONVERTER)
+    print(f"wrote {out} (+ .json){f' and {CONVERTED_CONVERTER} ({len(lora)} LoRA matrices + video_proj)' if proj else ''}: "
+          f"{model.config.n_multiway} + {model.config.n_plain} layers of width {model.config.dim}, their head order; "
+          f"fine-tune it with stage2_audio.py --init_from={out}")
 
 
 @dataclass

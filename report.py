@@ -261,8 +261,8 @@ def write_report(cfg):
         shutil.copyfile(video, building / f"{stem}.real.mp4")
         generated = {name: read_wav(samples / name / f"{stem}.wav")[0][:, 0] for name, _ in MODES}
         videos = {"real": f"{stem}.real.mp4"}  # a video whose codec MP4 cannot hold is muxed into Matroska
-        videos.update({name: Path(mux(video, wav, sr, str(building / f"{stem}.{name}"))).name
-                       for name, wav in generated.items()})
+        videos.update({name: Path(mux(video, samples / name / f"{stem}.wav", str(building / f"{stem}.{name}"))).name
+                       for name in generated})
         spectrograms(building / f"{stem}.spectrograms.png", load_audio(str(video), sr, seconds), generated,
                      e["onsets"], sr)
         strikes = f"{e['count']} strike{'s' if e['count'] > 1 else ''} at " + ", ".join(f"{t:g}" for t in e["onsets"]) + " s"

@@ -55,7 +55,7 @@ from typing import NamedTuple, Optional
 import torch
 from tqdm import tqdm
 
-from codec import load_codec
+from codec import decode_windows, load_codec
 from extract_features import (Frames, build_visual_encoder, encode_frames, list_videos, load_features, load_split, mux,
                               preprocess_frames, write_wav)
 from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter
@@ -507,20 +507,20 @@ def write_clip(args, models, clip, result, k, out, record):
     ValueError when they cannot be written."""
     sr = models.codec.sample_rate
     suffix = f".{k}" if args.num_samples > 1 else ""
-    wav = None if args.caption_only else models.codec.decode(result["codes"][None])[0, 0].cpu().numpy()
+    # the audio is decoded window by window and written as it goes (decode_windows)
+    audio = None if args.caption_only else decode_windows(models.codec, result["codes"])
     if args.data_json:
-        if wav is not None:
-            write_wav(out / f"{clip.key}{suffix}.wav", wav, sr)
+        if audio is not None:
+            write_wav(out / f"{clip.key}{suffix}.wav", audio, sr)
             if args.save_steps:
                 save_steps(out / f"{clip.key}{suffix}.steps.json", result, args.steps)
         return
     path = Path(clip.key)
     base = str((out or path.parent) / f"{path.stem}.vatt{suffix}")
     print(f"{path}: {record['caption']!r}" if record["caption"] else f"{path}")
-    if wav is not None:
-        wav = wav[: round(clip.duration * sr)]
-        write_wav(base + ".wav", wav, sr)
-        record["video_out"] = mux(path, wav, sr, base)
+    if audio is not None:
+        write_wav(base + ".wav", audio, sr, n_samples=round(clip.duration * sr))
+        record["video_out"] = mux(path, base + ".wav", base)
         if record["video_out"] is None:
             print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; "
                   "wrote the wav and json only", file=sys.stderr)

@@ -85,6 +85,7 @@ class Config:
     init_from: str = ""
     features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
     skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
+    strict: bool = False  # a train clip without its files stops the run (default: left out, with a warning)
     seed: int = 1337
     device: str = "auto"
 

@@ -17,7 +17,7 @@ ablations live here too, each an option of this script: VATT-V and VATT-Cross-At
     torchrun --nproc_per_node=4 stage2_audio.py --preset=llama-2-7b       # many GPUs
     python stage2_audio.py --preset=gemma-2b --count_params=true          # its size, no data needed
     # fine-tuning: from a stage2.pt of ours, or the authors' .ckpt once converted (official.py convert)
-    python stage2_audio.py --preset=gemma-2b --init_from=out/released/stage2.pt --out_dir=out/mine
+    python stage2_audio.py --preset=gemma-2b --init_from=out/released/stage2.safetensors --out_dir=out/mine
 
 Where this file differs from the paper and from the released code (README, "Paper notes"):
 1. Dec is the released code's: "multiway" layers (one shared self-attention, separate LayerNorms
@@ -86,9 +86,19 @@ class Config:
     mask_dist: str = "truncnorm"
     cond_dropout: float = 0.1  # per-sample probability of the null condition (classifier-free guidance)
     label_smoothing: float = 0.1  # as the released code
-    # the prompt of a training sample: its ground-truth caption with this probability, otherwise
-    # one of the ten V2A instructions, so one model serves both generation modes of §3.2
+    # the prompt of a training sample (§3.2). "mix": its ground-truth caption with p = caption_prob,
+    # otherwise one of the ten V2A instructions, so one run serves both generation modes. The
+    # released code trains two runs instead: "templates" (the instructions alone), then "captions"
+    # from that checkpoint (--init_from; a clip without a caption gets an instruction). On the toy
+    # the mix is better (docs/toy-tuning.md, "The released prompt schedule and augmentation").
+    prompts: str = "mix"
     caption_prob: float = 0.7
+    # the released training augmentation (training batches only; one uniform draw u per sample):
+    # u < splice_prob and the prompt an instruction: the clip up to a cut at 1/10 .. 8/10 of its
+    # length, the rest from another clip (released: 1..8 s of 10 s); else u < splice_prob +
+    # roll_prob: its frames and tokens rolled together by a whole number of frames
+    splice_prob: float = 0.0  # released 0.5
+    roll_prob: float = 0.0  # released 0.1
     # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
     batch_size: int = 32
     grad_accum: int = 1
@@ -108,6 +118,7 @@ class Config:
     init_from: str = ""
     features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
     skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
+    strict: bool = False  # a train clip without its files stops the run (default: left out, with a warning)
     count_params: bool = False  # build the model with random weights, print its size, exit
     seed: int = 1337
     device: str = "auto"
@@ -122,7 +133,7 @@ PRESETS = {
     "llama-2-7b": dict(PAPER_SIZE, cond_dim=4096, converter="out/llama-2-7b/stage1.pt", out_dir="out/llama-2-7b"),
 }
 CHOICES = {"mask_dist": ("truncnorm", "uniform", "arccos", "sine"), "architecture": ("vatt", "cross-attn"),
-           "condition": ("llm", "visual")}
+           "condition": ("llm", "visual"), "prompts": ("mix", "templates", "captions")}
 MASK_DISTRIBUTIONS = CHOICES["mask_dist"]
 
 # -----------------------------------------------------------------------------
@@ -486,18 +497,44 @@ def clip_arrays(files, stem):
         exit_changed_file(e)
 
 
-def draw_batch(files, items, r, cfg, rank, world):
-    """A batch: its clips' names, and (features, prompt, tokens) with the prompt the ground-truth
-    caption with p = caption_prob, else one of the ten instructions. Every rank draws the same
-    global batch from `r` and keeps its slice (see stage 1). feats (B, N, D), codes (B, L, T)."""
+def draw_batch(files, items, r, cfg, rank, world, augment=False):
+    """A batch: its clips' names, and (features, prompt, tokens), the prompt drawn as cfg.prompts
+    says; with `augment`, the released splice and roll (Config). Every rank draws the same global
+    batch from `r` and keeps its slice (see stage 1). feats (B, N, D), codes (B, L, T)."""
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     n = cfg.batch_size * world
     pick = r.choice(len(items), n)[mine]
-    use_caption = (r.random(n) < cfg.caption_prob)[mine]
+    p_caption = {"mix": cfg.caption_prob, "templates": 0.0, "captions": 1.0}[cfg.prompts]
+    use_caption = (r.random(n) < p_caption)[mine]
     instr = r.integers(len(INSTRUCTIONS), size=n)[mine]
+    use_caption &= np.array([bool(items[i][1]) for i in pick], dtype=bool)  # no caption: an instruction
     prompts = [items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
-    arrays = [clip_arrays(files, items[i][0]) for i in pick]
-    return [items[i][0] for i in pick], (torch.stack([f for f, _ in arrays]), prompts, torch.stack([c for _, c in arrays]))
+    feats, codes = zip(*(clip_arrays(files, items[i][0]) for i in pick))
+    feats, codes = torch.stack(feats), torch.stack(codes)
+    if augment and cfg.splice_prob + cfg.roll_prob > 0:
+        feats, codes = splice_and_roll(files, items, feats, codes, ~use_caption, r, cfg, n, mine)
+    return [items[i][0] for i in pick], (feats, prompts, codes)
+
+
+def splice_and_roll(files, items, feats, codes, instructed, r, cfg, n, mine):
+    """The released training augmentation (Config.splice_prob, roll_prob), the video and the tokens
+    cut or rolled at the same instant. feats (B, N, D): N frames; codes (B, L, T): T / N tokens a
+    frame. The draws are the global batch's `n` (every rank the same), of which this rank keeps `mine`."""
+    n_frames, n_tokens = feats.shape[1], codes.shape[2]
+    if n_tokens % n_frames:
+        sys.exit(f"error: {n_tokens} tokens over {n_frames} frames: splice and roll need a whole number a frame")
+    per_frame = n_tokens // n_frames
+    u, partner = r.random(n)[mine], r.choice(len(items), n)[mine]
+    tenth, shift = r.integers(1, 9, size=n)[mine], r.integers(-n_frames, n_frames, size=n)[mine]
+    feats, codes = feats.clone(), codes.clone()
+    for b in range(len(feats)):
+        if u[b] < cfg.splice_prob and instructed[b]:  # the clip up to the cut, then another clip
+            other_feats, other_codes = clip_arrays(files, items[partner[b]][0])
+            at = round(n_frames * tenth[b] / 10)
+            feats[b, at:], codes[b, :, at * per_frame:] = other_feats[at:], other_codes[:, at * per_frame:]
+        elif cfg.splice_prob <= u[b] < cfg.splice_prob + cfg.roll_prob:  # a consistent time shift
+            feats[b], codes[b] = feats[b].roll(int(shift[b]), 0), codes[b].roll(int(shift[b]) * per_frame, 1)
+    return feats, codes
 
 
 def masked_token_loss(model, converter, feats, prompts, codes, generator, cfg, rank, world, progress, device):
@@ -540,7 +577,7 @@ def train_step(ddp_model, converter, optimizer, files, train, cfg, step, rank, w
     for micro in range(cfg.grad_accum):
         if world > 1:  # sync gradients only on the last micro-step
             ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
-        names, batch = draw_batch(files, train, rng, cfg, rank, world)
+        names, batch = draw_batch(files, train, rng, cfg, rank, world, augment=True)
         stems += names
         loss = masked_token_loss(ddp_model, converter, *batch, g, cfg, rank, world, step / cfg.max_steps, device)
         loss = loss / cfg.grad_accum

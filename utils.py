@@ -204,6 +204,25 @@ def save_checkpoint(obj, path):
         torch.save(obj, tmp)
 
 
+def save_safetensors(obj, path):
+    """A checkpoint as two files that no loader runs code from: path (.safetensors) holds
+    obj["model"]'s tensors, path with .json everything else (config, hashes). read_checkpoint
+    reads the pair back into the same dict."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in obj["model"].items()}, tmp)
+    save_json({k: v for k, v in obj.items() if k != "model"}, path.with_suffix(".json"))
+
+
+def read_safetensors(path):
+    """The pair save_safetensors wrote -> one dict ("model": the tensors)."""
+    from safetensors.torch import load_file
+
+    return {**json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8")), "model": load_file(path)}
+
+
 # the two kinds of checkpoint this project writes, as their error messages name them
 CHECKPOINT_KINDS = {"vatt-converter": "stage-1 (Converter)", "vatt-audio": "stage-2 (VATT Audio)"}
 
@@ -216,8 +235,11 @@ def read_checkpoint(path, kind, hint=""):
     if not os.path.isfile(path):
         sys.exit(f"error: {path}: no such checkpoint{hint}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (garbage, a truncated or empty file, pickled objects)
+        if str(path).endswith(".safetensors"):
+            ckpt = read_safetensors(path)
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (garbage, a truncated or empty file, pickled objects, no .json)
         sys.exit(f"error: {path}: not a readable {what} checkpoint ({load_error(path, e)})")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
         found = ckpt.get("kind") if isinstance(ckpt, dict) else None
@@ -233,17 +255,19 @@ def read_init_checkpoint(path, kind, own_checkpoint):
     return read_checkpoint(path, kind, " (--init_from)")
 
 
-def load_error(path, error):
-    """Why torch.load(weights_only=True) refused a file, in a few words: not a checkpoint file at
-    all, the globals its pickle would import (and so run), or else the error's first line."""
-    if not zipfile.is_zipfile(path):  # torch.save has written zip files since torch 1.6
-        return "empty file" if os.path.getsize(path) == 0 else "not a PyTorch checkpoint file"
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 (a zip file, but not one torch.save wrote)
-        unsafe = []
-    if unsafe:
-        return f"its pickle would run code: {', '.join(unsafe)}"
+def load_error(path, error, allowed=()):
+    """Why a checkpoint file was refused, in a few words: not a checkpoint file at all, the globals
+    its pickle would import (and so run; torch.load(weights_only=True) refuses them) apart from the
+    `allowed` names, or else the error's first line."""
+    if not str(path).endswith(".safetensors"):
+        if not zipfile.is_zipfile(path):  # torch.save has written zip files since torch 1.6
+            return "empty file" if os.path.getsize(path) == 0 else "not a PyTorch checkpoint file"
+        try:
+            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+        except Exception:  # noqa: BLE001 (a zip file, but not one torch.save wrote)
+            unsafe = []
+        if unsafe:
+            return f"its pickle would run code: {', '.join(unsafe)}"
     first = str(error).strip().splitlines()[0][:100] if str(error).strip() else ""
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 

@@ -547,3 +547,63 @@ def test_3_2_2_same_seeds_bit_identical(model):
     assert torch.equal(r1, r2)
     m1, m2 = (random_mask(r1, (8, N_Q, 10), torch.Generator().manual_seed(9)) for _ in range(2))
     assert torch.equal(m1, m2)
+
+
+class ClipFiles:
+    """Stand-in feature files: clip c's frame f holds the value 100 c + f, its tokens at frame f
+    the same value, so a test reads off every frame and token where it came from."""
+
+    def __init__(self, n_frames=10, per_frame=10):
+        self.n_frames, self.per_frame = n_frames, per_frame
+
+    def load_video(self, stem):
+        c = int(stem)
+        return (100 * c + torch.arange(self.n_frames, dtype=torch.float32))[:, None].expand(-1, 3).clone()
+
+    def load_tokens(self, stem):
+        frames = 100 * int(stem) + torch.arange(self.n_frames)
+        return frames.repeat_interleave(self.per_frame)[None].expand(N_Q, -1).clone()
+
+
+def test_3_2_released_prompt_schedule_and_augmentation():
+    """stage2_audio.draw_batch with the released training choices: "templates" prompts every
+    sample with one of the ten instructions, "captions" with its caption (an instruction where a
+    clip has none); the splice (instruction-prompted samples only) and the roll move the video and
+    the tokens at the same instant, and the splice's cut lies at 1/10 .. 8/10 of the clip."""
+    import numpy as np
+
+    from stage1_caption import INSTRUCTIONS
+    from stage2_audio import Config, draw_batch
+
+    files, items = ClipFiles(), [(str(c), f"caption {c}" if c % 4 else "") for c in range(1, 9)]
+    for prompts, splice, roll in (("templates", 1.0, 0.0), ("captions", 1.0, 0.0), ("mix", 0.5, 0.5), ("mix", 0.0, 1.0)):
+        cfg = Config(prompts=prompts, splice_prob=splice, roll_prob=roll, batch_size=64)
+        names, (feats, texts, codes) = draw_batch(files, items, np.random.default_rng(0), cfg, 0, 1, augment=True)
+        frame_of_token = feats[:, :, 0].repeat_interleave(10, dim=1)  # (B, T): the frame each token time shows
+        assert torch.equal(codes[:, 0].float(), frame_of_token) and (codes == codes[:, :1]).all()  # in step
+        kinds = []
+        for name, f, text in zip(names, feats[:, :, 0], texts):
+            own = dict(items)[name]
+            if prompts == "templates" or not own:
+                assert text in INSTRUCTIONS
+            elif prompts == "captions":
+                assert text == own
+            clips, where = (f // 100).long(), (f % 100).long()
+            if (clips != int(name)).any():  # spliced: its own start up to the cut, another clip's rest
+                cut = int((clips != int(name)).float().argmax())
+                assert text in INSTRUCTIONS and 1 <= cut <= 8 and (clips[cut:] == clips[-1]).all()
+                assert torch.equal(where, torch.arange(10))  # each part at its own times
+                kinds.append("splice")
+            elif not torch.equal(where, torch.arange(10)):  # rolled: a circular shift of its own frames
+                assert torch.equal((where - where[0]) % 10, torch.arange(10))
+                kinds.append("roll")
+            else:
+                kinds.append("plain")
+        assert ("splice" in kinds) == (splice > 0) and ("roll" in kinds) == (roll > 0)
+        if splice == 1.0:  # every instruction-prompted sample is spliced, unless with itself (1 in 8)
+            instructed = [k for k, t in zip(kinds, texts) if t in INSTRUCTIONS]
+            assert instructed.count("splice") >= 0.75 * len(instructed)
+    cfg = Config(prompts="mix", batch_size=64)
+    plain = draw_batch(files, items, np.random.default_rng(0), cfg, 0, 1)
+    same = draw_batch(files, items, np.random.default_rng(0), cfg, 0, 1, augment=True)  # both probabilities 0
+    assert plain[0] == same[0] and torch.equal(plain[1][0], same[1][0]) and plain[1][1] == same[1][1]

@@ -351,15 +351,15 @@ def test_official_converter_other_files(converter_manifest, tmp_path):
 # end to end: the download folder -> sample.py's generation loop
 
 
-def test_official_end_to_end(tiny, tmp_path):
-    import sample
+def released_download(fx, tmp_path):
+    """A tiny copy of the authors' download: one Lightning file holding VATT Audio and the
+    Converter's LoRA + video_proj (as their stage-2 checkpoints do) besides a frozen LLM weight,
+    their codebooks file, a tiny Vicuna-style LLM and a codec. Returns (llm folder, codec)."""
     from codec import build_audiogen_codec
 
-    fx = tiny
     hidden = fx["config"]["encoder_dim"]  # the tiny VT2AModel takes 32-d LLM states
     llm = make_llm(tmp_path / "vicuna", "vicuna", dict(vocab_size=100, hidden_size=hidden, intermediate_size=64,
                                                          num_hidden_layers=2, num_attention_heads=2), WORDS)
-    # one Lightning file holding both parts, as the authors' stage-2 checkpoints do
     g = torch.Generator().manual_seed(2)
     sd = {O.PREFIX + k: v for k, v in fx["state_dict"].items()}
     for i in range(2):
@@ -368,17 +368,24 @@ def test_official_end_to_end(tiny, tmp_path):
             sd[f"encoder.base_model.model.model.layers.{i}.self_attn.{p}_proj.lora_B.default.weight"] = torch.randn(hidden, 16, generator=g) * 0.1
     sd["encoder.base_model.model.model.video_proj.weight"] = torch.randn(hidden, 768, generator=g) * 0.05
     sd["encoder.base_model.model.model.video_proj.bias"] = torch.zeros(hidden)
+    sd["encoder.base_model.model.model.norm.weight"] = torch.ones(hidden)  # the frozen LLM's: not converted
     (tmp_path / "vatt_models").mkdir()
     torch.save({"state_dict": sd, "epoch": 1}, tmp_path / "vatt_models" / "tiny.ckpt")
+    torch.save(fx["frozen_codebooks"], tmp_path / O.CODEBOOKS)
     torch.manual_seed(0)
-    codec = build_audiogen_codec(n_filters=4, dimension=16, bins=64)  # same table shape as the fixture
+    return llm, build_audiogen_codec(n_filters=4, dimension=16, bins=64)  # same table shape as the fixture
 
-    models = O.load_official_models(tmp_path, "cpu", vatt="tiny.ckpt", llm=llm, codebooks=fx["frozen_codebooks"],
-                                    codec=codec)
+
+def test_official_end_to_end(tiny, tmp_path):
+    import sample
+
+    fx = tiny
+    llm, codec = released_download(fx, tmp_path)
+    models = O.load_official_models(tmp_path, "cpu", vatt="tiny.ckpt", llm=llm, codec=codec)
     assert isinstance(models.audio, VATTAudio) and models.audio.config.head_order == "released"
     assert models.meta["fps"] == 5 and models.meta["seconds"] == 10 and models.meta["feature_dim"] == 768
     assert models.files["converter"].endswith("(encoder.*)")
-    assert torch.equal(models.converter.proj.bias, torch.zeros(hidden))
+    assert torch.equal(models.converter.proj.bias, torch.zeros(fx["config"]["encoder_dim"]))
     args = dataclasses.replace(sample.Config(), steps=4)
     feats = torch.randn(50, 768)
     out = sample.generate(models, [feats], [10.0], ["a dog barks"], [0], args, torch.device("cpu"))
@@ -388,3 +395,33 @@ def test_official_end_to_end(tiny, tmp_path):
     assert torch.equal(again[0]["codes"], codes)  # seeded
     wav = models.codec.decode(codes[None, :, :50])  # the first second is enough to see it decodes
     assert wav.shape == (1, 1, 50 * 320)
+
+
+def test_converted_checkpoint_samples_the_same_audio_bit_for_bit(tiny, tmp_path, capsys):
+    """`official.py convert`: their .ckpt read once, then files without pickle (safetensors and
+    JSON) that sample the same codes and the same waveform, bit for bit, as the .ckpt itself."""
+    import sample
+    from safetensors import safe_open
+
+    llm, codec = released_download(tiny, tmp_path)
+    ckpt = tmp_path / "vatt_models" / "tiny.ckpt"
+    assert O.main(["convert", str(ckpt), str(tmp_path / "released"), f"--codebooks={tmp_path / O.CODEBOOKS}"]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((tmp_path / "released" / "stage2.json").read_text())
+    assert meta["kind"] == "vatt-audio" and meta["model_config"]["head_order"] == "released"
+    assert set(meta["config"]["converted_from"]) == {str(ckpt), str(tmp_path / O.CODEBOOKS)}
+    for path, digest in meta["config"]["converted_from"].items():
+        assert digest == O.sha256(path) and f"sha256 {digest}  {path}" in printed
+    with safe_open(tmp_path / "released" / O.CONVERTED_CONVERTER, "pt") as f:
+        assert len(list(f.keys())) == 2 * 2 * 2 + 2 and not any("norm" in k for k in f.keys())  # LoRA + video_proj
+
+    args = dataclasses.replace(sample.Config(), steps=4)
+    feats, device = torch.randn(50, 768), torch.device("cpu")
+    results = []
+    for vatt in ("tiny.ckpt", str(tmp_path / "released" / "stage2.safetensors")):
+        models = O.load_official_models(tmp_path, "cpu", vatt=vatt, llm=llm, codec=codec)
+        out = sample.generate(models, [feats], [10.0], ["a dog barks"], [0], args, device)
+        results.append((out[0]["codes"], models.codec.decode(out[0]["codes"][None, :, :100])))
+    assert models.files["converter"].endswith(O.CONVERTED_CONVERTER)
+    (codes, wav), (codes2, wav2) = results
+    assert torch.equal(codes, codes2) and torch.equal(wav, wav2)

@@ -33,7 +33,7 @@ import stage2_audio
 from conftest import TINY_LLM, TINY_STAGE1, TINY_STAGE2, fixture
 from data.toy import llm as toy_llm, prepare, world as toy_world
 from extract_features import BadFileError, FeatureFiles, exit_changed_file
-from utils import check_npy
+from utils import check_npy, read_safetensors
 
 pytestmark = pytest.mark.usefixtures("offline")  # no test here may reach the hub
 YTIDS = ["-3b9gwBYXp8_000503", "0aZ9v8kQ_bQ_000030", "Zz_top-9xk4_000120", "a1b2c3d4e5f_000000",
@@ -394,8 +394,8 @@ def test_stage2_init_from_rejects_a_mismatch(world, tmp_path):
         torch.save({**init, **change}, path)
         with pytest.raises(SystemExit, match=re.escape(message)):
             stage2_audio.main(data + [f"--init_from={path}"])
-    # anything but a stage2.pt of this project (the authors' .ckpt included: official.py convert
-    # makes one of it) is refused with one line naming the file, before any training
+    # anything but a stage-2 checkpoint of this project (the authors' .ckpt included: official.py
+    # convert makes one of it) is refused with one line naming the file, before any training
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit) as e:
         stage2_audio.main(data + [f"--init_from={tmp_path}/junk.ckpt"])
@@ -424,7 +424,8 @@ def _authors_ckpt(tmp_path, codebook_dim):
 
 
 def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
-    """Their weights, converted by official.py into a stage2.pt of ours, fine-tune in their own
+    """Their weights, converted by official.py into a checkpoint of ours (safetensors + JSON, no
+    pickle), fine-tune in their own
     head order (official.py quirk 2): with lr 0 the saved model is exactly the mapped one, and
     loading it back gives the logits of their model."""
     import official
@@ -433,13 +434,14 @@ def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
     ckpt, sd = _authors_ckpt(tmp_path, codebook_dim=32)
     torch.save(ToyCodec().codebooks, tmp_path / "toy_codebooks.pt")
     assert official.main(["convert", str(ckpt), str(tmp_path / "released"), f"--codebooks={tmp_path}/toy_codebooks.pt"]) == 0
-    converted = torch.load(tmp_path / "released" / "stage2.pt", weights_only=True)
+    assert not (tmp_path / "released" / "converter.safetensors").exists()  # no Converter weights in this .ckpt
+    converted = read_safetensors(tmp_path / "released" / "stage2.safetensors")
     assert converted["kind"] == "vatt-audio" and converted["codec"] is None and converted["step"] == 0
     assert converted["model_config"]["head_order"] == "released" and "head_order" not in converted
     out = tmp_path / "ft"
     stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
                        f"--converter={world}/out/stage1.pt", f"--out_dir={out}",
-                       f"--init_from={tmp_path}/released/stage2.pt",
+                       f"--init_from={tmp_path}/released/stage2.safetensors",
                        "--lr=0", "--max_steps=1", "--eval_interval=1", "--eval_batches=1", "--batch_size=2"])
     ft = torch.load(out / "stage2.pt", weights_only=True)
 
@@ -463,7 +465,7 @@ def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
                                                    "'data.toy.codec:ToyCodec' has 4 x 64 of width 32")):
         stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
                            f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}/ft16",
-                           f"--init_from={tmp_path}/released16/stage2.pt"])
+                           f"--init_from={tmp_path}/released16/stage2.safetensors"])
 
 
 # -----------------------------------------------------------------------------

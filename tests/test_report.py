@@ -140,6 +140,36 @@ def test_browser_check_catches_missing_and_broken_media(run, world, chromium, tm
         "report_media/test_00000.video_only.mp4: the video does not load (MediaError code 4)"])
 
 
+def test_a_clip_and_page_named_with_html_and_hash_load_in_chromium(run, world, chromium, tmp_path):
+    """The micro run's page made again with one test clip renamed to HTML and '#' and the page
+    (so its media folder) named with '#': every video, picture and link still loads, and the name
+    is shown as text."""
+    stem, clips = "a<b>&c #1", tmp_path / "clips"
+    entries = json.loads((world / "v2a_instruction.json").read_text())
+    for e in entries:
+        if Path(e["video_path"]).stem == "test_00000":
+            e["video_path"] = f"clips/{stem}.mp4"
+    (tmp_path / "data.json").write_text(json.dumps(entries))
+    clips.mkdir()
+    shutil.copy(world / "clips" / "test_00000.mp4", clips / f"{stem}.mp4")
+    shutil.copy(world / "clips" / "test_00001.mp4", clips / "test_00001.mp4")
+    samples = shutil.copytree(run / "samples", tmp_path / "samples")
+    for f in samples.rglob("test_00000.*"):
+        f.rename(f.with_name(stem + f.name[len("test_00000"):]))
+    captions = json.loads((samples / "video_only" / "captions.json").read_text())
+    captions["clips"][stem] = captions["clips"].pop("test_00000")
+    (samples / "video_only" / "captions.json").write_text(json.dumps(captions))
+    page = tmp_path / "my report #2.html"
+    assert report.main([f"--data_json={tmp_path}/data.json", f"--features_dir={world}/features", f"--samples_dir={samples}",
+                        "--split=test", f"--eval_json={run}/eval.json", f"--out={page}"]) == 0
+    seconds = json.loads((world / "features" / "meta.json").read_text())["seconds"]
+    problems, found = page_problems(chromium, page, seconds)
+    assert problems == [] and len(found["media"]) == 10 and len(found["images"]) == 3
+    assert sum(stem in unquote(link) for link in found["links"]) == 6  # 5 videos and the spectrograms
+    text = page.read_text()
+    assert "a&lt;b&gt;&amp;c #1" in text and stem not in text
+
+
 # -----------------------------------------------------------------------------
 # the step history behind the decoding picture (§3.2.2)
 

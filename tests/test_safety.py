@@ -70,6 +70,28 @@ def test_trust_pickle_alone_loads_it(evil):
     assert marker.exists() and list(state_dict) == ["audio_token_decoder.pos_embed"]
 
 
+def test_their_lightning_checkpoints_load_without_trust(tmp_path):
+    """What a pytorch-lightning 1.9.5 checkpoint made with their trainer pickles (the top-level
+    keys, numpy float64 learning rates from their LambdaLinearScheduler) loads with
+    weights_only=True and the allow-list; a numpy array, which the allow-list does not cover, is
+    refused by name."""
+    weights = {"audio_token_decoder.pos_embed": torch.zeros(1, 4, 8)}
+    lr = np.float64(1e-4) * np.cumsum([0, 3])[1]  # how their scheduler's factor becomes a numpy float
+    lightning = {"epoch": 3, "global_step": 9, "pytorch-lightning_version": "1.9.5", "state_dict": weights,
+                 "loops": {"fit_loop": {"state_dict": {}}},
+                 "callbacks": {"ModelCheckpoint{'monitor': 'val/total_loss'}": {"best_model_score": torch.tensor(1.5)}},
+                 "optimizer_states": [{"state": {}, "param_groups": [{"lr": lr, "betas": (0.9, 0.999), "params": [0]}]}],
+                 "lr_schedulers": [{"_last_lr": [lr], "lr_lambdas": [{}], "last_epoch": 9}]}
+    path = tmp_path / "last.ckpt"
+    torch.save(lightning, path)
+    assert list(official.load_checkpoint(path)) == list(weights)
+    torch.save({**lightning, "lr_schedulers": [{"cum_cycles": np.cumsum([0, 3])}]}, path)
+    with pytest.raises(SystemExit) as e:
+        official.load_checkpoint(path)
+    assert "its pickle would run code: numpy" in str(e.value) and "_reconstruct" in str(e.value)
+    assert "scalar" not in str(e.value) and "numpy.dtype" not in str(e.value)  # allowed, so not named
+
+
 def test_our_loaders_refuse_it_too(world, evil, tmp_path, offline):
     """Our own checkpoints (sample.py's folder, --init_from) and the codec's file go through
     torch.load(weights_only=True) as well."""
@@ -167,6 +189,45 @@ def test_strict_makes_a_skipped_clip_an_error(world, tmp_path, capsys):
     assert f"warning: 1 test clips have no features in {features}: skipped" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=f"error: --strict: 1 test clips have no features in {features}"):
         sample.main(args + ["--strict"])
+
+
+def test_strict_in_extraction_and_training(world, tmp_path, capsys):
+    """extract_features.py refuses two videos with one stem before any work and, with --strict,
+    stops at a video it cannot read; the trainers leave out a train clip without features and
+    say so, or with --strict stop on it. Each run's last line counts what it was given and did."""
+    import extract_features
+    import stage1_caption
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(world / "clips" / "train_00000.mp4", videos / "a.mp4")
+    shutil.copy(world / "clips" / "train_00001.mp4", videos / "a.mkv")
+    args = [f"--input={videos}", f"--out_dir={tmp_path}/features", "--num_workers=0"]
+    with pytest.raises(SystemExit) as e:
+        extract_features.main(args)
+    assert str(e.value.code) == (f"error: {videos}/a.mkv and {videos}/a.mp4 share the file stem 'a', so their "
+                                 "features would overwrite each other: rename one")
+    assert not (tmp_path / "features" / "video").exists()
+    (videos / "a.mkv").rename(videos / "b.mkv")
+    (videos / "c.mp4").write_bytes(b"")
+    assert extract_features.main(args) == 1
+    assert "done: 3 clips, 0 done earlier, 2 extracted, 1 skipped" in capsys.readouterr().out
+    (tmp_path / "features" / "video" / "a.npy").unlink()
+    with pytest.raises(SystemExit, match=f"error: --strict: {videos}/c.mp4: not a readable video"):
+        extract_features.main(args + ["--strict"])
+
+    features = tmp_path / "toy-features"
+    shutil.copytree(world / "features", features)
+    (features / "video" / "train_00001.npy").unlink()
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={features}"]
+    stage2_audio.main(data + [f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}/s2"] + TINY_STAGE2)
+    out = capsys.readouterr().out
+    assert f"warning: 1 train clips have no features or tokens in {features}: left out" in out
+    assert f"{world}/v2a_instruction.json: 6 train clips, 1 without files and 0 with bad files left out: " \
+           "4 training and 1 validation clips" in out
+    for main in (lambda a: stage2_audio.main(a + [f"--converter={world}/out/stage1.pt"]), stage1_caption.main):
+        with pytest.raises(SystemExit, match=f"error: --strict: 1 train clips have no features"):
+            main(data + [f"--out_dir={tmp_path}/strict", "--strict"])
 
 
 class Killed(Exception):
