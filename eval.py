@@ -651,6 +651,10 @@ def write_report(args, result: dict, columns: list):
     out = Path(args.out or Path(args.generated).with_suffix("").as_posix() + ".metrics.json")
     result = {"command": args.command, "generated": str(args.generated), "reference": str(args.reference), **result}
     save_json(result, out)
+    n = result.get("n_pairs", result.get("n_captions"))
+    left = {k: result.get(f"n_{k}", len(result[k])) for k in ("only_in_generated", "only_in_reference")}
+    print(f"scored {n} {'pairs' if 'n_pairs' in result else 'captions'} matched by name; left out: "
+          f"{left['only_in_generated']} only in {args.generated}, {left['only_in_reference']} only in {args.reference}")
     print(format_table(args.name or Path(args.generated).stem, result["metrics"], columns))
     print(f"wrote {out}")
 

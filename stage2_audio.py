@@ -32,7 +32,9 @@ Where this file differs from the paper and from the released code (README, "Pape
    p = 0.1 (released: per batch).
 4. Label smoothing 0.1 in eq. 2, as the released code trained.
 5. Prompts: the ground-truth caption with p = caption_prob, else one of the ten instructions, in
-   one run (released: the templates alone, then the captions, in two runs).
+   one run (released: the templates alone, then the captions, in two runs: --prompts).
+6. The released splice / roll augmentation, kept (Config.splice_prob, roll_prob), its cut points
+   in tenths of the clip rather than seconds so that the toy's 2-s clips get the same fractions.
 """
 import math
 import sys
@@ -87,18 +89,20 @@ class Config:
     cond_dropout: float = 0.1  # per-sample probability of the null condition (classifier-free guidance)
     label_smoothing: float = 0.1  # as the released code
     # the prompt of a training sample (§3.2). "mix": its ground-truth caption with p = caption_prob,
-    # otherwise one of the ten V2A instructions, so one run serves both generation modes. The
+    # otherwise one of the ten V2A instructions, so one model serves both generation modes. The
     # released code trains two runs instead: "templates" (the instructions alone), then "captions"
     # from that checkpoint (--init_from; a clip without a caption gets an instruction). On the toy
-    # the mix is better (docs/toy-tuning.md, "The released prompt schedule and augmentation").
+    # the second run's model loses the instruction-prompted modes (video-only source, negative
+    # prompts), so the mix stays (docs/toy-tuning.md, "The released prompt schedule and augmentation")
     prompts: str = "mix"
     caption_prob: float = 0.7
     # the released training augmentation (training batches only; one uniform draw u per sample):
     # u < splice_prob and the prompt an instruction: the clip up to a cut at 1/10 .. 8/10 of its
     # length, the rest from another clip (released: 1..8 s of 10 s); else u < splice_prob +
-    # roll_prob: its frames and tokens rolled together by a whole number of frames
-    splice_prob: float = 0.0  # released 0.5
-    roll_prob: float = 0.0  # released 0.1
+    # roll_prob: its frames and tokens rolled together by a whole number of frames. The released
+    # values; on the toy they place the strikes better (same section)
+    splice_prob: float = 0.5
+    roll_prob: float = 0.1
     # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
     batch_size: int = 32
     grad_accum: int = 1

@@ -136,6 +136,8 @@ def test_captions_cli_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Methods | BertScore (F1) ↑ | BLEU-4 ↑ | ROUGE-L ↑ | CIDEr ↑ | CLAP Score ↑ |" in printed
     assert "| gen | – | 0.497 | 0.785 | 4.435 | – |" in printed
+    assert (f"scored 4 captions matched by name; left out: 1 only in {tmp_path / 'gen.json'}, "
+            f"1 only in {tmp_path / 'ref.json'}") in printed
 
 
 def test_read_captions_accepts_every_format_it_documents(tmp_path):
@@ -371,6 +373,7 @@ def test_audio_cli_with_tiny_vggish_checkpoint(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Methods | KLD ↓ | FAD ↓ | Align Acc ↑ | CLAP Score ↑ | CLAP vs GT audio ↑ |" in printed
     assert f"| tiny | – | {m['fad']:.2f} | – | – | – |" in printed
+    assert f"scored 3 pairs matched by name; left out: 0 only in {tmp_path / 'gen'}, 0 only in" in printed
 
 
 def test_loaders_explain_missing_packages(tmp_path):

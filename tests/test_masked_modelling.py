@@ -603,7 +603,7 @@ def test_3_2_released_prompt_schedule_and_augmentation():
         if splice == 1.0:  # every instruction-prompted sample is spliced, unless with itself (1 in 8)
             instructed = [k for k, t in zip(kinds, texts) if t in INSTRUCTIONS]
             assert instructed.count("splice") >= 0.75 * len(instructed)
-    cfg = Config(prompts="mix", batch_size=64)
+    cfg = Config(prompts="mix", batch_size=64, splice_prob=0.0, roll_prob=0.0)
     plain = draw_batch(files, items, np.random.default_rng(0), cfg, 0, 1)
     same = draw_batch(files, items, np.random.default_rng(0), cfg, 0, 1, augment=True)  # both probabilities 0
     assert plain[0] == same[0] and torch.equal(plain[1][0], same[1][0]) and plain[1][1] == same[1][1]
