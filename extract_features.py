@@ -292,7 +292,7 @@ class Clips(torch.utils.data.Dataset):
 
 def write_wav(path, pieces, sr, n_samples=None):
     """16-bit PCM mono wav, atomically: `pieces`, an array or an iterable of arrays (codec.
-    decode_windows), written as they come and cut at n_samples. Returns the samples written."""
+    decode_windows), written as they come and cut at n_samples."""
     written = 0
     with atomic_path(path) as tmp:
         with wave.open(tmp, "wb") as f:
@@ -303,7 +303,6 @@ def write_wav(path, pieces, sr, n_samples=None):
                 wav = wav[: None if n_samples is None else n_samples - written]
                 f.writeframes((np.clip(wav, -1, 1) * 32767).round().astype("<i2").tobytes())
                 written += len(wav)
-    return written
 
 
 def mux(video_path, wav_path, out_base):

@@ -20,9 +20,10 @@ The stages never import this file: their checkpoints enter through the commands 
     python official.py convert checkpoints/vatt_models/vatt_llama_T_final.ckpt out/released --codebooks=checkpoints/meta_pretrain_vgg_encodec_embed.pt
     python official.py sample --preset=llama-2-7b --official_ckpt=checkpoints --official_model=out/released/stage2.safetensors --video=clip.mp4
 
-Their files are Lightning pickles. They are read with torch.load(weights_only=True): tensors and
-plain values only, never code. A file that needs more is refused with the globals it names, and
-loads fully only with --trust_pickle (which runs what its pickle says: only for a download you trust).
+Their files are Lightning pickles. They are read with torch.load(weights_only=True): tensors,
+plain values and numpy float64 scalars (lightning_globals), never code. A file that needs more is
+refused with the globals it names, and loads fully only with --trust_pickle (which runs what its
+pickle says: only for a download you trust). `convert` turns them into safetensors once.
 
 Everything below was checked against parity fixtures made by running the official code
 (tests/test_official_vatt.py). The quirks of the released code,
@@ -135,13 +136,12 @@ def load_checkpoint(path, trust_pickle=False):
     is loaded fully, which runs its pickled code: only for a download you trust. mmap=True keeps
     the frozen 7B LLM that a stage-2 checkpoint may also hold on disk instead of in RAM."""
     def load(weights_only):
-        try:
-            with torch.serialization.safe_globals(lightning_globals()):
+        with torch.serialization.safe_globals(lightning_globals()):
+            try:
                 return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-        except RuntimeError as e:  # mmap needs the zip format (torch >= 1.6 files); old files load whole
-            if "mmap" not in str(e):
-                raise
-            with torch.serialization.safe_globals(lightning_globals()):
+            except RuntimeError as e:  # mmap needs the zip format (torch >= 1.6 files); old files load whole
+                if "mmap" not in str(e):
+                    raise
                 return torch.load(path, map_location="cpu", weights_only=weights_only)
 
     if not Path(path).is_file():

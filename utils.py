@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 # -----------------------------------------------------------------------------
 # config: a dataclass of commented defaults, a preset, then --key value / --key=value overrides
@@ -208,8 +209,6 @@ def save_safetensors(obj, path):
     """A checkpoint as two files that no loader runs code from: path (.safetensors) holds
     obj["model"]'s tensors, path with .json everything else (config, hashes). read_checkpoint
     reads the pair back into the same dict."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in obj["model"].items()}, tmp)
@@ -218,8 +217,6 @@ def save_safetensors(obj, path):
 
 def read_safetensors(path):
     """The pair save_safetensors wrote -> one dict ("model": the tensors)."""
-    from safetensors.torch import load_file
-
     return {**json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8")), "model": load_file(path)}
 
 

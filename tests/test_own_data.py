@@ -438,6 +438,20 @@ def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
     converted = read_safetensors(tmp_path / "released" / "stage2.safetensors")
     assert converted["kind"] == "vatt-audio" and converted["codec"] is None and converted["step"] == 0
     assert converted["model_config"]["head_order"] == "released" and "head_order" not in converted
+    # on the toy: the converted files and the .ckpt sample the same tokens and audio, bit for bit
+    import sample
+
+    conv = stage1_caption.load_converter(world / "out" / "stage1.pt", torch.device("cpu"))
+    feats = torch.stack([FeatureFiles(world / "features").load_video(f"test_0000{i}") for i in range(2)])
+    cond, cond_mask = stage2_audio.audio_condition(conv, feats, ["a low and deep bell rings twice"] * 2)
+    pieces = []
+    for model in (stage2_audio.load_vatt_audio(tmp_path / "released" / "stage2.safetensors", torch.device("cpu"))[0],
+                  official.load_official_vatt_audio(ckpt, tmp_path / "toy_codebooks.pt")):
+        start = torch.full((2, 4, 100), model.config.bins)
+        codes = sample.decode_tokens(model, cond, cond_mask, start, [torch.Generator().manual_seed(i) for i in range(2)],
+                                     8, 2.0, 0.5, 256, 0.5)
+        pieces.append((codes, ToyCodec().decode(codes)))
+    assert torch.equal(pieces[0][0], pieces[1][0]) and torch.equal(pieces[0][1], pieces[1][1])
     out = tmp_path / "ft"
     stage2_audio.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
                        f"--converter={world}/out/stage1.pt", f"--out_dir={out}",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,3 +266,19 @@ def test_text_gain_finds_the_pitch_words_and_runs(world, capsys):  # noqa: F811 
     text_gain.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json", "--split=val"])
     out = capsys.readouterr().out
     assert "1. condition" in out and "2. attention" in out and out.count(" | ") >= 4
+
+
+def test_negative_check_counts_every_clip_once(world, tmp_path, capsys):  # noqa: F811 (the fixture, not the module)
+    """data/toy/negative_check.py on the micro world's 2 validation clips: each clip lands in
+    exactly one row of its table, and the avoided share is the mean of the rows."""
+    from data.toy import negative_check
+
+    assert negative_check.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json",
+                                "--split=val", "--k=2", f"--out_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    rows = [(int(c), int(n), float(a)) for c, n, a in re.findall(r"^\| (\d) \| (\d+) \| ([\d.]+) \|$", out, re.M)]
+    assert sum(n for _, n, _ in rows) == 2 and all(0 <= c <= 2 for c, _, _ in rows)
+    overall = float(re.search(r"the negative avoided ([\d.]+)", out)[1])
+    assert overall == pytest.approx(sum(n * a for _, n, a in rows) / 2, abs=1e-3)
+    assert sorted(p.name for p in (tmp_path / "video_only").glob("*.wav")) == \
+        ["val_00000.0.wav", "val_00000.1.wav", "val_00001.0.wav", "val_00001.1.wav"]
