@@ -568,10 +568,10 @@ def convert(path, out_dir, codebooks=None, trust_pickle=False):
     out = Path(out_dir) / "stage2.safetensors"
     save_safetensors({"kind": "vatt-audio", "config": {"converted_from": hashes}, "model_config": asdict(model.config),
                       "codec": None, "step": 0, "model": model.state_dict()}, out)
-    lora, proj, _ = official_converter_weights(state_dict)
+    lora, proj, ignored = official_converter_weights(state_dict)
     if proj:
-        converter = {k: v for k, v in state_dict.items() if not k.startswith(PREFIX) and
-                     re.search(r"lora_[AB]|video_proj", k)}
+        ignored = set(ignored)
+        converter = {k: v for k, v in state_dict.items() if k not in ignored}  # LoRA + video_proj
         save_safetensors({"model": converter, "converted_from": hashes}, Path(out_dir) / CONVERTED_CONVERTER)
     print(f"wrote {out} (+ .json){f' and {CONVERTED_CONVERTER} ({len(lora)} LoRA matrices + video_proj)' if proj else ''}: "
           f"{model.config.n_multiway} + {model.config.n_plain} layers of width {model.config.dim}, their head order; "

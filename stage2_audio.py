@@ -468,7 +468,7 @@ def masked_loss(logits, codes, mask, label_smoothing):
 
 
 def load_vatt_audio(ckpt_path, device):
-    """A stage2.pt -> (the frozen model, the checkpoint)."""
+    """A stage2.pt, or the stage2.safetensors `official.py convert` writes -> (the frozen model, the checkpoint)."""
     ckpt = read_checkpoint(ckpt_path, "vatt-audio", " (train it with stage2_audio.py)")
     model = audio_model(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
@@ -530,8 +530,7 @@ def splice_and_roll(files, items, feats, codes, instructed, r, cfg, n, mine):
     per_frame = n_tokens // n_frames
     u, partner = r.random(n)[mine], r.choice(len(items), n)[mine]
     tenth, shift = r.integers(1, 9, size=n)[mine], r.integers(-n_frames, n_frames, size=n)[mine]
-    feats, codes = feats.clone(), codes.clone()
-    for b in range(len(feats)):
+    for b in range(len(feats)):  # feats and codes are draw_batch's own stacks: changed in place
         if u[b] < cfg.splice_prob and instructed[b]:  # the clip up to the cut, then another clip
             other_feats, other_codes = clip_arrays(files, items[partner[b]][0])
             at = round(n_frames * tenth[b] / 10)

@@ -225,9 +225,10 @@ CHECKPOINT_KINDS = {"vatt-converter": "stage-1 (Converter)", "vatt-audio": "stag
 
 
 def read_checkpoint(path, kind, hint=""):
-    """A checkpoint this project wrote, of `kind` (CHECKPOINT_KINDS). Loaded with weights_only=True:
-    tensors and plain Python values only, so a file whose pickle would run code is refused, never
-    run. A missing, unreadable or other file stops the run with one line (`hint` says how to make it)."""
+    """A checkpoint this project wrote, of `kind` (CHECKPOINT_KINDS): a .pt loaded with
+    weights_only=True (tensors and plain Python values only, so a file whose pickle would run code
+    is refused, never run), or a save_safetensors pair. A missing, unreadable or other file stops
+    the run with one line (`hint` says how to make it)."""
     what = CHECKPOINT_KINDS[kind]
     if not os.path.isfile(path):
         sys.exit(f"error: {path}: no such checkpoint{hint}")
