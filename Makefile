@@ -9,12 +9,14 @@ SEED ?= 0
 OUT ?= out/toy
 SAMPLE := $(PY) sample.py --preset=toy --data_json=$(DATA) --split=test --ckpt_dir=$(OUT) --seed=$(SEED)
 
-.PHONY: demo test clean ablations gpu-check
+.PHONY: demo test clean ablations gpu-check samples
 
+# --no-compile: Python compiles each module when it is first imported; compiling every file of every
+# package at install time was half the install's CPU time (docs/toy-tuning.md)
 .venv/installed: requirements.txt constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-compile -r requirements.txt -c constraints.txt
 	touch $@
 
 demo: .venv/installed
@@ -22,13 +24,21 @@ demo: .venv/installed
 	$(PY) extract_features.py --preset=toy
 	$(PY) stage1_caption.py --preset=toy --seed=$(SEED) --out_dir=$(OUT)
 	$(PY) stage2_audio.py --preset=toy --seed=$(SEED) --out_dir=$(OUT) --converter=$(OUT)/stage1.pt
-	$(SAMPLE) --name=video_only
-	$(SAMPLE) --name=gt_caption --prompt_field=output --save_steps
-	$(SAMPLE) --name=self_caption --self_prompt
-	$(SAMPLE) --name=swapped_pitch_text --prompt_field=swapped
-	$(SAMPLE) --name=negative_pitch --negative_field=swapped
+	$(MAKE) --no-print-directory -j2 -O samples
 	$(PY) data/toy/score.py --samples_dir=$(OUT)/samples --out=$(OUT)/eval.json
 	$(PY) report.py --samples_dir=$(OUT)/samples --eval_json=$(OUT)/eval.json --out=$(OUT)/report.html
+
+# the five sampling modes of the demo, two at a time on one thread each (each one's output shown
+# when it ends): one small model's sampling uses a second thread poorly (docs/toy-tuning.md)
+MODES := video_only gt_caption self_caption swapped_pitch_text negative_pitch
+video_only_ARGS :=
+gt_caption_ARGS := --prompt_field=output --save_steps
+self_caption_ARGS := --self_prompt
+swapped_pitch_text_ARGS := --prompt_field=swapped
+negative_pitch_ARGS := --negative_field=swapped
+samples: $(MODES:%=sample-%)
+sample-%: .venv/installed
+	OMP_NUM_THREADS=1 $(SAMPLE) --name=$* $($*_ARGS)
 
 # `make ablations`: the paper's ablations in miniature (docs/ablations.md). Each variant of ablations.py
 # is trained with the toy's budget into $(OUT)-ablations/<variant> ($(JOBS) at a time, one thread each),

@@ -24,6 +24,7 @@ Where this file differs from the paper and from the released code (README, "Pape
 4. LoRA dropout 0.1 as the paper says (the released scripts: 0.05), and none once frozen for stage 2.
 5. Captions are decoded greedily (Converter.caption); the released scripts sample.
 """
+import functools
 import math
 import sys
 import time
@@ -168,6 +169,10 @@ class Converter(nn.Module):
         self.fps = fps  # the frame rate of the features (extract_features.py's meta.json)
         self.max_text_tokens = max_text_tokens
         self.hidden_size = llm.config.hidden_size
+        # The same instructions and captions come back at every training step: each is tokenized
+        # once (rendering the chat template in Python was a tenth of a toy step, docs/toy-tuning.md)
+        self._prompt_cache = functools.lru_cache(maxsize=1 << 16)(self._tokenize_prompt)
+        self._caption_cache = functools.lru_cache(maxsize=1 << 16)(self._tokenize_caption)
 
     def n_video_tokens(self, n_frames):
         return max(1, round(n_frames / self.fps * self.video_tokens_per_second))
@@ -180,13 +185,25 @@ class Converter(nn.Module):
     def prompt_ids(self, instruction):
         """The instruction in the tokenizer's chat template (Gemma-it, LLaMA-2-chat, toy) when it
         has one, else the released code's alpaca_short template. Returns (ids, was_cut)."""
+        ids, was_cut = self._prompt_cache(instruction)
+        return list(ids), was_cut
+
+    def caption_ids(self, caption):
+        """A caption's ids, cut to max_text_tokens, with the end-of-text id appended."""
+        return list(self._caption_cache(caption))
+
+    def _tokenize_caption(self, caption):
+        return tuple(self.tokenizer(caption, add_special_tokens=False).input_ids[: self.max_text_tokens]
+                     + [self.tokenizer.eos_token_id])
+
+    def _tokenize_prompt(self, instruction):
         if self.tokenizer.chat_template:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": instruction}],
                                                       add_generation_prompt=True, tokenize=False)
         else:
             text = f"{self.tokenizer.bos_token or ''}### Instruction:\n{instruction}\n\n### Response:\n"
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        return ids[: self.max_text_tokens], len(ids) > self.max_text_tokens
+        return tuple(ids[: self.max_text_tokens]), len(ids) > self.max_text_tokens
 
     def _sequences(self, feats, prompts, captions=None, pad_to=None):
         """Builds [video ; pad ; prompt (; caption eos)] per sample: the video tokens first (as the
@@ -195,22 +212,23 @@ class Converter(nn.Module):
         Positions count real tokens only, so padding never changes a sample's hidden states.
         Returns embeds (B, L, d), mask (B, L), positions (B, L), labels (B, L)."""
         vid = self.video_embeds(feats)  # (B, N_v, d)
-        embed = self.llm.get_input_embeddings()
-        texts, labels = [], []
+        ids, labels = [], []
         for b, prompt in enumerate(prompts):
-            ids, _ = self.prompt_ids(prompt)
-            lab = [-100] * len(ids)
+            text, _ = self.prompt_ids(prompt)
+            lab = [-100] * len(text)
             if captions is not None:
-                cap = self.tokenizer(captions[b], add_special_tokens=False).input_ids[: self.max_text_tokens]
-                cap = cap + [self.tokenizer.eos_token_id]
-                lab, ids = lab + cap, ids + cap  # loss on the caption tokens only (eq. 1)
-            texts.append(embed(torch.tensor(ids, device=vid.device)))
+                cap = self.caption_ids(captions[b])
+                lab, text = lab + cap, text + cap  # loss on the caption tokens only (eq. 1)
+            ids.append(text)
             labels.append(lab)
-        n_text = (pad_to - vid.shape[1]) if pad_to else max(len(t) for t in texts)
-        pad = [n_text - len(t) for t in texts]
-        x = torch.stack([torch.cat([v.to(t.dtype), F.pad(t, (0, 0, p, 0))]) for v, t, p in zip(vid, texts, pad)])  # (B, L, d)
         n_vid = vid.shape[1]
-        mask = torch.tensor([[1] * n_vid + [0] * p + [1] * (n_text - p) for p in pad], device=x.device)  # (B, L)
+        n_text = (pad_to - n_vid) if pad_to else max(map(len, ids))
+        pad = [n_text - len(t) for t in ids]
+        text_mask = torch.tensor([[0] * p + [1] * (n_text - p) for p in pad], device=vid.device)  # (B, n_text)
+        ids = torch.tensor([[0] * p + t for p, t in zip(pad, ids)], device=vid.device)  # (B, n_text), 0 where padded
+        text = self.llm.get_input_embeddings()(ids) * text_mask[..., None]  # padding embeds as zeros
+        x = torch.cat([vid.to(text.dtype), text], 1)  # (B, L, d)
+        mask = torch.cat([torch.ones_like(text_mask[:, :1]).expand(-1, n_vid), text_mask], 1)  # (B, L)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         labels = torch.tensor([[-100] * (n_vid + p) + lab for p, lab in zip(pad, labels)], device=x.device)
         return x, mask, positions, labels

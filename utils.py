@@ -3,6 +3,7 @@ The few helpers every stage shares: config parsing, device/dtype, DDP, atomic wr
 checks. Everything model- or stage-specific lives in its own script.
 """
 import dataclasses
+import fcntl
 import hashlib
 import importlib
 import inspect
@@ -280,10 +281,13 @@ def record_timing(out_dir, name, t0):
     since t0, and the CPU seconds (user + system, every thread) of this process and of the worker
     processes it has waited for, so that a run on another machine can be scaled by its cores."""
     path = Path(out_dir) / "timing.json"
-    timing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     cpu = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
-    timing[name] = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(cpu, 1)}
-    save_json(timing, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:  # runs that end together (make -j) add both
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        timing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        timing[name] = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(cpu, 1)}
+        save_json(timing, path)
 
 
 # -----------------------------------------------------------------------------

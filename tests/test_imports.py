@@ -17,7 +17,7 @@ LAYERS = [
     # checkpoints, the V2A-Instruction captioner, the benchmark, the report page, the ablations,
     # the GPU check
     "data.toy.world", "data.toy.codec", "data.toy.llm", "data.toy.prepare", "eval", "data.toy.score",
-    "data.toy.text_gain", "data.toy.negative_check", "data.toy.step_time", "data.toy.video_memory", "official", "caption_audio", "bench", "report", "ablations",
+    "data.toy.text_gain", "data.toy.negative_check", "data.toy.masking_curves", "data.toy.step_time", "data.toy.video_memory", "official", "caption_audio", "bench", "report", "ablations",
     "gpu_check",
 ]
 CORE = LAYERS[: LAYERS.index("sample") + 1]

@@ -381,6 +381,20 @@ def test_stage2_init_from_reloads_exactly(world, tmp_path):
     assert {s["step"].item() for s in ft["optimizer"]["state"].values()} == {1}
 
 
+def test_stage2_keeps_a_checkpoint_every_n_steps(world, tmp_path):
+    """--keep_every (learning curves): a copy of stage2.pt at each multiple, the last one the run's
+    own checkpoint; a value that is not a multiple of --eval_interval is refused."""
+    args = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+            f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}"] + TINY_STAGE2
+    stage2_audio.main(args + ["--max_steps=4", "--keep_every=2"])
+    assert sorted(p.name for p in tmp_path.glob("stage2*.pt")) == ["stage2-step2.pt", "stage2-step4.pt", "stage2.pt"]
+    kept = {n: torch.load(tmp_path / f"stage2-step{n}.pt", weights_only=True) for n in (2, 4)}
+    assert kept[2]["step"] == 2 and not _equal_state(kept[2]["model"], kept[4]["model"])
+    assert _equal_state(kept[4]["model"], torch.load(tmp_path / "stage2.pt", weights_only=True)["model"])
+    with pytest.raises(SystemExit, match="--keep_every=3: a multiple of --eval_interval"):
+        stage2_audio.main(args + ["--eval_interval=2", "--keep_every=3"])
+
+
 def test_stage2_init_from_rejects_a_mismatch(world, tmp_path):
     data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
             f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}/ft"] + TINY_STAGE2

@@ -139,3 +139,37 @@ def test_stage1_builds_a_named_base_llm_once(world, tmp_path):
                                 f"--init_from={tmp_path}/a/stage1.pt"] + TINY_STAGE1)
     assert torch.load(tmp_path / "b" / "stage1.pt", weights_only=True)["config"]["llm"] == f"{tmp_path}/a/base_llm"
     assert not (tmp_path / "b" / "base_llm").exists()
+
+
+def test_3_1_each_prompt_and_caption_tokenized_once_as_the_tokenizer_does(world):
+    """The Converter tokenizes an instruction or caption once and reuses it at every later step;
+    what it reuses is what the tokenizer gives, and a caller changing the returned list does not
+    change the next step's."""
+    from stage1_caption import TEMPLATE, load_converter
+
+    conv = load_converter(world / "out" / "stage1.pt", torch.device("cpu"))
+    tok, n = conv.tokenizer, conv.max_text_tokens
+    rendered = tok.apply_chat_template([{"role": "user", "content": TEMPLATE}], add_generation_prompt=True, tokenize=False)
+    ids = tok(rendered, add_special_tokens=False).input_ids
+    first, was_cut = conv.prompt_ids(TEMPLATE)
+    assert (first, was_cut) == (ids[:n], len(ids) > n)
+    first.append(-1)
+    assert conv.prompt_ids(TEMPLATE)[0] == ids[:n] and conv._prompt_cache.cache_info().hits == 1
+    caption = "a high and bright bell rings twice"
+    assert conv.caption_ids(caption) == tok(caption, add_special_tokens=False).input_ids[:n] + [tok.eos_token_id]
+
+
+def test_runs_that_end_together_both_record_their_time(tmp_path):
+    """make runs the sampling modes two at a time: two processes adding entries to one
+    timing.json at the same moment lose none of them."""
+    code = ("import sys, time, pathlib, utils\n"
+            "out, name = sys.argv[1:]\n"
+            "pathlib.Path(out, name + '.ready').touch()\n"
+            "while not pathlib.Path(out, 'go').exists(): time.sleep(0.01)\n"
+            "for i in range(100): utils.record_timing(out, f'{name}{i}', time.time())\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), name], cwd=ROOT) for name in "ab"]
+    while not all((tmp_path / f"{name}.ready").exists() for name in "ab"):
+        assert all(p.poll() is None for p in procs)
+    (tmp_path / "go").touch()
+    assert [p.wait() for p in procs] == [0, 0]
+    assert sorted(json.loads((tmp_path / "timing.json").read_text())) == sorted(f"{n}{i}" for n in "ab" for i in range(100))

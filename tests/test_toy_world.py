@@ -282,3 +282,28 @@ def test_negative_check_counts_every_clip_once(world, tmp_path, capsys):  # noqa
     assert overall == pytest.approx(sum(n * a for _, n, a in rows) / 2, abs=1e-3)
     assert sorted(p.name for p in (tmp_path / "video_only").glob("*.wav")) == \
         ["val_00000.0.wav", "val_00000.1.wav", "val_00001.0.wav", "val_00001.1.wav"]
+
+
+def test_3_2_2_masking_curves_on_the_micro_world(world, tmp_path, capsys):  # noqa: F811 (the fixture, not the module)
+    """data/toy/masking_curves.py end to end on the micro world: both masking distributions
+    trained with the kept checkpoints, every point sampled, scored and measured, the table and
+    the figure written; a second call measures nothing again."""
+    from data.toy import masking_curves
+
+    args = [f"--converter={world}/out/stage1.pt", f"--data_json={world}/v2a_instruction.json",
+            f"--features_dir={world}/features", f"--out_dir={tmp_path}", "--seeds=0", "--steps=2", "--every=1",
+            "--batch_size=2", f"--figure={tmp_path}/curves.png"]
+    masking_curves.main(args)
+    results = json.loads((tmp_path / "curves.json").read_text())
+    assert sorted(results) == ["paper-seed0/1", "paper-seed0/2", "toy-seed0/1", "toy-seed0/2"]
+    for key, r in results.items():
+        run = torch.load(tmp_path / key.split("/")[0] / f"stage2-step{r['step']}.pt", weights_only=True)
+        assert run["step"] == r["step"] and (run["config"]["mask_mean"], run["config"]["mask_std"]) == masking_curves.MASKINGS[r["masking"]]
+        assert sorted(r["template_loss"]) == [str(x) for x in masking_curves.RATIOS] and 0 <= r["gt_caption_register"] <= 1
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert capsys.readouterr().out.count("| paper | 0 |") == 2
+    stamp = (tmp_path / "curves.json").stat().st_mtime_ns
+    masking_curves.main(args)
+    assert (tmp_path / "curves.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="'uniform' is not one of paper, toy"):
+        masking_curves.main(args + ["--maskings=uniform"])

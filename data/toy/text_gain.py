@@ -81,6 +81,23 @@ def attention_shares(model, codes, cond, cond_mask, text, pitch):
 
 
 @torch.no_grad()
+def losses_at_ratios(model, codes, conditions, ratios, g):
+    """The masked-token loss of eq. 2 (no label smoothing) at each fixed masking ratio, for each
+    (cond, cond_mask) of `conditions` under the same mask: per ratio, per condition, (frequency
+    level, all levels) in nats per masked token. codes (B, L, T)."""
+    out = []
+    for r in ratios:
+        mask = random_mask(torch.full((len(codes),), r), codes.shape, g)
+        inp = codes.masked_fill(mask, model.config.bins)
+        row = []
+        for cond, cond_mask in conditions:
+            logits, f = model(inp, cond, cond_mask), FREQUENCY_LEVEL  # (B, L, T, V)
+            row.append((masked_loss(logits[:, f], codes[:, f], mask[:, f], 0.0).item(), masked_loss(logits, codes, mask, 0.0).item()))
+        out.append(row)
+    return out
+
+
+@torch.no_grad()
 def main(argv=None):
     cfg = parse_config(Config, {"toy": {}}, argv)
     device = torch.device("cpu")
@@ -117,16 +134,9 @@ def main(argv=None):
 
     print("3. text gain, nats per masked token (loss with the swapped caption - loss with the true one):")
     print("   ratio | frequency level | all levels")
-    for r in [float(x) for x in cfg.ratios.split(",")]:
-        mask = random_mask(torch.full((len(entries),), r), codes.shape, g)
-        inp = codes.masked_fill(mask, model.config.bins)
-        losses = []
-        for c in (c_true, c_swap):
-            logits, f = model(inp, c, m_true), FREQUENCY_LEVEL  # (B, L, T, V); eq. 2 without smoothing
-            losses.append((masked_loss(logits[:, f], codes[:, f], mask[:, f], 0.0).item(),
-                           masked_loss(logits, codes, mask, 0.0).item()))
-        print(f"   {r:5.2f} | {losses[1][0] - losses[0][0]:15.3f} | {losses[1][1] - losses[0][1]:10.3f}")
-
+    ratios = [float(x) for x in cfg.ratios.split(",")]
+    for r, (true_loss, swap_loss) in zip(ratios, losses_at_ratios(model, codes, [(c_true, m_true), (c_swap, m_true)], ratios, g)):
+        print(f"   {r:5.2f} | {swap_loss[0] - true_loss[0]:15.3f} | {swap_loss[1] - true_loss[1]:10.3f}")
 
 if __name__ == "__main__":
     main()
