@@ -104,9 +104,9 @@ class Config:
     # values; on the toy they place the strikes better (same section)
     splice_prob: float = 0.5
     roll_prob: float = 0.1
-    # optimisation (AdamW, linear warm-up then cosine decay to lr/10). The toy's batch of 16 met every
-    # bar at half the compute of 32 (docs/toy-tuning.md, "The demo's compute")
-    batch_size: int = 16
+    # optimisation (AdamW, linear warm-up then cosine decay to lr/10). A batch of 16 lost the text on
+    # a seed (docs/toy-tuning.md, "The demo's compute")
+    batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-3
     warmup_steps: int = 100

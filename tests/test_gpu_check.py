@@ -6,6 +6,7 @@ of a docs file alone; a failing step makes its exit status non-zero.
 """
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -302,3 +303,11 @@ def test_main_records_every_step_and_fails_on_one(tmp_path, monkeypatch, capsys)
     assert gpu_check.main([f"--out_dir={tmp_path}", "--write_docs=false", "--budget_s=0"]) == 1  # no time: nothing runs
     r = json.loads((tmp_path / "result.json").read_text())
     assert {s["status"] for s in r["steps"].values()} == {"not run"}
+
+
+def test_the_toy_demo_on_the_gpu_samples_what_make_demo_samples():
+    """gpu_check's toy demo times make demo's five sampling runs: the same names and options as
+    the Makefile's `samples` target."""
+    out = subprocess.run(["make", "-n", "--no-print-directory", "samples"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    runs = [(m[1], m[2].split()) for m in re.finditer(r"sample\.py .*--name=(\S+) ?(.*)$", out, re.M)]
+    assert runs == [(name, extra) for name, extra in gpu_check.TOY_MODES]

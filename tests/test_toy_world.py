@@ -272,6 +272,7 @@ def test_negative_check_counts_every_clip_once(world, tmp_path, capsys):  # noqa
     """data/toy/negative_check.py on the micro world's 2 validation clips: each clip lands in
     exactly one row of its table, and the avoided share is the mean of the rows."""
     from data.toy import negative_check
+    from data.toy.world import REGISTER_SPLIT_HZ
 
     assert negative_check.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json",
                                 "--split=val", "--k=2", f"--out_dir={tmp_path}"]) == 0
@@ -282,6 +283,15 @@ def test_negative_check_counts_every_clip_once(world, tmp_path, capsys):  # noqa
     assert overall == pytest.approx(sum(n * a for _, n, a in rows) / 2, abs=1e-3)
     assert sorted(p.name for p in (tmp_path / "video_only").glob("*.wav")) == \
         ["val_00000.0.wav", "val_00000.1.wav", "val_00001.0.wav", "val_00001.1.wav"]
+    # the first decoding step: three probabilities, and each clip in one row of the second table
+    first = re.search(r"template ([\d.]+), negative ([\d.]+), guided \(w = 2\) ([\d.]+)", out)
+    assert first and all(0 <= float(x) <= 1 for x in first.groups())
+    rows = re.findall(r"^\| [\d.]+ to [\d.]+ \| (\d+) \| [\d.]+ \|$", out, re.M)
+    assert sum(map(int, rows)) == 2
+    # the register split in the codec's frequency bins: the decoder plays bin HIGH_FROM - 1 below
+    # the analyzer's 640 Hz and bin HIGH_FROM above it (data/toy/codec.py's log spacing)
+    hz = lambda b: ToyCodec.f_min * (ToyCodec.f_max / ToyCodec.f_min) ** (b / (ToyCodec.bins - 1))  # noqa: E731
+    assert hz(negative_check.HIGH_FROM - 1) < REGISTER_SPLIT_HZ < hz(negative_check.HIGH_FROM)
 
 
 def test_3_2_2_masking_curves_on_the_micro_world(world, tmp_path, capsys):  # noqa: F811 (the fixture, not the module)

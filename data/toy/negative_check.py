@@ -11,22 +11,40 @@ is avoided, by how many of the K text-free samples landed in the negative's regi
 prints how often those K samples agree with each other: a model that picks a register per clip
 from the video agrees with itself on most clips, one that leaves it to chance on about a quarter.
 
+It then looks at the first decoding step, where every token is masked and the register is set:
+per clip, the probability that the frequency level lands in the negative's register (the toy
+sampler's temperature, mean over the clip's sounding frames) with the template (c), with the
+negative (n) and guided (n + w (c - n)), and how often the negative is avoided by that guided
+probability.
+
     python data/toy/negative_check.py                                  # out/toy, validation split
     python data/toy/negative_check.py --ckpt_dir=out/toy-seed1 --k=5
 Results: docs/toy-tuning.md ("Negative prompts").
 """
 import json
+import math
 import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo root
 import sample  # noqa: E402
-from data.toy.world import analyze  # noqa: E402
+from data.toy.codec import ToyCodec  # noqa: E402
+from data.toy.text_gain import FREQUENCY_LEVEL  # noqa: E402
+from data.toy.world import REGISTER_SPLIT_HZ, analyze  # noqa: E402
 from eval import read_wav  # noqa: E402
+from extract_features import feature_files  # noqa: E402
+from stage1_caption import TEMPLATE  # noqa: E402
+from stage2_audio import audio_condition  # noqa: E402
 from utils import parse_config  # noqa: E402
+
+# the first frequency bin of the high register: the codec's bins are log-spaced over [f_min, f_max]
+HIGH_FROM = math.floor(math.log2(REGISTER_SPLIT_HZ / ToyCodec.f_min) / math.log2(ToyCodec.f_max / ToyCodec.f_min)
+                       * (ToyCodec.bins - 1)) + 1
 
 
 @dataclass
@@ -45,6 +63,32 @@ def register(path):
     return analyze(wav[:, 0], sr)["pitch"]
 
 
+@torch.no_grad()
+def first_step(ckpt_dir, entries, guidance_scale, temperature):
+    """Per clip, P(the negative's register) at the first decoding step, every token masked, mean
+    over the clip's sounding frames: {"template": c, "negative": n, "guided": n + w (c - n)}."""
+    models = sample.load_models(ckpt_dir, torch.device("cpu"))
+    audio, conv = models.audio, models.converter
+    files = feature_files(conv.features_dir)
+    stems = [Path(e["video_path"]).stem for e in entries]
+    feats = torch.stack([files.load_video(s) for s in stems])  # (B, N, D)
+    tokens = torch.stack([files.load_tokens(s) for s in stems])  # (B, L, T)
+    masked = torch.full_like(tokens, audio.config.bins)
+    logits = {}
+    for key, prompts in (("template", [TEMPLATE] * len(entries)), ("negative", [e["swapped"] for e in entries])):
+        cond, cond_mask = audio_condition(conv, feats, prompts, audio.config.condition)
+        logits[key] = audio(masked, cond, cond_mask)[:, FREQUENCY_LEVEL].float()  # (B, T, bins)
+    logits["guided"] = sample.classifier_free_guidance(logits["template"], logits["negative"], guidance_scale)
+    sounding = (tokens[:, 0] > 0).float()  # (B, T): level 0 is loudness, bin 0 silence
+    negative_high = torch.tensor([e["pitch"] == "low" for e in entries])[:, None]  # the swapped caption's register
+    out = {}
+    for key, x in logits.items():
+        high = (x / temperature).softmax(-1)[..., HIGH_FROM:].sum(-1)  # (B, T)
+        p = torch.where(negative_high, high, 1 - high)
+        out[key] = ((p * sounding).sum(1) / sounding.sum(1).clamp_min(1)).tolist()
+    return out
+
+
 def main(argv=None):
     cfg = parse_config(Config, {"toy": {}}, argv)
     out = Path(cfg.out_dir or Path(cfg.ckpt_dir) / f"negative-check-{cfg.split}")
@@ -54,21 +98,34 @@ def main(argv=None):
         if sample.main(common + [f"--name={name}", f"--out_dir={out / name}"] + extra):
             sys.exit(f"error: sampling {name} failed")
     entries = [e for e in json.loads(Path(cfg.data_json).read_text(encoding="utf-8")) if e["split"] == cfg.split]
-    by_count, agree = defaultdict(list), 0
+    by_count, agree, avoided = defaultdict(list), 0, []
     for e in entries:
         stem = Path(e["video_path"]).stem
         negative = "low" if e["pitch"] == "high" else "high"  # the swapped caption's register
         free = [register(out / "video_only" / f"{stem}.{i}.wav") for i in range(cfg.k)]
-        by_count[sum(r == negative for r in free)].append(register(out / "negative_pitch" / f"{stem}.wav") != negative)
+        avoided.append(register(out / "negative_pitch" / f"{stem}.wav") != negative)
+        by_count[sum(r == negative for r in free)].append(avoided[-1])
         agree += len(set(free)) == 1
     n = len(entries)
-    print(f"{cfg.ckpt_dir}, {n} {cfg.split} clips: the negative avoided {sum(map(sum, by_count.values())) / n:.3f}; "
+    print(f"{cfg.ckpt_dir}, {n} {cfg.split} clips: the negative avoided {sum(avoided) / n:.3f}; "
           f"the {cfg.k} text-free samples in one register on {agree / n:.3f} of the clips "
           f"({2 / 2 ** cfg.k:.3f} if each were a coin flip)")
     print(f"| text-free samples in the negative's register (of {cfg.k}) | clips | negative avoided |\n|---|---|---|")
     for count in sorted(by_count):
-        avoided = by_count[count]
-        print(f"| {count} | {len(avoided)} | {sum(avoided) / len(avoided):.3f} |")
+        print(f"| {count} | {len(by_count[count])} | {sum(by_count[count]) / len(by_count[count]):.3f} |")
+
+    sampler = parse_config(sample.Config, sample.PRESETS, [f"--preset={cfg.preset}"])
+    p = first_step(cfg.ckpt_dir, entries, sampler.guidance_scale, sampler.temperature)
+    mean = {k: sum(v) / n for k, v in p.items()}
+    confident = sum(x < 0.1 or x > 0.9 for x in p["template"]) / n
+    print(f"first decoding step, P(the negative's register), mean over clips: template {mean['template']:.3f}, "
+          f"negative {mean['negative']:.3f}, guided (w = {sampler.guidance_scale:g}) {mean['guided']:.3f}; "
+          f"the template's is below 0.1 or above 0.9 on {confident:.3f} of the clips")
+    print("| guided P(the negative's register) at step 1 | clips | negative avoided |\n|---|---|---|")
+    for lo, hi in ((0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)):
+        rows = [a for a, x in zip(avoided, p["guided"]) if lo <= x < hi]
+        if rows:
+            print(f"| {lo:.2f} to {min(hi, 1):.2f} | {len(rows)} | {sum(rows) / len(rows):.3f} |")
     return 0
 
 

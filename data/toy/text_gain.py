@@ -138,5 +138,6 @@ def main(argv=None):
     for r, (true_loss, swap_loss) in zip(ratios, losses_at_ratios(model, codes, [(c_true, m_true), (c_swap, m_true)], ratios, g)):
         print(f"   {r:5.2f} | {swap_loss[0] - true_loss[0]:15.3f} | {swap_loss[1] - true_loss[1]:10.3f}")
 
+
 if __name__ == "__main__":
     main()
