@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repo root
 from data.toy import score as toy_score  # noqa: E402
-from data.toy.text_gain import losses_at_ratios  # noqa: E402
+from data.toy.text_gain import clip_arrays, losses_at_ratios  # noqa: E402
 from extract_features import feature_files  # noqa: E402
 from stage1_caption import TEMPLATE, load_converter  # noqa: E402
 from stage2_audio import load_vatt_audio  # noqa: E402
@@ -78,20 +78,26 @@ def run_all(commands, jobs, logs):
 
 
 @torch.no_grad()
-def measure_losses(ckpt_dir, cfg, entries):
-    """The text gain at r = 1 and the template prompt's loss at each of RATIOS, on `entries`."""
-    conv = load_converter(ckpt_dir / "stage1.pt", torch.device("cpu"))
-    model, ckpt = load_vatt_audio(ckpt_dir / "stage2.pt", torch.device("cpu"))
-    files = feature_files(ckpt["config"]["features_dir"])
-    stems = [Path(e["video_path"]).stem for e in entries]
-    feats = torch.stack([files.load_video(s) for s in stems])  # (B, N, D)
-    codes = torch.stack([files.load_tokens(s) for s in stems])  # (B, L, T)
-    c_true, m_true = conv.condition(feats, [e["output"] for e in entries], cut=True)
-    c_swap, _ = conv.condition(feats, [e["swapped"] for e in entries], cut=True)
-    c_tmpl, m_tmpl = conv.condition(feats, [TEMPLATE] * len(entries), cut=True)
-    g = torch.Generator().manual_seed(0)  # the same masks for every checkpoint
-    (true, swap), = losses_at_ratios(model, codes, [(c_true, m_true), (c_swap, m_true)], [1.0], g)
-    template = [row[0][1] for row in losses_at_ratios(model, codes, [(c_tmpl, m_tmpl)], RATIOS, g)]
+def conditions(converter, features_dir, entries):
+    """What every checkpoint is measured on, computed once (the Converter is shared): the clips'
+    tokens and the Converter's conditions with the true caption, the swapped one and the template."""
+    conv = load_converter(converter, torch.device("cpu"))
+    feats, codes = clip_arrays(feature_files(features_dir), entries)  # (B, N, D), (B, L, T)
+    conds = {key: conv.condition(feats, prompts, cut=True) for key, prompts in
+             (("true", [e["output"] for e in entries]), ("swapped", [e["swapped"] for e in entries]),
+              ("template", [TEMPLATE] * len(entries)))}
+    return codes, conds
+
+
+@torch.no_grad()
+def measure_losses(stage2, codes, conds):
+    """The text gain at r = 1 and the template prompt's loss at each of RATIOS, on the same masks
+    for every checkpoint."""
+    model, _ = load_vatt_audio(stage2, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    m_true = conds["true"][1]  # the swapped caption has the true one's tokens but the pitch words
+    (true, swap), = losses_at_ratios(model, codes, [conds["true"], (conds["swapped"][0], m_true)], [1.0], g)
+    template = [row[0][1] for row in losses_at_ratios(model, codes, [conds["template"]], RATIOS, g)]
     return {"text_gain_r1": swap[0] - true[0], "template_loss": dict(zip(map(str, RATIOS), template))}
 
 
@@ -132,6 +138,8 @@ def main(argv=None):
     entries = [e for e in json.loads(Path(cfg.data_json).read_text(encoding="utf-8")) if e["split"] == cfg.split]
     result_path = out / "curves.json"
     results = json.loads(result_path.read_text(encoding="utf-8")) if result_path.exists() else {}
+    if any(f"{name(m, s)}/{step}" not in results for m, s, step in points):
+        codes, conds = conditions(cfg.converter, cfg.features_dir, entries)
     for m, s, step in points:
         key, d = f"{name(m, s)}/{step}", out / name(m, s) / f"step{step}"
         if key in results:
@@ -140,7 +148,7 @@ def main(argv=None):
                                              out=str(d / "val-eval.json")))
         audio = json.loads((d / "val-eval.json").read_text(encoding="utf-8"))["audio"]
         results[key] = {"masking": m, "seed": s, "step": step, "video_only": audio["video_only"],
-                        "gt_caption_register": audio["gt_caption"]["pitch_acc"], **measure_losses(d, cfg, entries)}
+                        "gt_caption_register": audio["gt_caption"]["pitch_acc"], **measure_losses(d / "stage2.pt", codes, conds)}
         save_json(results, result_path)
 
     print(f"| masking | seed | step | video only: class / count / onset F1 | GT caption: register | text gain r=1 (nats) | template loss r=0.5 / 0.7 / 1 |")

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo root
 import sample  # noqa: E402
 from data.toy.codec import ToyCodec  # noqa: E402
-from data.toy.text_gain import FREQUENCY_LEVEL  # noqa: E402
+from data.toy.text_gain import FREQUENCY_LEVEL, clip_arrays  # noqa: E402
 from data.toy.world import REGISTER_SPLIT_HZ, analyze  # noqa: E402
 from eval import read_wav  # noqa: E402
 from extract_features import feature_files  # noqa: E402
@@ -70,9 +70,7 @@ def first_step(ckpt_dir, entries, guidance_scale, temperature):
     models = sample.load_models(ckpt_dir, torch.device("cpu"))
     audio, conv = models.audio, models.converter
     files = feature_files(conv.features_dir)
-    stems = [Path(e["video_path"]).stem for e in entries]
-    feats = torch.stack([files.load_video(s) for s in stems])  # (B, N, D)
-    tokens = torch.stack([files.load_tokens(s) for s in stems])  # (B, L, T)
+    feats, tokens = clip_arrays(files, entries)  # (B, N, D), (B, L, T)
     masked = torch.full_like(tokens, audio.config.bins)
     logits = {}
     for key, prompts in (("template", [TEMPLATE] * len(entries)), ("negative", [e["swapped"] for e in entries])):

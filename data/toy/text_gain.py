@@ -80,6 +80,12 @@ def attention_shares(model, codes, cond, cond_mask, text, pitch):
     return shares
 
 
+def clip_arrays(files, entries):
+    """The features (B, N, D) and tokens (B, L, T) of the clips of V2A-Instruction `entries`."""
+    stems = [Path(e["video_path"]).stem for e in entries]
+    return (torch.stack([files.load_video(s) for s in stems]), torch.stack([files.load_tokens(s) for s in stems]))
+
+
 @torch.no_grad()
 def losses_at_ratios(model, codes, conditions, ratios, g):
     """The masked-token loss of eq. 2 (no label smoothing) at each fixed masking ratio, for each
@@ -107,9 +113,7 @@ def main(argv=None):
     entries = [e for e in json.loads(Path(cfg.data_json).read_text(encoding="utf-8")) if e["split"] == cfg.split][: cfg.n_clips]
     if not entries:
         sys.exit(f"error: {cfg.data_json}: no clips in split {cfg.split!r}")
-    stems = [Path(e["video_path"]).stem for e in entries]
-    feats = torch.stack([files.load_video(s) for s in stems])  # (B, N, D)
-    codes = torch.stack([files.load_tokens(s) for s in stems])  # (B, L, T)
+    feats, codes = clip_arrays(files, entries)
     true, swapped = [e["output"] for e in entries], [e["swapped"] for e in entries]
     c_true, m_true = conv.condition(feats, true, cut=True)
     c_swap, _ = conv.condition(feats, swapped, cut=True)
