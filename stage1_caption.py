@@ -274,16 +274,31 @@ class Converter(nn.Module):
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)], at_limit.tolist()
 
 
+def base_llm_of(ckpt, ckpt_path):
+    """The base LLM a stage1.pt names: a hub id or a folder, as given; but a folder inside the
+    run's out_dir (the toy's base_llm) is read from beside ckpt_path when it is there, wherever the
+    run's folder now is. Read from the current directory instead, another run's base_llm of the
+    same name would load without an error, and its input embeddings (frozen, so not in the
+    checkpoint) would turn every prompt into other words."""
+    llm, out_dir = Path(ckpt["config"]["llm"]), Path(ckpt["config"]["out_dir"])
+    if llm.parts[: len(out_dir.parts)] == out_dir.parts and llm != out_dir:
+        beside = Path(ckpt_path).parent / llm.relative_to(out_dir)
+        if beside.is_dir():
+            return str(beside)
+    return ckpt["config"]["llm"]
+
+
 def load_converter(ckpt_path, device):
     """Rebuilds the frozen Converter from stage1.pt alone (its config names the base LLM)."""
     ckpt = read_checkpoint(ckpt_path, "vatt-converter", " (train it with stage1_caption.py)")
     cfg = ckpt["config"]
-    llm, tokenizer = load_llm(cfg["llm"], (cfg["lora_r"], cfg["lora_alpha"], 0.0), device)
+    llm_name = base_llm_of(ckpt, ckpt_path)
+    llm, tokenizer = load_llm(llm_name, (cfg["lora_r"], cfg["lora_alpha"], 0.0), device)
     meta = ckpt["features_meta"]
     conv = Converter(llm, tokenizer, meta["feature_dim"], cfg["video_tokens_per_second"], cfg["max_text_tokens"],
                      meta["fps"])
     conv.features_meta, conv.features_dir = ckpt["features_meta"], cfg["features_dir"]
-    load_trained_weights(conv, ckpt, ckpt_path, cfg["llm"])
+    load_trained_weights(conv, ckpt, ckpt_path, llm_name)
     return conv.to(device).eval().requires_grad_(False)
 
 
@@ -340,7 +355,7 @@ def built_llm(cfg, init, texts, rank, world):
     into out_dir/base_llm (rank 0, once), with the words of the training texts. Returns the folder,
     which stage1.pt then names; fine-tuning keeps the trained model's own (its vocabulary)."""
     if init is not None:
-        return init["config"]["llm"]
+        return base_llm_of(init, cfg.init_from)
     folder = Path(cfg.out_dir) / "base_llm"
     if rank == 0 and not (folder / "config.json").exists():
         resolve(cfg.llm)(cfg.seed, texts, folder)

@@ -141,6 +141,30 @@ def test_stage1_builds_a_named_base_llm_once(world, tmp_path):
     assert not (tmp_path / "b" / "base_llm").exists()
 
 
+def test_stage1_checkpoint_reads_its_own_base_llm_wherever_it_moves(world, tmp_path, monkeypatch):
+    """A base LLM built into out_dir travels with stage1.pt. Loaded from another place, with
+    another run's base_llm under the name stage1.pt's config gives (relative to the current
+    directory), the Converter still gets its own: its frozen input embeddings are not in the
+    checkpoint, and another run's would turn every prompt into other words without an error."""
+    import shutil
+
+    import stage1_caption
+    from conftest import TINY_STAGE1
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.chdir(tmp_path)
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features", "--llm=data.toy.llm:build"]
+    for out, seed in (("run", 0), ("other", 1)):
+        stage1_caption.main(data + [f"--out_dir={out}", f"--seed={seed}"] + TINY_STAGE1)
+    shutil.move("run", "moved")
+    shutil.move("other", "run")  # another run's base_llm at run/base_llm, the folder stage1.pt names
+    embeddings = lambda m: m.get_input_embeddings().weight  # noqa: E731
+    own, other = (embeddings(AutoModelForCausalLM.from_pretrained(f"{d}/base_llm")) for d in ("moved", "run"))
+    assert not torch.equal(own, other)
+    conv = stage1_caption.load_converter("moved/stage1.pt", torch.device("cpu"))
+    assert torch.equal(embeddings(conv.llm), own)
+
+
 def test_3_1_each_prompt_and_caption_tokenized_once_as_the_tokenizer_does(world):
     """The Converter tokenizes an instruction or caption once and reuses it at every later step;
     what it reuses is what the tokenizer gives, and a caller changing the returned list does not

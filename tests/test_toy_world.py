@@ -283,9 +283,13 @@ def test_negative_check_counts_every_clip_once(world, tmp_path, capsys):  # noqa
     assert overall == pytest.approx(sum(n * a for _, n, a in rows) / 2, abs=1e-3)
     assert sorted(p.name for p in (tmp_path / "video_only").glob("*.wav")) == \
         ["val_00000.0.wav", "val_00000.1.wav", "val_00001.0.wav", "val_00001.1.wav"]
-    # the first decoding step: three probabilities, and each clip in one row of the second table
-    first = re.search(r"template ([\d.]+), negative ([\d.]+), guided \(w = 2\) ([\d.]+)", out)
+    # the first decoding step: six probabilities, and each clip in one row of the second table
+    first = re.search(r"null ([\d.]+), template ([\d.]+), true caption ([\d.]+), negative ([\d.]+), "
+                      r"guided \(w = 2\) with the null ([\d.]+) and with the negative ([\d.]+)", out)
     assert first and all(0 <= float(x) <= 1 for x in first.groups())
+    clips = json.loads((tmp_path / "clips.json").read_text())
+    assert [c["clip"] for c in clips] == ["val_00000", "val_00001"]
+    assert [sorted(c["first_step"]) for c in clips] == [["caption", "guided", "guided_null", "negative", "null", "template"]] * 2
     rows = re.findall(r"^\| [\d.]+ to [\d.]+ \| (\d+) \| [\d.]+ \|$", out, re.M)
     assert sum(map(int, rows)) == 2
     # the register split in the codec's frequency bins: the decoder plays bin HIGH_FROM - 1 below

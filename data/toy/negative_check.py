@@ -11,11 +11,12 @@ is avoided, by how many of the K text-free samples landed in the negative's regi
 prints how often those K samples agree with each other: a model that picks a register per clip
 from the video agrees with itself on most clips, one that leaves it to chance on about a quarter.
 
-It then looks at the first decoding step, where every token is masked and the register is set:
-per clip, the probability that the frequency level lands in the negative's register (the toy
-sampler's temperature, mean over the clip's sounding frames) with the template (c), with the
-negative (n) and guided (n + w (c - n)), and how often the negative is avoided by that guided
-probability.
+It then looks at the first decoding step, where every token is masked: per clip, the probability
+that the frequency level lands in the negative's register, given that it is a strike's frequency
+(the toy sampler's temperature, mean over the clip's strike frames; see NOISE_FROM), with the null
+condition (u), the template (c), the true caption and the negative (n), guided as without text
+(u + w (c - u)) and as the negative mode (n + w (c - n)), and how often the negative is avoided by
+that guided probability. Per clip, the probabilities and the outcome land in <out_dir>/clips.json.
 
     python data/toy/negative_check.py                                  # out/toy, validation split
     python data/toy/negative_check.py --ckpt_dir=out/toy-seed1 --k=5
@@ -40,11 +41,22 @@ from eval import read_wav  # noqa: E402
 from extract_features import feature_files  # noqa: E402
 from stage1_caption import TEMPLATE  # noqa: E402
 from stage2_audio import audio_condition  # noqa: E402
-from utils import parse_config  # noqa: E402
+from utils import parse_config, save_json  # noqa: E402
 
-# the first frequency bin of the high register: the codec's bins are log-spaced over [f_min, f_max]
-HIGH_FROM = math.floor(math.log2(REGISTER_SPLIT_HZ / ToyCodec.f_min) / math.log2(ToyCodec.f_max / ToyCodec.f_min)
-                       * (ToyCodec.bins - 1)) + 1
+
+def frequency_bin(hz):
+    """The toy codec's frequency bin of `hz`, unrounded: log-spaced over [f_min, f_max]."""
+    return math.log2(hz / ToyCodec.f_min) / math.log2(ToyCodec.f_max / ToyCodec.f_min) * (ToyCodec.bins - 1)
+
+
+# the first frequency bin of the high register
+HIGH_FROM = math.floor(frequency_bin(REGISTER_SPLIT_HZ)) + 1
+# Between strikes a clip holds the world's white noise floor (-60 dBFS), whose frequency token reads
+# its power median, about 3.2 kHz (bins 49 to 57, in the high register's range); the strikes reach
+# 2.4 kHz at most (a high whistle's glide: bin 48). So the register is read only on frames at least
+# 10 dB above the floor, and only among a strike's bins, those up to 2.4 kHz.
+NOISE_FROM = math.floor(frequency_bin(2400)) + 1
+STRIKE_LOUDNESS = 1 + round((-50 - ToyCodec.db_min) / -ToyCodec.db_min * (ToyCodec.bins - 2))  # -50 dBFS (codec level 0)
 
 
 @dataclass
@@ -66,22 +78,28 @@ def register(path):
 @torch.no_grad()
 def first_step(ckpt_dir, entries, guidance_scale, temperature):
     """Per clip, P(the negative's register) at the first decoding step, every token masked, mean
-    over the clip's sounding frames: {"template": c, "negative": n, "guided": n + w (c - n)}."""
+    over the clip's strike frames, for each condition: the null one (u), the template (c), the
+    true caption, the negative (n), and the two guided predictions, u + w (c - u) (no text, as
+    video_only) and n + w (c - n) (the negative mode)."""
     models = sample.load_models(ckpt_dir, torch.device("cpu"))
     audio, conv = models.audio, models.converter
     files = feature_files(conv.features_dir)
     feats, tokens = clip_arrays(files, entries)  # (B, N, D), (B, L, T)
     masked = torch.full_like(tokens, audio.config.bins)
-    logits = {}
-    for key, prompts in (("template", [TEMPLATE] * len(entries)), ("negative", [e["swapped"] for e in entries])):
+    logits, drop = {}, torch.ones(len(entries), dtype=torch.bool)
+    for key, prompts in (("template", [TEMPLATE] * len(entries)), ("caption", [e["output"] for e in entries]),
+                         ("negative", [e["swapped"] for e in entries])):
         cond, cond_mask = audio_condition(conv, feats, prompts, audio.config.condition)
         logits[key] = audio(masked, cond, cond_mask)[:, FREQUENCY_LEVEL].float()  # (B, T, bins)
+    logits["null"] = audio(masked, cond, cond_mask, drop)[:, FREQUENCY_LEVEL].float()
+    logits["guided_null"] = sample.classifier_free_guidance(logits["template"], logits["null"], guidance_scale)
     logits["guided"] = sample.classifier_free_guidance(logits["template"], logits["negative"], guidance_scale)
-    sounding = (tokens[:, 0] > 0).float()  # (B, T): level 0 is loudness, bin 0 silence
+    sounding = (tokens[:, 0] >= STRIKE_LOUDNESS).float()  # (B, T) a strike's frames (level 0 is loudness)
     negative_high = torch.tensor([e["pitch"] == "low" for e in entries])[:, None]  # the swapped caption's register
     out = {}
     for key, x in logits.items():
-        high = (x / temperature).softmax(-1)[..., HIGH_FROM:].sum(-1)  # (B, T)
+        strike = (x / temperature).softmax(-1)[..., :NOISE_FROM]  # (B, T, NOISE_FROM) a strike's frequencies
+        high = strike[..., HIGH_FROM:].sum(-1) / strike.sum(-1)  # (B, T) P(high | a strike's frequency)
         p = torch.where(negative_high, high, 1 - high)
         out[key] = ((p * sounding).sum(1) / sounding.sum(1).clamp_min(1)).tolist()
     return out
@@ -114,11 +132,14 @@ def main(argv=None):
 
     sampler = parse_config(sample.Config, sample.PRESETS, [f"--preset={cfg.preset}"])
     p = first_step(cfg.ckpt_dir, entries, sampler.guidance_scale, sampler.temperature)
+    save_json([{"clip": Path(e["video_path"]).stem, "avoided": a, "first_step": {k: v[i] for k, v in p.items()}}
+               for i, (e, a) in enumerate(zip(entries, avoided))], out / "clips.json")
     mean = {k: sum(v) / n for k, v in p.items()}
     confident = sum(x < 0.1 or x > 0.9 for x in p["template"]) / n
-    print(f"first decoding step, P(the negative's register), mean over clips: template {mean['template']:.3f}, "
-          f"negative {mean['negative']:.3f}, guided (w = {sampler.guidance_scale:g}) {mean['guided']:.3f}; "
-          f"the template's is below 0.1 or above 0.9 on {confident:.3f} of the clips")
+    print(f"first decoding step, P(the negative's register), mean over clips: null {mean['null']:.3f}, "
+          f"template {mean['template']:.3f}, true caption {mean['caption']:.3f}, negative {mean['negative']:.3f}, "
+          f"guided (w = {sampler.guidance_scale:g}) with the null {mean['guided_null']:.3f} and with the negative "
+          f"{mean['guided']:.3f}; the template's is below 0.1 or above 0.9 on {confident:.3f} of the clips")
     print("| guided P(the negative's register) at step 1 | clips | negative avoided |\n|---|---|---|")
     for lo, hi in ((0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.01)):
         rows = [a for a, x in zip(avoided, p["guided"]) if lo <= x < hi]
