@@ -57,6 +57,16 @@ class ToyCodec(nn.Module):
     # -----------------------------------------------------------------------------
     # analysis
 
+    @classmethod
+    def loudness_steps(cls, db):
+        """Level 0's position of a loudness in dBFS, unrounded: bin 1 + this, for db >= db_min."""
+        return (db - cls.db_min) / -cls.db_min * (cls.bins - 2)
+
+    @classmethod
+    def frequency_steps(cls, hz):
+        """Level 1's position (its bin, unrounded) of a frequency: log-spaced over [f_min, f_max]."""
+        return torch.log2(torch.as_tensor(hz) / cls.f_min) / math.log2(cls.f_max / cls.f_min) * (cls.bins - 1)
+
     @torch.no_grad()
     def encode(self, wav):
         """(B, 1, S) float audio at 16 kHz -> (B, n_q, T) int64 codes, T = ceil(S / 320)
@@ -71,7 +81,7 @@ class ToyCodec(nn.Module):
         # (every toy strike is: 0.2 s = 10 frames) stays on it after decoding
         power = x.view(B, T, self.hop).pow(2).mean(-1)
         level = 10 * torch.log10(power + 1e-12)
-        steps = ((level - self.db_min) / -self.db_min * (self.bins - 2)).round().clamp(0, self.bins - 2)
+        steps = self.loudness_steps(level).round().clamp(0, self.bins - 2)
         loud = torch.where(level < self.db_min, 0, 1 + steps)
 
         # power spectrum of a Hann window over the frame and half of each neighbour
@@ -111,7 +121,7 @@ class ToyCodec(nn.Module):
         top = self.bins - 1
         codes = torch.stack([
             loud,
-            (torch.log2(f_dom / self.f_min) / math.log2(self.f_max / self.f_min) * top).round(),
+            self.frequency_steps(f_dom).round(),
             (tonality * top).round(),
             (spread / self.spread_max * top).round(),
         ], dim=1)

@@ -44,19 +44,14 @@ from stage2_audio import audio_condition  # noqa: E402
 from utils import parse_config, save_json  # noqa: E402
 
 
-def frequency_bin(hz):
-    """The toy codec's frequency bin of `hz`, unrounded: log-spaced over [f_min, f_max]."""
-    return math.log2(hz / ToyCodec.f_min) / math.log2(ToyCodec.f_max / ToyCodec.f_min) * (ToyCodec.bins - 1)
-
-
 # the first frequency bin of the high register
-HIGH_FROM = math.floor(frequency_bin(REGISTER_SPLIT_HZ)) + 1
+HIGH_FROM = math.floor(ToyCodec.frequency_steps(float(REGISTER_SPLIT_HZ))) + 1
 # Between strikes a clip holds the world's white noise floor (-60 dBFS), whose frequency token reads
 # its power median, about 3.2 kHz (bins 49 to 57, in the high register's range); the strikes reach
 # 2.4 kHz at most (a high whistle's glide: bin 48). So the register is read only on frames at least
 # 10 dB above the floor, and only among a strike's bins, those up to 2.4 kHz.
-NOISE_FROM = math.floor(frequency_bin(2400)) + 1
-STRIKE_LOUDNESS = 1 + round((-50 - ToyCodec.db_min) / -ToyCodec.db_min * (ToyCodec.bins - 2))  # -50 dBFS (codec level 0)
+NOISE_FROM = math.floor(ToyCodec.frequency_steps(2400.0)) + 1
+STRIKE_LOUDNESS = 1 + round(ToyCodec.loudness_steps(-50.0))  # -50 dBFS, in codec level 0
 
 
 @dataclass
@@ -91,7 +86,7 @@ def first_step(ckpt_dir, entries, guidance_scale, temperature):
                          ("negative", [e["swapped"] for e in entries])):
         cond, cond_mask = audio_condition(conv, feats, prompts, audio.config.condition)
         logits[key] = audio(masked, cond, cond_mask)[:, FREQUENCY_LEVEL].float()  # (B, T, bins)
-    logits["null"] = audio(masked, cond, cond_mask, drop)[:, FREQUENCY_LEVEL].float()
+    logits["null"] = audio(masked, cond, cond_mask, drop)[:, FREQUENCY_LEVEL].float()  # cond dropped: any will do
     logits["guided_null"] = sample.classifier_free_guidance(logits["template"], logits["null"], guidance_scale)
     logits["guided"] = sample.classifier_free_guidance(logits["template"], logits["negative"], guidance_scale)
     sounding = (tokens[:, 0] >= STRIKE_LOUDNESS).float()  # (B, T) a strike's frames (level 0 is loudness)
