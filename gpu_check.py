@@ -17,6 +17,7 @@ exit 1, after writing what it has and naming the step.
     make gpu-check
     python gpu_check.py --write_docs=false          # measure; tables only in out/gpu-check/tables.md
     python gpu_check.py --timeout_compile=240 --budget_s=600   # a slower card
+    python gpu_check.py --tables_from=result.json   # a GPU machine's result, its tables written here
 """
 import json
 import os
@@ -51,8 +52,8 @@ class Config:
     # on a slower card; each step also stops at the budget's end)
     timeout_tests: int = 45
     timeout_bench: int = 90
-    timeout_toy: int = 150  # all of the toy demo's stages together
-    timeout_compile: int = 180
+    timeout_toy: int = 180  # all of the toy demo's stages together (ten processes; 487 s on 2 CPU cores)
+    timeout_compile: int = 150
     repeats: int = 3  # bench.py's timed passes per batch size (the median is reported)
     # the toy demo, SHORTENED to fit the budget: make demo's world (2000 / 200 / 200 clips) and
     # sampling, but stage 1 and stage 2 trained for these many steps (make demo: 6000 and 2000)
@@ -60,6 +61,10 @@ class Config:
     toy_stage2_steps: int = 500
     seed: int = 0  # the toy demo's SEED
     write_docs: bool = True  # fill the markers in README.md and docs/*.md (tables.md is always written)
+    # the commit measured, for a tree without its .git (a copy sent to a GPU machine); empty = git rev-parse
+    commit: str = ""
+    # a result.json recorded earlier (on another machine): write its tables, measure nothing, need no GPU
+    tables_from: str = ""
 
 
 MIN_STEP_S = 10  # a step with less time than this left in the budget is not started
@@ -398,15 +403,31 @@ def git_commit():
         return "unknown"
 
 
+def write_all_tables(result, out, write_docs):
+    """tables.md in `out` (always), the README's and docs' markers (when write_docs); records what it
+    filled in result["tables"] and prints it."""
+    md = tables(result)
+    with atomic_path(out / "tables.md") as tmp:
+        Path(tmp).write_text("".join(f"<!-- {n} -->\n{t}\n\n" for n, t in md.items()), encoding="utf-8")
+    result["tables"] = write_tables(result, ROOT) if write_docs else {"filled": [], "problems": []}
+    print(f"[gpu-check] tables: {out / 'tables.md'}; markers filled: {', '.join(result['tables']['filled']) or 'none'}")
+    for p in result["tables"]["problems"]:
+        print(f"[gpu-check] marker problem: {p}")
+
+
 def main(argv=None):
     args = parse_config(Config, {"toy": {}}, argv)
+    if args.tables_from:  # a recorded result: its tables, nothing measured
+        result = json.loads(Path(args.tables_from).read_text(encoding="utf-8"))
+        write_all_tables(result, Path(args.out_dir).resolve(), args.write_docs)
+        return 1 if result["tables"]["problems"] else 0
     if not torch.cuda.is_available():
         print("error: no CUDA GPU (torch.cuda.is_available() is False): the GPU check runs only on a machine with one",
               file=sys.stderr)
         sys.exit(2)
     out, t0 = Path(args.out_dir).resolve(), time.time()  # absolute: the steps run from the repo root
     result = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda,
-                  commit=git_commit(), date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), budget_s=args.budget_s,
+                  commit=args.commit or git_commit(), date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), budget_s=args.budget_s,
                   steps={})
     steps = [("gpu_tests", step_gpu_tests, args.timeout_tests),
              ("bench_eager", lambda a, o, t: step_bench(a, o, t, False), args.timeout_bench),
@@ -425,14 +446,8 @@ def main(argv=None):
             print(f"[gpu-check] {name} FAILED: {step['error']}\n{step.get('log_tail', '')}".rstrip(), file=sys.stderr, flush=True)
         save_json(result, out / "result.json")  # what it has so far, after every step
     result["wall_s"] = round(time.time() - t0, 1)
-    md = tables(result)
-    with atomic_path(out / "tables.md") as tmp:
-        Path(tmp).write_text("".join(f"<!-- {n} -->\n{t}\n\n" for n, t in md.items()), encoding="utf-8")
-    result["tables"] = write_tables(result, ROOT) if args.write_docs else {"filled": [], "problems": []}
+    write_all_tables(result, out, args.write_docs)
     save_json(result, out / "result.json")
-    print(f"[gpu-check] tables: {out / 'tables.md'}; markers filled: {', '.join(result['tables']['filled']) or 'none'}")
-    for p in result["tables"]["problems"]:
-        print(f"[gpu-check] marker problem: {p}")
     failed = failed_steps(result) + (["markers"] if result["tables"]["problems"] else [])
     print(f"[gpu-check] {'FAILED: ' + ', '.join(failed) if failed else 'passed'} in {result['wall_s']:.0f} s; "
           f"{out / 'result.json'}")

@@ -234,6 +234,20 @@ def test_write_tables_reports_unknown_and_unclosed_markers(tmp_path):
     assert gpu_check.exit_status(dict(RESULT, tables=report)) == 1
 
 
+def test_tables_from_a_result_recorded_elsewhere_need_no_gpu(tmp_path, monkeypatch, capsys):
+    """--tables_from: a GPU machine's result.json, its tables written here (no GPU, nothing run)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check.subprocess, "Popen", lambda *a, **k: pytest.fail("ran a command"))
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "sampling-speed.md", tmp_path / "docs")
+    monkeypatch.setattr(gpu_check, "ROOT", tmp_path)
+    (tmp_path / "result.json").write_text(json.dumps(RESULT))
+    assert gpu_check.main([f"--tables_from={tmp_path / 'result.json'}", f"--out_dir={tmp_path / 'out'}"]) == 0
+    assert gpu_check.tables(RESULT)["sampling"] in (tmp_path / "docs" / "sampling-speed.md").read_text()
+    assert (tmp_path / "out" / "tables.md").read_text().startswith("<!-- sampling -->\n" + gpu_check.tables(RESULT)["sampling"])
+    assert "markers filled: docs/sampling-speed.md:sampling" in capsys.readouterr().out
+
+
 # -----------------------------------------------------------------------------
 # the exit status
 
@@ -300,9 +314,11 @@ def test_main_records_every_step_and_fails_on_one(tmp_path, monkeypatch, capsys)
     out, err = capsys.readouterr()
     assert "FAILED: toy_demo, bench_compile" in out and "bench_compile FAILED: killed at its 180 s timeout" in err
 
-    assert gpu_check.main([f"--out_dir={tmp_path}", "--write_docs=false", "--budget_s=0"]) == 1  # no time: nothing runs
+    assert gpu_check.main([f"--out_dir={tmp_path}", "--write_docs=false", "--budget_s=0",
+                           "--commit=1234abc"]) == 1  # no time: nothing runs
     r = json.loads((tmp_path / "result.json").read_text())
     assert {s["status"] for s in r["steps"].values()} == {"not run"}
+    assert r["commit"] == "1234abc"  # a tree without its .git names the commit it is
 
 
 def test_the_toy_demo_on_the_gpu_samples_what_make_demo_samples():
