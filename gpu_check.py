@@ -48,7 +48,7 @@ class Config:
     preset: str = "toy"  # parse_config's default preset; the check has no other
     out_dir: str = "out/gpu-check"  # result.json, tables.md, logs/, the bench JSONs, the toy run
     budget_s: int = 470  # no step starts or runs past this many seconds from the start (8 minutes, all told)
-    # each step's own timeout in seconds, about 1.5 times what it took on an H200 (the README's
+    # each step's own timeout in seconds, with room over what it took on an H200 (the README's
     # table: 21, 30, 237 and 112 s; raise them on a slower card); each step also stops at the budget's end
     timeout_tests: int = 45
     timeout_bench: int = 90
