@@ -55,10 +55,13 @@ class Config:
     timeout_toy: int = 300  # all of the toy demo's stages together: ten processes, mostly on the CPU
     timeout_compile: int = 170
     repeats: int = 3  # bench.py's timed passes per batch size (the median is reported)
-    # the toy demo, SHORTENED to fit the budget: make demo's world (2000 / 200 / 200 clips) and
-    # sampling, but stage 1 and stage 2 trained for these many steps (make demo: 6000 and 2000)
+    # the toy demo, SHORTENED to fit the budget: make demo's world and sampling, but stage 1 and
+    # stage 2 trained for these many steps (make demo: 6000 and 2000), and the first this many of
+    # its 200 test clips (the same clips: each is seeded by its index) made, sampled and scored:
+    # sampling the toy is mostly the host's work, and hosts differ (docs/sampling-speed.md)
     toy_stage1_steps: int = 1000
     toy_stage2_steps: int = 500
+    toy_test_clips: int = 64
     seed: int = 0  # the toy demo's SEED
     write_docs: bool = True  # fill the markers in README.md and docs/*.md (tables.md is always written)
     # the commit measured, for a tree without its .git (a copy sent to a GPU machine); empty = git rev-parse
@@ -187,14 +190,15 @@ def step_toy(args, out, timeout):
     deadline = time.time() + timeout  # for all the stages together
     import shutil
 
-    import stage1_caption  # here, not at the top: only the toy's step counts need them (and their imports' time)
+    import stage1_caption  # here, not at the top: only the toy's defaults need them (and their imports' time)
     import stage2_audio
+    from data.toy import prepare
 
     d = out / "toy"
     shutil.rmtree(d, ignore_errors=True)  # the stages resume from what they find: start clean, time all of it
     data, feats, ckpt = f"--data_json={d}/v2a_instruction.json", f"--features_dir={d}/features", d / "out"
     seed, gpu = f"--seed={args.seed}", "--device=cuda"
-    stages = [("prepare (CPU)", [PY, "data/toy/prepare.py", f"--out_dir={d}"]),
+    stages = [("prepare (CPU)", [PY, "data/toy/prepare.py", f"--out_dir={d}", f"--n_test={args.toy_test_clips}"]),
               ("extract_features", [PY, "extract_features.py", "--preset=toy", f"--input={d}/v2a_instruction.json",
                                     f"--out_dir={d}/features", f"--num_workers={min(8, os.cpu_count() or 1)}", gpu]),
               ("stage 1", [PY, "stage1_caption.py", "--preset=toy", data, feats, seed, gpu, f"--out_dir={ckpt}",
@@ -207,7 +211,8 @@ def step_toy(args, out, timeout):
                                 f"--out={ckpt}/eval.json"])]
     step = dict(status="ok", stages=[], shortened=dict(
         stage1_steps=args.toy_stage1_steps, stage1_steps_demo=stage1_caption.Config.max_steps,
-        stage2_steps=args.toy_stage2_steps, stage2_steps_demo=stage2_audio.Config.max_steps))
+        stage2_steps=args.toy_stage2_steps, stage2_steps_demo=stage2_audio.Config.max_steps,
+        test_clips=args.toy_test_clips, test_clips_demo=prepare.Config.n_test))
     for name, cmd in stages:
         if step["status"] != "ok":
             step["stages"].append(dict(name=name, cmd=shlex.join(cmd), status="not run", wall_s=0.0))
@@ -289,8 +294,9 @@ def toy_table(r):
         return f"The toy demo on the GPU ({where(r)}): {s.get('status', 'not run')}. {first_line(s.get('error'))}".strip()
     k = s["shortened"]
     lines = [f"The toy demo on the GPU ({where(r)}), SHORTENED to fit the check: stage 1 {k['stage1_steps']} of "
-             f"make demo's {k['stage1_steps_demo']} steps, stage 2 {k['stage2_steps']} of {k['stage2_steps_demo']}; "
-             f"the scores are this short training's, not the README's:", "",
+             f"make demo's {k['stage1_steps_demo']} steps, stage 2 {k['stage2_steps']} of {k['stage2_steps_demo']}, "
+             f"sampled on {k['test_clips']} of its {k['test_clips_demo']} test clips; the scores are this short "
+             f"training's, not the README's:", "",
              "| stage | status | wall s |", "|---|---|---|"]
     lines += [f"| {x['name']} | {x['status']} | {x['wall_s']:.1f} |" for x in s["stages"]]
     lines.append(f"| total | {s['status']} | {s['wall_s']:.1f} |")

@@ -53,13 +53,14 @@ RESULT = dict(
                          bench=bench_json(False, [(20.0, 200.0, 30.0), (5.0, 60.0, 5.0), (2.0, 40.0, 3.0)])),
         toy_demo=dict(status="ok", wall_s=110.0,
                       stages=[dict(name=n, status="ok", wall_s=10.0) for n in STAGES],
-                      shortened=dict(stage1_steps=1000, stage1_steps_demo=6000, stage2_steps=500, stage2_steps_demo=2000),
+                      shortened=dict(stage1_steps=1000, stage1_steps_demo=6000, stage2_steps=500, stage2_steps_demo=2000,
+                                     test_clips=64, test_clips_demo=200),
                       eval=dict(captions=dict(class_acc=0.9, count_acc=0.85, pitch_acc=0.5),
                                 audio=dict(ground_truth=dict(class_acc=1.0, count_acc=1.0, onset_f1=1.0, pitch_acc=1.0),
                                            video_only=dict(class_acc=0.8, count_acc=0.75, onset_f1=0.9, pitch_acc=0.5),
                                            swapped_pitch_text=dict(pitch_follows_text=0.7, onset_f1=0.88),
                                            negative_pitch=dict(pitch_avoids_negative=0.6, onset_f1=0.87)),
-                                settings=dict(split="test", n_clips=200))),
+                                settings=dict(split="test", n_clips=64))),
         bench_compile=dict(status="ok", wall_s=118.7, rc=0,
                            bench=bench_json(True, [(15.0, 150.0, 30.0), (5.0, 50.0, 5.0), (2.0, 70.0, 3.0)])),
     ))
@@ -156,10 +157,11 @@ def test_tables_from_a_recorded_result():
         "16 steps is 14 ms at this card's dense bf16 peak (989.4 TFLOP/s)."])
     toy = md["toy"].splitlines()
     assert toy[0] == (f"The toy demo on the GPU ({WHERE}), SHORTENED to fit the check: stage 1 1000 of make demo's "
-                      "6000 steps, stage 2 500 of 2000; the scores are this short training's, not the README's:")
+                      "6000 steps, stage 2 500 of 2000, sampled on 64 of its 200 test clips; the scores are this "
+                      "short training's, not the README's:")
     assert toy[2:5] == ["| stage | status | wall s |", "|---|---|---|", "| prepare (CPU) | ok | 10.0 |"]
     assert toy[14:] == ["| total | ok | 110.0 |", "",
-                        "| 200 test clips | class | count | onset F1 | pitch |", "|---|---|---|---|---|",
+                        "| 64 test clips | class | count | onset F1 | pitch |", "|---|---|---|---|---|",
                         "| captions (Converter) | 0.900 | 0.850 |  | 0.500 |",
                         "| `ground_truth` | 1.000 | 1.000 | 1.000 | 1.000 |",
                         "| `video_only` | 0.800 | 0.750 | 0.900 | 0.500 |",
@@ -192,7 +194,7 @@ def test_tables_of_a_failed_run_say_what_failed():
     assert "No rows from `bench.py --compile` (timeout: killed at its 180 s timeout)." in md["sampling"]
     assert "| stage 2 | failed | 10.0 |" in md["toy"] and "| sample video_only | not run | 10.0 |" in md["toy"]
     assert "Failed: stage 2: exit status 1: RuntimeError: CUDA error \\| device-side assert" in md["toy"]
-    assert "| 200 test clips |" not in md["toy"]
+    assert "| 64 test clips |" not in md["toy"]
     assert md["summary"].startswith(f"{WHERE}: FAILED (toy_demo, bench_compile), ")
     assert "| bench_compile | timeout | 180.0 | killed at its 180 s timeout |" in md["summary"]
 
@@ -295,8 +297,9 @@ def test_the_steps_run_the_expected_commands(tmp_path, monkeypatch):
                        "stage2_audio.py"] + ["sample.py"] * 5 + ["data/toy/score.py"]
     for name, cmd in zip(STAGES, ran):  # every stage but the CPU ones on the GPU, and no silent fallback
         assert ("--device=cuda" in cmd) == ("(CPU)" not in name), name
-    assert "--max_steps=1000" in ran[2] and "--max_steps=500" in ran[3]
-    assert step["shortened"] == dict(stage1_steps=1000, stage1_steps_demo=6000, stage2_steps=500, stage2_steps_demo=2000)
+    assert "--max_steps=1000" in ran[2] and "--max_steps=500" in ran[3] and "--n_test=64" in ran[0]
+    assert step["shortened"] == dict(stage1_steps=1000, stage1_steps_demo=6000, stage2_steps=500, stage2_steps_demo=2000,
+                                     test_clips=64, test_clips_demo=200)
 
 
 def test_main_records_every_step_and_fails_on_one(tmp_path, monkeypatch, capsys):
