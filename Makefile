@@ -11,12 +11,16 @@ SAMPLE := $(PY) sample.py --preset=toy --data_json=$(DATA) --split=test --ckpt_d
 
 .PHONY: demo test clean ablations gpu-check samples
 
-# --no-compile: Python compiles each module when it is first imported; compiling every file of every
-# package at install time was half the install's CPU time (docs/toy-tuning.md)
+# --no-compile: compiling every file of every package at install time was half the install's CPU
+# time. Python compiles a module when it is first imported and caches the bytecode, unless
+# PYTHONDONTWRITEBYTECODE is set (some CI images and containers set it): then every process compiles
+# everything it imports again, about 5 s each. So one import of the stages, allowed to write, fills
+# the cache of the modules they use in this venv (docs/toy-tuning.md, "The demo's compute")
 .venv/installed: requirements.txt constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-compile -r requirements.txt -c constraints.txt
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -c "import stage1_caption, stage2_audio, sample, extract_features, eval, report"
 	touch $@
 
 demo: .venv/installed
