@@ -48,8 +48,8 @@ class Config:
     preset: str = "toy"  # parse_config's default preset; the check has no other
     out_dir: str = "out/gpu-check"  # result.json, tables.md, logs/, the bench JSONs, the toy run
     budget_s: int = 470  # no step starts or runs past this many seconds from the start (8 minutes, all told)
-    # each step's own timeout in seconds, with room over what it took on an H200 (the README's
-    # table: 21, 30, 237 and 112 s; raise them on a slower card); each step also stops at the budget's end
+    # each step's own timeout in seconds, with room over what it took on a fast H200 host (the
+    # README's table: 21, 30, 237 and 112 s; raise them on a slower host); each step also stops at the budget's end
     timeout_tests: int = 45
     timeout_bench: int = 90
     timeout_toy: int = 300  # all of the toy demo's stages together: ten processes, mostly on the CPU
@@ -57,7 +57,7 @@ class Config:
     repeats: int = 3  # bench.py's timed passes per batch size (the median is reported)
     # the toy demo, SHORTENED to fit the budget: make demo's world and sampling, but stage 1 and
     # stage 2 trained for these many steps (make demo: 6000 and 2000), and the first this many of
-    # its 200 test clips (the same clips: each is seeded by its index) made, sampled and scored:
+    # its test clips (the same clips: each is seeded by its index) made, sampled and scored:
     # sampling the toy is mostly the host's work, and hosts differ (docs/sampling-speed.md)
     toy_stage1_steps: int = 1000
     toy_stage2_steps: int = 500
