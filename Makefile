@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:
-#   make demo   # venv + the toy-world quick start end to end (prepare, extract, stage 1, stage 2, sample, eval)
+#   make demo   # venv + the toy-world quick start end to end (prepare, extract, toy LLM, stage 1, stage 2, sample, eval)
 #   make test   # venv + the test suite
 # One knob seeds every stage (stage 1, stage 2, sampling; the toy world itself is fixed), and OUT
 # keeps a run apart:  make demo SEED=1 OUT=out/toy-seed1
@@ -7,7 +7,7 @@ PY := .venv/bin/python
 DATA := data/toy/v2a_instruction.json
 SEED ?= 0
 OUT ?= out/toy
-SAMPLE := $(PY) sample.py --preset=toy --data_json=$(DATA) --split=test --ckpt_dir=$(OUT) --seed=$(SEED)
+SAMPLE := $(PY) tools/sample_split.py --preset=toy --data_json=$(DATA) --split=test --ckpt_dir=$(OUT) --seed=$(SEED)
 
 .PHONY: demo test clean ablations gpu-check samples
 
@@ -20,17 +20,18 @@ SAMPLE := $(PY) sample.py --preset=toy --data_json=$(DATA) --split=test --ckpt_d
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-compile -r requirements.txt -c constraints.txt
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -c "import stage1_caption, stage2_audio, sample, extract_features, eval, report"
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -c "import stage1_caption, stage2_audio, sample, extract_features, eval, tools.sample_split, tools.report"
 	touch $@
 
 demo: .venv/installed
 	$(PY) data/toy/prepare.py
 	$(PY) extract_features.py --preset=toy
-	$(PY) stage1_caption.py --preset=toy --seed=$(SEED) --out_dir=$(OUT)
+	$(PY) data/toy/llm.py --seed=$(SEED) --out=$(OUT)/base_llm
+	$(PY) stage1_caption.py --preset=toy --seed=$(SEED) --out_dir=$(OUT) --llm=$(OUT)/base_llm
 	$(PY) stage2_audio.py --preset=toy --seed=$(SEED) --out_dir=$(OUT) --converter=$(OUT)/stage1.pt
 	$(MAKE) --no-print-directory samples
 	$(PY) data/toy/score.py --samples_dir=$(OUT)/samples --out=$(OUT)/eval.json
-	$(PY) report.py --samples_dir=$(OUT)/samples --eval_json=$(OUT)/eval.json --out=$(OUT)/report.html
+	$(PY) tools/report.py --samples_dir=$(OUT)/samples --eval_json=$(OUT)/eval.json --out=$(OUT)/report.html
 
 # the five sampling modes of the demo, one after another (two at a time on one thread each took as
 # long on an idle machine: docs/toy-tuning.md, "The demo's compute")
@@ -44,7 +45,7 @@ samples: $(MODES:%=sample-%)
 sample-%: .venv/installed
 	$(SAMPLE) --name=$* $($*_ARGS)
 
-# `make ablations`: the paper's ablations in miniature (docs/ablations.md). Each variant of ablations.py
+# `make ablations`: the paper's ablations in miniature (docs/ablations.md). Each variant of tools/ablations.py
 # is trained with the toy's budget into $(OUT)-ablations/<variant> ($(JOBS) at a time, one thread each),
 # sampled on the test clips and scored; the table lands in $(OUT)/ablations.md and .json. The toy data
 # and $(OUT)/stage1.pt are make demo's when they exist, and are made here when they do not.
@@ -58,10 +59,11 @@ $(DATA): | .venv/installed
 $(FEATURES)/timing.json: | $(DATA)
 	$(PY) extract_features.py --preset=toy
 $(OUT)/stage1.pt: | $(FEATURES)/timing.json
-	$(PY) stage1_caption.py --preset=toy --seed=$(SEED) --out_dir=$(OUT)
+	$(PY) data/toy/llm.py --seed=$(SEED) --out=$(OUT)/base_llm
+	$(PY) stage1_caption.py --preset=toy --seed=$(SEED) --out_dir=$(OUT) --llm=$(OUT)/base_llm
 
 ablations: .venv/installed | $(OUT)/stage1.pt
-	$(PY) ablations.py --stage1=$(OUT)/stage1.pt --out_dir=$(OUT)-ablations --table=$(OUT)/ablations.json \
+	$(PY) tools/ablations.py --stage1=$(OUT)/stage1.pt --out_dir=$(OUT)-ablations --table=$(OUT)/ablations.json \
 		--seed=$(SEED) --jobs=$(JOBS) --variants=$(VARIANTS)
 
 # the browser test's Chromium (Debian's package) is installed when missing, where we may (as root)
@@ -73,7 +75,7 @@ test: .venv/installed
 # (eager and --compile), a shortened toy demo on the GPU; out/gpu-check/result.json, and every GPU
 # table written between its <!-- gpu-check:NAME --> markers. Refuses (exit 2) without a GPU.
 gpu-check: .venv/installed
-	$(PY) gpu_check.py
+	$(PY) tools/gpu_check.py
 
 clean:
 	rm -rf out/toy out/toy-ablations data/toy/clips data/toy/features data/toy/v2a_instruction.json data/toy/timing.json

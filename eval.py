@@ -585,19 +585,19 @@ def evaluate_audio(generated, reference, models: dict, captions: Optional[dict] 
 
 def read_captions(path) -> dict[str, list[str]]:
     """{id: [captions]} from a JSON dict {id: caption or [captions]}, the captions.json of
-    `sample.py --data_json` ({"settings": {...}, "clips": {id: {"caption", "prompt", ...}}}), or a
+    tools/sample_split.py ({"settings", "counts", "clips": {id: {"caption", "prompt", ...}}}), or a
     list of records with "id" or "video_path" and "caption" or "output" (VATT's V2A-Instruction
     files). Ids are cut to their file stem ("a/b_01.mp4" -> "b_01") so that they also match audio
     file names."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict) and set(data) == {"settings", "clips"}:  # sample.py's run file
+    if isinstance(data, dict) and set(data) == {"settings", "counts", "clips"}:  # a split run's captions.json
         data = data["clips"]
     pairs = [(k, v["caption"] if isinstance(v, dict) else v) for k, v in data.items()] if isinstance(data, dict) else [
         (e.get("id", e.get("video_path")), e.get("caption", e.get("output"))) for e in data]
     out = {}
     for k, v in pairs:
         assert k is not None and v is not None, (f"{path}: a record lacks its id/video_path or caption/output "
-                                                 "(sample.py writes captions only when it runs without a prompt)")
+                                                 "(sampling writes captions only when it runs without a prompt)")
         out.setdefault(Path(str(k)).stem, []).extend([v] if isinstance(v, str) else v)
     return out
 
@@ -671,11 +671,6 @@ def run_audio(args):
     models = {k: try_load(f, args.weights_dir or torch.hub.get_dir()) for k, f in loaders.items()}
     captions = {k: v[0] for k, v in read_captions(args.captions).items()} if args.captions else None
     write_report(args, evaluate_audio(args.generated, args.reference, models, captions), AUDIO_COLUMNS)
-
-
-# -----------------------------------------------------------------------------
-# the toy world: the paper's claims in miniature, scored by an analytic analyzer of the waveform
-# (source class, onsets, count, pitch register; data/toy/world.py) instead of pretrained models
 
 
 def main(argv=None):

@@ -12,6 +12,10 @@ FeatureFiles below), so they need no extraction. Every clip is cut or padded to 
 (`seconds`): frames past the end of a short video repeat its last frame, audio is padded with
 silence, longer clips are cropped from their start.
 
+This file is also the project's one PyAV module and the home of the feature layout: sample.py
+imports its video encoder (VideoFeatures) and writers (write_wav, mux), the trainers its reader
+(train_val_split, FeatureFiles.load_clip).
+
 Where this file differs from the paper and from the released code: the clip window is fixed
 per preset (10 s for VGGSound, as the released features); a video is read at its frames'
 timestamps, so any container and (variable) frame rate works.
@@ -28,6 +32,7 @@ simply resumes):
 import functools
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -35,6 +40,7 @@ import time
 import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -79,17 +85,6 @@ PRESETS = {
                      clip_model="EVA02-L-14-336", clip_pretrained="merged2b_s6b_b61k",
                      codec="facebook/audiogen-medium", batch_size=32, num_workers=8),
 }
-
-def authors_meta():
-    """What our meta.json would say about the authors' released VGGSound features and tokens
-    (vggsound_clip_5fps.zip, meta_pretrain_vgg_encodec_tokens.zip), which ship without one: they
-    were made with the vggsound preset's encoders, 5 fps EVA02-CLIP-L/14-336 over 10 s and AudioGen's
-    codec, whose sizes come from its config without building it."""
-    codec = AudioGenCodecConfig()
-    return {**asdict(Config(**PRESETS["vggsound"])), "preset": "vggsound",
-            "feature_dim": 768,  # EVA02-CLIP-L/14's image embedding width (their projector is Linear(768, d))
-            "sample_rate": codec.sample_rate, "frame_rate": codec.sample_rate // math.prod(codec.ratios),
-            "n_q": codec.n_q, "bins": codec.bins}
 
 # -----------------------------------------------------------------------------
 # reading videos with PyAV. Each problem becomes one VideoError line naming the file.
@@ -219,12 +214,19 @@ def build_visual_encoder(cfg, device):
     if name.endswith(".json"):  # a model config file: registered under its file name
         open_clip.add_model_config(name)
         name = Path(name).stem
+    # A model config file without --clip_pretrained (the toy's ViT) is random by design: open_clip's
+    # warning that no weights were loaded is dropped for it, and kept for a named model without weights
+    without_random_init_warning = lambda record: "initialized randomly" not in record.getMessage()  # noqa: E731
+    if cfg.clip_model.endswith(".json") and not cfg.clip_pretrained:
+        logging.getLogger().addFilter(without_random_init_warning)  # open_clip warns on the root logger
     torch.manual_seed(cfg.clip_seed)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=cfg.clip_pretrained or None)
     except Exception as e:  # noqa: BLE001 (hub / file errors come in many types)
         sys.exit(f"error: could not load open_clip {cfg.clip_model!r} / {cfg.clip_pretrained!r} ({e}). "
                  "Without internet, download the checkpoint and pass --clip_pretrained=/path/to/file.")
+    finally:
+        logging.getLogger().removeFilter(without_random_init_warning)
     return model.eval().to(device), preprocess
 
 
@@ -239,6 +241,29 @@ def preprocess_frames(preprocess, frames):
     return torch.stack([preprocess(Image.fromarray(f)) for f in frames])
 
 
+class VideoFeatures:
+    """Sampling's encoder: a video file -> (features (N, D) at the extraction's frame rate, its
+    duration), with the visual encoder the Converter was trained on (rebuilt from the extraction
+    settings that stage1.pt stores), the whole video however long."""
+
+    def __init__(self, meta, device):
+        self.meta, self.device = meta, device
+        self.model, self.preprocess = build_visual_encoder(SimpleNamespace(**meta), device)
+
+    def __call__(self, path):
+        # the frames are preprocessed and encoded 64 at a time as they are decoded: memory does not
+        # grow with the video's length (an hour at 5 fps is 18000 frames)
+        frames, feats, chunk = Frames(path, self.meta["fps"]), [], []
+        for frame in frames:
+            chunk.append(frame)
+            if len(chunk) == 64:
+                feats.append(encode_frames(self.model, preprocess_frames(self.preprocess, chunk), self.device))
+                chunk = []
+        if chunk:
+            feats.append(encode_frames(self.model, preprocess_frames(self.preprocess, chunk), self.device))
+        return torch.cat(feats), frames.duration
+
+
 # -----------------------------------------------------------------------------
 # the clip list: a V2A-Instruction JSON, a folder, or a list file
 
@@ -249,7 +274,7 @@ def list_videos(input_path):
         return [str(p.parent / e["video_path"]) for e in json.loads(p.read_text(encoding="utf-8"))]
     if p.is_dir():
         exts = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
-        return sorted(str(f) for f in p.iterdir() if f.suffix.lower() in exts)
+        return sorted(str(f) for f in p.iterdir() if f.suffix.lower() in exts and f.is_file())
     if p.suffix == ".txt":
         return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     sys.exit(f"error: {input_path}: expected a .json, a .txt list or a folder of videos")
@@ -363,9 +388,21 @@ LAYOUTS = {
     "ours": ("video", "audio"),
     # the authors' VGGSound download unzipped into one folder, as their setup_inference.sh does:
     # vggsound_clip_5fps/<stem>.npy (50, 768) and meta_pretrain_vgg_encodec_tokens/<stem>.npy
-    # (500, 4), no meta.json (extract_features.authors_meta says what it would hold)
+    # (500, 4), no meta.json (authors_meta says what it would hold)
     "authors": ("vggsound_clip_5fps", "meta_pretrain_vgg_encodec_tokens"),
 }
+
+
+def authors_meta():
+    """What our meta.json would say about the authors' released VGGSound features and tokens
+    (vggsound_clip_5fps.zip, meta_pretrain_vgg_encodec_tokens.zip), which ship without one: they
+    were made with the vggsound preset's encoders, 5 fps EVA02-CLIP-L/14-336 over 10 s and AudioGen's
+    codec, whose sizes come from its config without building it."""
+    codec = AudioGenCodecConfig()
+    return {**asdict(Config(**PRESETS["vggsound"])), "preset": "vggsound",
+            "feature_dim": 768,  # EVA02-CLIP-L/14's image embedding width (their projector is Linear(768, d))
+            "sample_rate": codec.sample_rate, "frame_rate": codec.sample_rate // math.prod(codec.ratios),
+            "n_q": codec.n_q, "bins": codec.bins}
 
 
 class BadFileError(ValueError):
@@ -441,6 +478,18 @@ class FeatureFiles:
             x = x.T  # stored time-first (500, 4), as their dataset transposes on load: (L, T) here
         return torch.from_numpy(x.astype(np.int64))
 
+    def load_clip(self, stem, tokens=False):
+        """What the trainers read at every step: a clip's frame features (frames, D) and, with
+        `tokens`, also its codec tokens (L, T). Its files passed the check before step 0
+        (check_split_files), so one that fails to load now changed during the run: one line naming
+        it, and the run stops."""
+        try:
+            feats = self.load_video(stem)
+            return (feats, self.load_tokens(stem)) if tokens else feats
+        except BadFileError as e:
+            sys.exit(f"error: {e} (it passed the check before step 0, so it changed during the run; fix or "
+                     "remove it and rerun: training resumes from its last checkpoint)")
+
     def problems(self, stem, tokens):
         """'path: problem' for each bad file of a clip: its header (utils.check_npy), then, for
         the features, their values: a NaN or an infinity would make every loss it touches NaN."""
@@ -474,12 +523,6 @@ def load_split(data_json, features_dir, split, layout="auto", tokens=False):
 
 def load_features(features_dir, stem, expected_dim=None, layout="auto"):
     return feature_files(str(features_dir), layout).load_video(stem, expected_dim)
-
-
-def exit_changed_file(error):
-    """A file that passed the check before step 0 and fails to load later: one line, and the run stops."""
-    sys.exit(f"error: {error} (it passed the check before step 0, so it changed during the run; fix or "
-             "remove it and rerun: training resumes from its last checkpoint)")
 
 
 def check_split_files(files, items, tokens, skip_bad, rank=0, world=1):

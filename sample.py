@@ -14,18 +14,14 @@ template prompt (the paper's "no text" mode); with --prompt the text steers the 
     python sample.py --video videos/ --batch_size 8         # a folder (or a .txt list) of videos
     python sample.py --video clip.mp4 --caption_only        # video-to-audio captioning (Table 3)
     python sample.py --preset gemma-2b --video clip.mp4 --ckpt_dir out/gemma-2b
-    # a whole split of a V2A-Instruction JSON, prompts from a field (evaluation runs):
-    python sample.py --data_json data/toy/v2a_instruction.json --prompt_field output --name gt_caption
-    # Table 3's captioning protocol: the paper's instruction, captions only
-    python sample.py --preset gemma-2b --data_json vggsound/v2a_instruction.json --caption_only \
-        --caption_prompt "Describe the possible audio for this video:" --name captions
 
 Options take either form, --key value or --key=value; a boolean alone (--caption_only) means true.
+A whole split of a V2A-Instruction JSON (evaluation runs): tools/sample_split.py, these options and more.
 
-For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the original video stream copied,
-the new audio muxed in; .vatt.mkv when the video codec cannot go into mp4, e.g. VP8) and
-<video>.vatt.json (caption, prompt, seed, every setting); with --save_steps also <video>.vatt.steps.json,
-the step at which each token was revealed (report.py draws it).
+For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the video stream copied, the new audio
+muxed in; .vatt.mkv when mp4 cannot hold the video codec, e.g. VP8) and <video>.vatt.json (caption,
+prompt, seed, every setting); with --save_steps also <video>.vatt.steps.json, the step at which
+each token was revealed (tools/report.py draws it).
 
 Where this file differs from the paper and from the released code (README, "Paper notes"):
 1. Classifier-free guidance u + w (c - u) is the released sampler's (the paper has none); a
@@ -43,9 +39,7 @@ Where this file differs from the paper and from the released code (README, "Pape
 import hashlib
 import json
 import math
-import os
 import sys
-import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -56,11 +50,10 @@ import torch
 from tqdm import tqdm
 
 from codec import decode_windows, load_codec
-from extract_features import (Frames, build_visual_encoder, encode_frames, list_videos, load_features, load_split, mux,
-                              preprocess_frames, write_wav)
+from extract_features import VideoFeatures, list_videos, mux, write_wav
 from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter
 from stage2_audio import audio_condition, load_vatt_audio
-from utils import atomic_path, autocast, parse_config, pick_device, record_timing, save_json
+from utils import atomic_path, autocast, parse_config, pick_device, save_json
 
 # -----------------------------------------------------------------------------
 # config
@@ -77,27 +70,15 @@ class Config:
     negative_prompt: str = ""
     self_prompt: bool = False  # generate with the Converter's own caption as the prompt
     caption_only: bool = False  # only write the caption (no audio)
-    # evaluation runs: every clip of `split` in a V2A-Instruction JSON, from the extracted features;
-    # prompts from `prompt_field` of each entry (empty = no text), negative prompts from
-    # `negative_field` (empty = none); outputs in ckpt_dir/samples/<name>. Prompts longer than the
-    # model takes are cut as training cuts them, and counted in captions.json
-    data_json: str = ""
-    split: str = "test"
-    prompt_field: str = ""
-    negative_field: str = ""
-    name: str = "samples"
-    # captioning (paper Table 3). The instruction: empty = the standard template, which training
-    # used; the paper's Table 3 used stage1_caption.TABLE3_INSTRUCTION ("Describe the possible
-    # audio for this video:"). Captions are decoded greedily up to caption_max_tokens new tokens
-    # (0 = the Converter's training caption limit + 1: 25 toy, 109 paper presets); one that
-    # reaches the limit without ending is counted and reported
+    # captioning (Table 3): the instruction (empty = the training template; the paper's Table 3 used
+    # stage1_caption.TABLE3_INSTRUCTION) and greedy decoding's new-token limit (0 = the Converter's
+    # caption limit + 1); a caption that reaches it without ending is counted and reported
     caption_prompt: str = ""
     caption_max_tokens: int = 0
     # decode captions as the released scripts do (temperature 0.1, top-p 0.95, top-k 500,
     # repetition penalty 1.1; they allow 400 tokens), from torch's generator seeded with `seed`
     caption_sampling: bool = False
-    # iterative parallel decoding (§3.2.2) with the released generation scripts' settings; the
-    # toy preset has its own (TOY_SAMPLING)
+    # iterative parallel decoding (§3.2.2), the released scripts' settings (the toy's: TOY_SAMPLING)
     steps: int = 16  # decoding steps T
     guidance_scale: float = 5.0  # classifier-free guidance w: u + w (c - u)
     temperature: float = 1.0  # token sampling temperature
@@ -105,12 +86,11 @@ class Config:
     mask_temperature: float = 25.5  # tau0: Gumbel noise on the confidences, annealed to 0 over the steps
     num_samples: int = 1  # audio samples per video
     seed: int = 0  # sample k of a clip draws its noise from clip_seed(seed, k, the clip's name)
-    # seconds of tokens shared by consecutive windows of a long video, in [0, window / 2); rounded
-    # up so that windows start on both the video frames and the audio tokens (0.2 s at 5 fps, 50 Hz)
+    # seconds shared by consecutive windows of a long video, in [0, window / 2), rounded up to the
+    # grid of video frames and audio tokens (0.2 s at 5 fps, 50 Hz)
     overlap: float = 2.0
     batch_size: int = 8  # videos per batch
-    strict: bool = False  # a clip skipped (a --data_json entry without features) is an error, not a warning
-    save_steps: bool = False  # also write <clip>.steps.json: the step at which each token was revealed (report.py draws it)
+    save_steps: bool = False  # also write <clip>.steps.json: the step at which each token was revealed (tools/report.py draws it)
     device: str = "auto"
     compile: bool = False  # torch.compile VATT Audio: GPU-oriented, pays off over many batches of one shape
 
@@ -253,28 +233,6 @@ def load_models(ckpt_dir, device):
                            meta=converter.features_meta)
 
 
-class VideoFeatures:
-    """Video file -> (features (N, D) at the extraction's frame rate, duration), with the Converter's own visual encoder
-    (rebuilt from the extraction settings stored in stage1.pt)."""
-
-    def __init__(self, meta, device):
-        self.meta, self.device = meta, device
-        self.model, self.preprocess = build_visual_encoder(SimpleNamespace(**meta), device)
-
-    def __call__(self, path):
-        # the frames are preprocessed and encoded 64 at a time as they are decoded: memory does not
-        # grow with the video's length (an hour at 5 fps is 18000 frames)
-        frames, feats, chunk = Frames(path, self.meta["fps"]), [], []
-        for frame in frames:
-            chunk.append(frame)
-            if len(chunk) == 64:
-                feats.append(encode_frames(self.model, preprocess_frames(self.preprocess, chunk), self.device))
-                chunk = []
-        if chunk:
-            feats.append(encode_frames(self.model, preprocess_frames(self.preprocess, chunk), self.device))
-        return torch.cat(feats), frames.duration
-
-
 def clip_seed(seed, sample_index, key):
     """The seed of one clip's noise: a stable hash (sha256; Python's hash() is salted per process)
     of the run's seed, the sample index and the clip's key (a video's file name, a --data_json
@@ -323,12 +281,11 @@ def plan_windows(duration, window, overlap, fps, rate):
 
 
 def generate(models, feats, durations, prompts, seeds, args, device, negatives=None, cut_prompts=False):
-    """feats: list of (N_i, D) features at the rate of models.meta; durations in seconds; prompts:
-    list of str or None (None = no text); seeds: one per item (clip_seed); negatives: a negative
-    prompt or None per item. A prompt longer than the model takes is cut as training cuts it
-    (`cut_prompts`) or fails its item alone. Returns a list of dicts with the captions, whether each
-    reached the length limit, the prompts used per window and the codes (L, ceil(duration * rate));
-    an item that failed has only "error"."""
+    """Each window of each item: caption, prompt, start codes, condition, decode_tokens. feats: (N_i, D)
+    features at the rate of models.meta; durations in seconds; prompts and negatives: str or None
+    per item; seeds: clip_seed's. A prompt longer than the model takes is cut as training cuts it
+    (`cut_prompts`) or fails its item alone. Returns per item a dict of the captions, whether each
+    reached the limit, the prompts used and the codes (L, ceil(duration * rate)), or of "error"."""
     conv, audio, meta = models.converter, models.audio, models.meta
     fps, rate, window = meta["fps"], models.codec.frame_rate, meta["seconds"]
     win_frames, win_tokens = round(window * fps), round(window * rate)
@@ -336,11 +293,9 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
     windows = [plan_windows(d, window, args.overlap, fps, rate) for d in durations]
     results = [dict(captions=[], captions_at_limit=[], prompts=[], codes=[]) for _ in feats]
     for i, texts in enumerate(zip(prompts, negatives)):
-        for text, what in zip(texts, ("prompt", "negative prompt")):
-            if text is not None and not cut_prompts and conv.prompt_ids(text)[1]:
-                results[i] = dict(error=f"the {what} {text[:40]!r}... is longer than the {conv.max_text_tokens} "
-                                        "tokens this model accepts")
-                windows[i] = []
+        error = None if cut_prompts else too_long(conv, texts)
+        if error:
+            results[i], windows[i] = dict(error=error), []
     generators = [torch.Generator(device).manual_seed(s) for s in seeds]  # on the device: see noise()
     sampling = RELEASED_CAPTION_SAMPLING if args.caption_sampling else None
     n_windows = max(len(w) for w in windows)
@@ -351,6 +306,7 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
     for w in range(n_windows):
         active = [i for i, plan in enumerate(windows) if w < len(plan)]
         x = torch.stack([_window(feats[i], windows[i][w][0], win_frames) for i in active]).to(device)
+        # the caption (Table 3): the output of "no text" mode, and --self_prompt's prompt
         captions = at_limit = [None] * len(active)
         if args.caption_only or args.self_prompt or any(prompts[i] is None for i in active):
             captions, at_limit = conv.caption(x, args.caption_prompt or TEMPLATE, args.caption_max_tokens, sampling)
@@ -359,39 +315,24 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
             results[i]["captions_at_limit"].append(at_limit[j])
         if args.caption_only:
             continue
+        # the prompt: the user's, the Converter's own caption, or the standard template (no text)
         used = [captions[j] if args.self_prompt else prompts[i] if prompts[i] is not None else TEMPLATE
                 for j, i in enumerate(active)]
-        for j, i in enumerate(active):
-            results[i]["prompts"].append(used[j])
-        # in-painting: a window's first tokens are the ones already generated from its start on
-        codes = torch.full((len(active), audio.config.n_q, win_tokens), audio.config.bins, dtype=torch.long, device=device)
-        keep = [0] * len(active)
-        if w > 0:
-            for j, i in enumerate(active):
-                so_far = torch.cat(results[i]["codes"], -1)[:, windows[i][w][1]:]  # (L, keep)
-                keep[j] = so_far.shape[-1]
-                codes[j, :, : keep[j]] = so_far
-        has = [negatives[i] is not None for i in active]
+        codes, keep = inpainting_start([results[i]["codes"] for i in active], [windows[i][w][1] for i in active],
+                                       audio.config, win_tokens, device)
         history = [codes] if args.save_steps else None
         with autocast(device):  # bf16 on a GPU, float32 elsewhere
-            # once per window, never per step: the prompts and the negative prompts in one LLM batch.
-            # The Converter's own caption is cut as training cuts long captions (prompts were checked above)
-            texts = used + [negatives[i] for i in active if negatives[i] is not None]
-            cond, cond_mask = audio_condition(conv, torch.cat([x, x[has]]), texts, audio.config.condition)
-            negative = None
-            if any(has):
-                n_cond, n_mask = cond[: len(active)].clone(), cond_mask[: len(active)].clone()
-                n_cond[has], n_mask[has] = cond[len(active):], cond_mask[len(active):]
-                negative = (n_cond, n_mask, has)
-            codes = decode_tokens(audio, cond[: len(active)], cond_mask[: len(active)], codes,
-                                  [generators[i] for i in active], args.steps, args.guidance_scale, args.temperature, args.top_k,
-                                  args.mask_temperature, negative=negative, history=history)
-        if history is not None:  # per window, cut like the codes below; main() joins and saves them
-            steps = revealed_at(history, audio.config.bins)
-            for j, i in enumerate(active):
-                results[i].setdefault("revealed_at", []).append(steps[j, :, keep[j]:])
-        for j, i in enumerate(active):
+            cond, cond_mask, negative = text_conditions(conv, audio.config.condition, x, used,
+                                                        [negatives[i] for i in active])
+            codes = decode_tokens(audio, cond, cond_mask, codes, [generators[i] for i in active], args.steps,
+                                  args.guidance_scale, args.temperature, args.top_k, args.mask_temperature,
+                                  negative=negative, history=history)
+        steps = None if history is None else revealed_at(history, audio.config.bins)  # (B, L, T)
+        for j, i in enumerate(active):  # each window's new tokens, joined after the last window
+            results[i]["prompts"].append(used[j])
             results[i]["codes"].append(codes[j, :, keep[j]:])
+            if steps is not None:
+                results[i].setdefault("revealed_at", []).append(steps[j, :, keep[j]:])
         bar.update(args.steps)
     bar.close()
     for r, d in zip(results, durations):
@@ -400,24 +341,52 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
     return results
 
 
+def too_long(conv, texts):
+    """The error of an item whose prompt or negative prompt is longer than the model takes, or None."""
+    for text, what in zip(texts, ("prompt", "negative prompt")):
+        if text is not None and conv.prompt_ids(text)[1]:
+            return f"the {what} {text[:40]!r}... is longer than the {conv.max_text_tokens} tokens this model accepts"
+    return None
+
+
 def _window(feats, start, n):
     """Features [start, start + n) of a video, holding its last frame past the end."""
     x = feats[start: start + n]
     return torch.cat([x, x[-1:].expand(n - len(x), -1)]) if len(x) < n else x
 
 
-class Clip(NamedTuple):
-    """One item of a sampling run, loaded: its key (a video's path or a --data_json stem), its
-    features and duration, and its prompt and negative prompt (None = none)."""
-    key: str
-    feats: torch.Tensor
-    duration: float
-    prompt: Optional[str]
-    negative: Optional[str]
+def inpainting_start(so_far, starts, config, win_tokens, device):
+    """The start codes of a window, (B, L, T): all MASK, but for in-painting (difference 4 above):
+    a window after the first begins with the tokens already generated from its first audio token
+    on. so_far: per item, the codes generated so far (a list of (L, t) pieces, empty in the first
+    window); starts: the window's first audio token. Returns the codes and each item's count of
+    given tokens."""
+    codes = torch.full((len(so_far), config.n_q, win_tokens), config.bins, dtype=torch.long, device=device)
+    keep = [0] * len(so_far)
+    for j, (pieces, start) in enumerate(zip(so_far, starts)):
+        if pieces:
+            given = torch.cat(pieces, -1)[:, start:]  # (L, keep)
+            keep[j] = given.shape[-1]
+            codes[j, :, : keep[j]] = given
+    return codes, keep
 
 
-# -----------------------------------------------------------------------------
-# outputs
+def text_conditions(conv, condition, x, prompts, negatives):
+    """The condition of VATT Audio (§3.2.1) for each window x (B, frames, D) with its prompt, and
+    the condition of each negative prompt (None = none), in one LLM batch: once per window, never
+    per step. Returns cond, cond_mask and `negative` for decode_tokens: None, or (cond, mask, has)
+    with has[b] whether item b has a negative prompt (its null condition is then that one's)."""
+    has = [n is not None for n in negatives]
+    texts = prompts + [n for n in negatives if n is not None]
+    # the Converter's own caption is cut as training cuts long captions (prompts were checked)
+    cond, cond_mask = audio_condition(conv, torch.cat([x, x[has]]), texts, condition)
+    B = len(prompts)
+    negative = None
+    if any(has):
+        n_cond, n_mask = cond[:B].clone(), cond_mask[:B].clone()
+        n_cond[has], n_mask[has] = cond[B:], cond_mask[B:]
+        negative = (n_cond, n_mask, has)
+    return cond[:B], cond_mask[:B], negative
 
 
 def save_steps(path, result, steps):
@@ -429,23 +398,26 @@ def save_steps(path, result, steps):
 
 
 # -----------------------------------------------------------------------------
-# a sampling run: its jobs, generating them batch by batch, writing each clip's outputs
+# a sampling run: its clips, generated batch by batch, each one's outputs written as it is done
+
+TEXT_OPTIONS = ("prompt", "negative_prompt", "self_prompt")  # the options that give the model text
 
 
-def check_options(args):
-    if not args.video and not args.data_json:
-        sys.exit("error: give --video FILE|FOLDER|LIST or --data_json FILE (see --help)")
-    if args.negative_field and not args.data_json:
-        sys.exit("error: --negative_field reads the entries of --data_json (for videos, use --negative_prompt)")
-    if args.negative_field and args.negative_prompt:
-        sys.exit("error: give --negative_prompt or --negative_field, not both")
+class Clip(NamedTuple):
+    """One item of a sampling run, loaded: its key (a video's path, or a name), its features and
+    duration, and its prompt and negative prompt (None = none)."""
+    key: str
+    feats: torch.Tensor
+    duration: float
+    prompt: Optional[str]
+    negative: Optional[str]
 
 
-def check_for_model(args, models, source):
-    """The options that depend on the model: one error line naming `source` (its checkpoint)."""
+def start_run(args, models, source, text_options=TEXT_OPTIONS):
+    """Checks the options that depend on the model (one error line naming `source`, its checkpoint),
+    applies --caption_sampling's seed and --compile, and returns the settings every output records."""
     conv = models.converter
-    if models.audio.config.condition == "visual" and any(
-            getattr(args, k) for k in ("prompt", "negative_prompt", "self_prompt", "prompt_field", "negative_field")):
+    if models.audio.config.condition == "visual" and any(getattr(args, k) for k in text_options):
         sys.exit(f"error: {source}: conditioned on the video alone (VATT-V), it takes no text")
     try:
         window_hop(models.meta["seconds"], args.overlap, models.meta["fps"], models.codec.frame_rate)
@@ -456,217 +428,126 @@ def check_for_model(args, models, source):
         if text and conv.prompt_ids(text)[1]:
             sys.exit(f"error: --{name} {text[:40]!r}... is longer than the {conv.max_text_tokens} tokens this "
                      "model accepts")
-
-
-def read_jobs(args, models, device):
-    """What to sample: [(key, load)] where load() gives a Clip's (features, duration, prompt,
-    negative prompt), and the output folder (None: beside each video). A --data_json run reads
-    the split's extracted features; otherwise each video is decoded and encoded."""
-    if not args.data_json:
-        # a folder or a .txt list of paths; anything else is one video (a missing one fails as such)
-        paths = list_videos(args.video) if Path(args.video).is_dir() or args.video.endswith(".txt") else [args.video]
-        out = Path(args.out_dir) if args.out_dir else None
-        bases = {}  # two videos whose outputs would overwrite each other are refused before any work
-        for p in paths:
-            base = (out or Path(p).parent) / f"{Path(p).stem}.vatt"
-            if base in bases:
-                sys.exit(f"error: {bases[base]} and {p} would both write {base}.*: rename one, or sample them "
-                         "into different --out_dir folders")
-            bases[base] = p
-        encoder = VideoFeatures(models.meta, device)
-        jobs = [(p, lambda p=p: (*encoder(p), args.prompt or None, args.negative_prompt or None)) for p in paths]
-        return jobs, out
-    features_dir = models.converter.features_dir
-    items, missing = load_split(args.data_json, features_dir, args.split)
-    if missing:
-        what = f"{missing} {args.split} clips have no features in {features_dir}"
-        if args.strict:
-            sys.exit(f"error: --strict: {what}")
-        print(f"warning: {what}: skipped", file=sys.stderr)
-    entries = {Path(e["video_path"]).stem: e for e in json.loads(Path(args.data_json).read_text(encoding="utf-8"))}
-
-    def entry_text(stem, field):
-        """The text in an entry's `field`; a missing or empty one fails this clip alone."""
-        text = entries[stem].get(field)
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{stem}: its entry in {args.data_json} has no text in the field {field!r}")
-        return text
-
-    def load_entry(stem):
-        return (load_features(features_dir, stem), models.meta["seconds"],
-                entry_text(stem, args.prompt_field) if args.prompt_field else None,
-                entry_text(stem, args.negative_field) if args.negative_field else args.negative_prompt or None)
-
-    jobs = [(stem, lambda s=stem: load_entry(s)) for stem, _ in items]
-    return jobs, Path(args.out_dir or Path(args.ckpt_dir) / "samples" / args.name)
-
-
-def write_clip(args, models, clip, result, k, out, record):
-    """One clip's outputs: for a --data_json run its wav (and steps) in `out`; for a video
-    <video>.vatt.wav, .mp4 and .json (`record`, None for a --data_json run). Raises OSError /
-    ValueError when they cannot be written."""
-    sr = models.codec.sample_rate
-    suffix = f".{k}" if args.num_samples > 1 else ""
-    # the audio is decoded window by window and written as it goes (decode_windows)
-    audio = None if args.caption_only else decode_windows(models.codec, result["codes"])
-    if args.data_json:
-        if audio is not None:
-            write_wav(out / f"{clip.key}{suffix}.wav", audio, sr)
-            if args.save_steps:
-                save_steps(out / f"{clip.key}{suffix}.steps.json", result, args.steps)
-        return
-    path = Path(clip.key)
-    base = str((out or path.parent) / f"{path.stem}.vatt{suffix}")
-    print(f"{path}: {record['caption']!r}" if record["caption"] else f"{path}")
-    if audio is not None:
-        write_wav(base + ".wav", audio, sr, n_samples=round(clip.duration * sr))
-        record["video_out"] = mux(path, base + ".wav", base)
-        if record["video_out"] is None:
-            print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; "
-                  "wrote the wav and json only", file=sys.stderr)
-    save_json(record, base + ".json")
-    if args.save_steps and not args.caption_only:
-        save_steps(base + ".steps.json", result, args.steps)
-
-
-def load_batch(jobs, tally):
-    """The batch's clips, loaded; a clip that cannot be is a failure of its own."""
-    loaded = []
-    for key, load in jobs:
-        try:
-            loaded.append(Clip(key, *load()))
-        except (ValueError, OSError) as e:
-            tally["failed"].append(f"{key}: {e}" if str(key) not in str(e) else str(e))
-    return loaded
-
-
-def earlier_clips(args, out, run_settings):
-    """The captions.json entries of an earlier run into `out` with the same settings whose outputs
-    are all there: a rerun keeps them and samples the rest. Another run's file is started over."""
-    path = out / "captions.json"
-    if not path.is_file():
-        return {}
-    earlier = json.loads(path.read_text(encoding="utf-8"))
-    if earlier.get("settings") != run_settings:
-        print(f"note: {path} was written with other settings: starting over", file=sys.stderr)
-        return {}
-    return {key: entry for key, entry in earlier["clips"].items()
-            if args.caption_only or (out / f"{key}.wav").is_file()}
-
-
-def caption_counts(clips):
-    """Over captions.json's entries: the texts cut to the model's length, the captions that reached the limit."""
-    return {name: sum(bool(e.get(key)) for e in clips.values()) for name, key in
-            (("prompts_cut", "prompt_cut"), ("negative_prompts_cut", "negative_prompt_cut"),
-             ("captions_at_limit", "caption_at_limit"))}
-
-
-def write_captions(out, run_settings, clips):
-    """captions.json: the run's settings, its counts and one entry per clip sampled so far
-    (written after every batch)."""
-    save_json({"settings": run_settings, "counts": caption_counts(clips), "clips": clips}, out / "captions.json")
-
-
-def sample_batch(args, models, device, loaded, k, settings, checkpoints, out, tally):
-    """Sample k of every loaded clip, generated in one batch and written clip by clip. Returns the
-    clips that did not fail (a failure is reported once, not per sample)."""
-    # the clip's key: a --data_json stem, a video's file name (not its folder)
-    keys = [c.key if args.data_json else Path(c.key).name for c in loaded]
-    seeds = [clip_seed(args.seed, k, key) for key in keys]
-    try:
-        results = generate(models, [c.feats for c in loaded], [c.duration for c in loaded], [c.prompt for c in loaded],
-                           seeds, args, device, negatives=[c.negative for c in loaded], cut_prompts=bool(args.data_json))
-    except ValueError as e:
-        tally["failed"] += [f"{c.key}: {e}" for c in loaded]
-        return []
-    for clip, r, seed, key in zip(loaded, results, seeds, keys):
-        if "error" in r:  # this clip alone: the rest of the batch is generated
-            tally["failed"].append(f"{clip.key}: {r['error']}")
-            continue
-        caption = " | ".join(dict.fromkeys(c for c in r["captions"] if c)) or None
-        at_limit = any(r["captions_at_limit"])
-        tally["captions_at_limit"] += at_limit
-        tally["done"] += 1
-        seed_record = {"seed": seed, "seed_from": {"seed": args.seed, "sample": k, "key": key}}
-        if args.data_json:
-            conv = models.converter
-            tally["captions"][clip.key + (f".{k}" if args.num_samples > 1 else "")] = {
-                "caption": caption, "prompt": clip.prompt, "negative_prompt": clip.negative,
-                "caption_at_limit": at_limit, **seed_record,
-                "prompt_cut": clip.prompt is not None and conv.prompt_ids(clip.prompt)[1],
-                "negative_prompt_cut": clip.negative is not None and conv.prompt_ids(clip.negative)[1]}
-        record = None if args.data_json else {  # a video's <video>.vatt.json
-            "video": str(clip.key), "caption": caption, "caption_at_limit": at_limit, "prompt": clip.prompt,
-            "negative_prompt": clip.negative, "prompts_used": r["prompts"], **seed_record,
-            "duration": clip.duration, **settings, "checkpoints": checkpoints}
-        try:
-            write_clip(args, models, clip, r, k, out, record)
-        except (ValueError, OSError) as e:  # a stream the muxer refuses, a full disk: this clip fails,
-            tally["failed"].append(f"{clip.key}: could not write its outputs ({e})")  # the rest go on
-    return [c for c, r in zip(loaded, results) if "error" not in r]
-
-
-def run(args, models, device, checkpoints):
-    """A sampling run of args with these models (sample.py's own checkpoints, or official.py's
-    the authors'); `checkpoints` names their files in every record. Prints what it was given,
-    did, kept and skipped. Returns the exit status."""
-    t0 = time.time()
-    conv = models.converter
-    check_for_model(args, models, checkpoints.get("audio", "the model"))
     if args.caption_sampling:
         torch.manual_seed(args.seed)  # transformers' sampling draws from torch's global generator
     if args.compile:
         models.audio = torch.compile(models.audio)
-    settings = {k: getattr(args, k) for k in ("steps", "guidance_scale", "temperature", "top_k", "mask_temperature", "overlap",
-                                              "caption_sampling")}
-    settings.update(caption_prompt=args.caption_prompt or TEMPLATE,
-                    caption_max_tokens=args.caption_max_tokens or conv.max_text_tokens + 1)
-    jobs, out = read_jobs(args, models, device)
-    tally = dict(failed=[], captions={}, captions_at_limit=0, done=0)
-    if args.data_json:
-        run_settings = {"data_json": args.data_json, "split": args.split, "prompt_field": args.prompt_field,
-                        "negative_field": args.negative_field, "negative_prompt": args.negative_prompt, "seed": args.seed,
-                        "num_samples": args.num_samples, "caption_only": args.caption_only, **settings,
-                        "checkpoints": checkpoints,  # and when they were written: a retrained model starts over
-                        "checkpoint_times": {k: os.stat(p).st_mtime_ns for k, p in checkpoints.items() if os.path.isfile(p)}}
-        tally["captions"] = earlier_clips(args, out, run_settings)
-        suffixes = [""] if args.num_samples == 1 else [f".{k}" for k in range(args.num_samples)]
-        given = len(jobs)  # a clip whose every sample an earlier run made is kept, not redone
-        jobs = [job for job in jobs if not all(job[0] + x in tally["captions"] for x in suffixes)]
+    settings = {k: getattr(args, k) for k in ("steps", "guidance_scale", "temperature", "top_k", "mask_temperature",
+                                              "overlap", "caption_sampling")}
+    return dict(settings, caption_prompt=args.caption_prompt or TEMPLATE,
+                caption_max_tokens=args.caption_max_tokens or conv.max_text_tokens + 1)
+
+
+def sample_clips(args, models, device, jobs, write, after_batch=None, cut_prompts=False):
+    """jobs: [(key, load)], load() giving a Clip's features, duration, prompt and negative prompt.
+    Generates them batch by batch; write(clip, result, k, info) writes sample k of a clip. A clip
+    that fails to load, generate or write fails alone, reported once. Returns the tally."""
+    tally = dict(failed=[], captions_at_limit=0, done=0)
     bar = tqdm(total=len(jobs) * args.num_samples, desc="videos", disable=len(jobs) < 2)
     for b in range(0, len(jobs), args.batch_size):
-        loaded = load_batch(jobs[b: b + args.batch_size], tally)
+        loaded = []
+        for key, load in jobs[b: b + args.batch_size]:
+            try:
+                loaded.append(Clip(key, *load()))
+            except (ValueError, OSError) as e:
+                tally["failed"].append(f"{key}: {e}" if str(key) not in str(e) else str(e))
         for k in range(args.num_samples):
-            if loaded:
-                n = len(loaded)
-                loaded = sample_batch(args, models, device, loaded, k, settings, checkpoints, out, tally)
-                bar.update(n)
-        if args.data_json:  # after every batch: an interrupted run keeps what it made
-            write_captions(out, run_settings, tally["captions"])
+            if not loaded:
+                break
+            keys = [Path(c.key).name for c in loaded]  # a video's file name (not its folder), or a clip's name
+            seeds = [clip_seed(args.seed, k, key) for key in keys]
+            try:
+                results = generate(models, [c.feats for c in loaded], [c.duration for c in loaded],
+                                   [c.prompt for c in loaded], seeds, args, device,
+                                   negatives=[c.negative for c in loaded], cut_prompts=cut_prompts)
+            except ValueError as e:  # the batch fails, each of its clips with it
+                results = [dict(error=str(e))] * len(loaded)
+            for clip, r, seed, key in zip(loaded, results, seeds, keys):
+                if "error" in r:  # this clip alone: the rest of the batch is generated
+                    tally["failed"].append(f"{clip.key}: {r['error']}")
+                    continue
+                at_limit = any(r["captions_at_limit"])
+                tally["captions_at_limit"] += at_limit
+                tally["done"] += 1
+                info = {"caption": " | ".join(dict.fromkeys(c for c in r["captions"] if c)) or None,
+                        "caption_at_limit": at_limit, "seed": seed, "seed_from": {"seed": args.seed, "sample": k, "key": key}}
+                try:
+                    write(clip, r, k, info)
+                except (ValueError, OSError) as e:  # a stream the muxer refuses, a full disk: this clip fails,
+                    tally["failed"].append(f"{clip.key}: could not write its outputs ({e})")  # the rest go on
+            bar.update(len(loaded))
+            loaded = [c for c, r in zip(loaded, results) if "error" not in r]  # a failure is reported once
+        if after_batch is not None:
+            after_batch()
     bar.close()
-    if args.data_json:  # captions.json is already written, after the last batch
-        counts = caption_counts(tally["captions"])
-        for name, field in (("prompts_cut", args.prompt_field), ("negative_prompts_cut", args.negative_field)):
-            if counts[name]:
-                print(f"note: {counts[name]} texts of the field {field!r} are longer than the {conv.max_text_tokens} "
-                      "tokens this model takes: cut as training cuts them", file=sys.stderr)
-        record_timing(args.ckpt_dir, f"sample_{args.name}", t0)
+    return tally
+
+
+def report(tally, n_jobs, caption_max_tokens):
+    """What went wrong, at the end of a run. Returns the exit status."""
     if tally["captions_at_limit"]:
-        print(f"warning: {tally['captions_at_limit']} captions reached the limit of {settings['caption_max_tokens']} "
+        print(f"warning: {tally['captions_at_limit']} captions reached the limit of {caption_max_tokens} "
               "new tokens without ending (--caption_max_tokens)", file=sys.stderr)
     for line in tally["failed"]:
         print(f"failed: {line}", file=sys.stderr)
-    if tally["failed"] and len(jobs) > 1:  # a single video's failure is its one line
-        print(f"{len(tally['failed'])} of {len(jobs)} videos failed", file=sys.stderr)
-    if args.data_json:
-        print(f"{args.name}: {given} clips, {given - len(jobs)} kept from an earlier run, {tally['done']} samples "
-              f"made, {len(tally['failed'])} failed -> {out}", file=sys.stderr)
+    if tally["failed"] and n_jobs > 1:  # a single video's failure is its one line
+        print(f"{len(tally['failed'])} of {n_jobs} videos failed", file=sys.stderr)
     return 1 if tally["failed"] else 0
+
+
+def video_jobs(args, models, device):
+    """--video: a file, or a folder or .txt list of them -> [(path, load)], each video decoded and
+    encoded when its batch comes; and the output folder (None: beside each video)."""
+    # a folder or a .txt list of paths; anything else is one video (a missing one fails as such)
+    paths = list_videos(args.video) if Path(args.video).is_dir() or args.video.endswith(".txt") else [args.video]
+    if not paths:
+        sys.exit(f"error: {args.video}: no videos in it")
+    out = Path(args.out_dir) if args.out_dir else None
+    bases = {}  # two videos whose outputs would overwrite each other are refused before any work
+    for p in paths:
+        base = (out or Path(p).parent) / f"{Path(p).stem}.vatt"
+        if base in bases:
+            sys.exit(f"error: {bases[base]} and {p} would both write {base}.*: rename one, or sample them "
+                     "into different --out_dir folders")
+        bases[base] = p
+    encoder = VideoFeatures(models.meta, device)
+    return [(p, lambda p=p: (*encoder(p), args.prompt or None, args.negative_prompt or None)) for p in paths], out
+
+
+def run(args, models, device, checkpoints):
+    """A sampling run of args.video with these models (sample.py's own checkpoints, or
+    tools/official.py's, the authors'); `checkpoints` names their files in every record. Returns
+    the exit status."""
+    settings = start_run(args, models, checkpoints.get("audio", "the model"))
+    jobs, out = video_jobs(args, models, device)
+
+    def write(clip, result, k, info):  # <video>.vatt.wav, .mp4 (or .mkv), .json (and .steps.json)
+        path, sr = Path(clip.key), models.codec.sample_rate
+        base = str((out or path.parent) / f"{path.stem}.vatt{f'.{k}' if args.num_samples > 1 else ''}")
+        record = {"video": str(path), "caption": info["caption"], "caption_at_limit": info["caption_at_limit"],
+                  "prompt": clip.prompt, "negative_prompt": clip.negative, "prompts_used": result["prompts"],
+                  "seed": info["seed"], "seed_from": info["seed_from"], "duration": clip.duration, **settings,
+                  "checkpoints": checkpoints}
+        print(f"{path}: {record['caption']!r}" if record["caption"] else f"{path}")
+        if not args.caption_only:  # the audio is decoded window by window and written as it goes
+            write_wav(base + ".wav", decode_windows(models.codec, result["codes"]), sr,
+                      n_samples=round(clip.duration * sr))
+            record["video_out"] = mux(path, base + ".wav", base)
+            if record["video_out"] is None:
+                print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; "
+                      "wrote the wav and json only", file=sys.stderr)
+            if args.save_steps:
+                save_steps(base + ".steps.json", result, args.steps)
+        save_json(record, base + ".json")
+
+    tally = sample_clips(args, models, device, jobs, write)
+    return report(tally, len(jobs), settings["caption_max_tokens"])
 
 
 def main(argv=None):
     args = parse_config(Config, PRESETS, argv)
-    check_options(args)
+    if not args.video:
+        sys.exit("error: give --video FILE|FOLDER|LIST (see --help)")
     device = pick_device(args.device)
     models = load_models(args.ckpt_dir, device)
     checkpoints = {"converter": str(Path(args.ckpt_dir) / "stage1.pt"), "audio": str(Path(args.ckpt_dir) / "stage2.pt")}

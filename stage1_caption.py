@@ -8,7 +8,7 @@ Stage 1 of VATT: the VATT Converter (paper §3.1), a video-to-audio-caption LLM.
 The trained Converter has two jobs later: it writes audio captions for silent videos, and its
 frozen last-layer hidden states are the condition of VATT Audio (stage2_audio.py).
 
-    python stage1_caption.py --preset=toy                                 # the toy world (CPU)
+    python data/toy/llm.py && python stage1_caption.py --preset=toy       # the toy world (CPU): its LLM first
     # one GPU, Gemma-2B (gated on the hub: accept its licence and `huggingface-cli login`, or
     # pass --llm=/path/to/local/folder)
     python stage1_caption.py --preset=gemma-2b --data_json=vggsound/v2a_instruction.json --features_dir=vggsound/features
@@ -37,10 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from extract_features import BadFileError, exit_changed_file, train_val_split
+from extract_features import train_val_split
 from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, read_checkpoint,
-                   read_init_checkpoint, record_timing, resolve, save_checkpoint, setup_ddp, stop_if_not_finite,
-                   weights_digest, weights_dtype)
+                   read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, stop_if_not_finite, weights_digest,
+                   weights_dtype)
 
 # -----------------------------------------------------------------------------
 # config
@@ -52,11 +52,7 @@ class Config:
     data_json: str = "data/toy/v2a_instruction.json"  # V2A-Instruction JSON (video_path, output, split)
     features_dir: str = "data/toy/features"  # written by extract_features.py
     out_dir: str = "out/toy"  # stage1.pt lands here
-    # the base LLM: a hub id or a local folder in the hub's format; or "module:function", a builder
-    # of an LLM made from nothing (the toy's tiny random Gemma, data/toy/llm.py), called in this
-    # process with the seed and the training texts to write it into out_dir/base_llm. stage1.pt
-    # names the folder, and stage 2 and sampling reload it
-    llm: str = "data.toy.llm:build"
+    llm: str = "out/toy/base_llm"  # a hub id or a folder in the hub's format; the toy's: data/toy/llm.py writes it
     # video tokens per second fed to the LLM (difference 1 above): 5 keeps the toy's strikes, 0.2 s
     # apart, which one token a second would average away
     video_tokens_per_second: int = 5
@@ -81,8 +77,9 @@ class Config:
     log_interval: int = 20  # print the training loss every this many steps
     resume: bool = True  # continue from out_dir/stage1.pt if it exists
     # fine-tuning: start from this trained stage1.pt (its projector and trained LLM weights; the
-    # architecture settings come from it, the base LLM is --llm) with a fresh optimizer at step 0.
-    # A run that has saved its own out_dir/stage1.pt resumes from that instead.
+    # architecture settings come from it, the base LLM is --llm, or its own when --llm is left at
+    # the default) with a fresh optimizer at step 0. A run that has saved its own out_dir/stage1.pt
+    # resumes from that instead.
     init_from: str = ""
     features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
     skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
@@ -170,7 +167,7 @@ class Converter(nn.Module):
         self.max_text_tokens = max_text_tokens
         self.hidden_size = llm.config.hidden_size
         # The same instructions and captions come back at every training step: each is tokenized
-        # once (rendering the chat template in Python was a tenth of a toy step, docs/toy-tuning.md)
+        # once (docs/toy-tuning.md, "Where a stage-1 step's time goes")
         self._prompt_cache = functools.lru_cache(maxsize=1 << 16)(self._tokenize_prompt)
         self._caption_cache = functools.lru_cache(maxsize=1 << 16)(self._tokenize_caption)
 
@@ -332,11 +329,11 @@ ARCHITECTURE = ("video_tokens_per_second", "lora_r", "lora_alpha", "max_text_tok
 @torch.no_grad()
 def init_projector(model, feats):
     """Data-dependent init of the projector (as in weight-norm init, Salimans & Kingma 2016):
-    frame features usually share a large common component (the toy's random ViT: per-dimension
-    means 3x the spread), so a plain init gives video tokens that look alike and the LLM learns
-    to ignore them. Scaling by the per-dimension spread and centring with the bias makes the
-    projected tokens differ from clip to clip at the size of the LLM's own token embeddings from
-    step 0. It changes the starting point only, not the architecture (still one Linear)."""
+    frame features usually share a large common component (the toy's random ViT's do), so a plain
+    init gives video tokens that look alike and the LLM learns to ignore them. Scaling by the
+    per-dimension spread and centring with the bias makes the projected tokens differ from clip to
+    clip at the size of the LLM's own token embeddings from step 0. It changes the starting point
+    only, not the architecture (still one Linear)."""
     x = feats.flatten(0, 1).to(model.proj.weight.device)  # (N * frames, D)
     mean, std = x.mean(0), x.std(0) + 1e-6
     embed = model.llm.get_input_embeddings()
@@ -350,22 +347,13 @@ def init_projector(model, feats):
 # training: the model, a batch, one step; main() keeps the data, DDP and checkpoints
 
 
-def built_llm(cfg, init, texts, rank, world):
-    """--llm=module:function: function(seed, texts, folder) writes a base LLM made from nothing
-    into out_dir/base_llm (rank 0, once), with the words of the training texts. Returns the folder,
-    which stage1.pt then names; fine-tuning keeps the trained model's own (its vocabulary)."""
-    if init is not None:
-        return base_llm_of(init, cfg.init_from)
-    folder = Path(cfg.out_dir) / "base_llm"
-    if rank == 0 and not (folder / "config.json").exists():
-        resolve(cfg.llm)(cfg.seed, texts, folder)
-    if world > 1:
-        torch.distributed.barrier()
-    return str(folder)
-
-
 def build_converter(cfg, meta, device):
-    """The base LLM (LoRA-wrapped unless lora_r = 0) and a fresh projector for these features."""
+    """The base LLM (LoRA-wrapped unless lora_r = 0) and a fresh projector for these features, the
+    initial weights drawn from cfg.seed (the training steps re-seed, see train_step)."""
+    torch.manual_seed(cfg.seed)
+    stream = Path(cfg.llm) / "rng_state.pt"
+    if stream.is_file():  # an LLM made from nothing (the toy's): its seeded stream goes on (data/toy/llm.py)
+        torch.set_rng_state(torch.load(stream, weights_only=True))
     llm, tokenizer = load_llm(cfg.llm, (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout), device)
     if cfg.lora_r == 0:
         # Training the whole LLM (the toy's, which starts random), the input token embeddings stay
@@ -379,13 +367,6 @@ def build_converter(cfg, meta, device):
                      meta["fps"]).to(device)
 
 
-def clip_features(files, stem):
-    try:
-        return files.load_video(stem)
-    except BadFileError as e:
-        exit_changed_file(e)
-
-
 def draw_batch(files, items, r, cfg, rank, world, device):
     """A batch: its clips' names, and (features, instruction, caption) for the model. Every rank
     draws the same global batch from `r` and keeps its slice: N processes see exactly the samples
@@ -393,7 +374,7 @@ def draw_batch(files, items, r, cfg, rank, world, device):
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     pick = r.choice(len(items), cfg.batch_size * world)[mine]
     prompts = [INSTRUCTIONS[j] for j in r.integers(len(INSTRUCTIONS), size=cfg.batch_size * world)[mine]]
-    feats = torch.stack([clip_features(files, items[i][0]) for i in pick])
+    feats = torch.stack([files.load_clip(items[i][0]) for i in pick])
     return [items[i][0] for i in pick], (feats.to(device), prompts, [items[i][1] for i in pick])
 
 
@@ -459,13 +440,12 @@ def main(argv=None):
     rank, world = setup_ddp()
     device = pick_device(cfg.device)
     ckpt_path = Path(cfg.out_dir) / "stage1.pt"
-    torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see train_step)
     init = read_init_checkpoint(cfg.init_from, "vatt-converter", ckpt_path) if cfg.init_from else None
     for key in ARCHITECTURE if init else ():  # fine-tuning keeps the trained model's architecture
         setattr(cfg, key, init["config"][key])
+    if init and cfg.llm == Config.llm:  # fine-tuning keeps the trained model's own base LLM (its vocabulary)
+        cfg.llm = base_llm_of(init, cfg.init_from)
     files, train, val = train_val_split(cfg, tokens=False, rank=rank, world=world)
-    if ":" in cfg.llm:  # a base LLM built from nothing (the toy's), in this process
-        cfg.llm = built_llm(cfg, init, [c for _, c in train + val] + INSTRUCTIONS, rank, world)
     model = build_converter(cfg, files.meta, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -482,7 +462,7 @@ def main(argv=None):
         load_trained_weights(model, init, cfg.init_from, cfg.llm)
         print0(f"fine-tuning from {cfg.init_from} (trained {init['step']} steps): fresh optimizer, step 0")
     else:
-        init_projector(model, torch.stack([clip_features(files, s) for s, _ in train[:256]]))
+        init_projector(model, torch.stack([files.load_clip(s) for s, _ in train[:256]]))
     if step >= cfg.max_steps:
         print0(f"{ckpt_path} is at step {step}, max_steps is {cfg.max_steps}: nothing to train")
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -508,7 +488,7 @@ def main(argv=None):
     print(f"rank {rank}: weights {weights_digest(params)}", flush=True)  # the same on every rank
     if rank == 0:
         model.eval()
-        feats = torch.stack([clip_features(files, s) for s, _ in val[:4]]).to(device)
+        feats = torch.stack([files.load_clip(s) for s, _ in val[:4]]).to(device)
         for (stem, ref), hyp in zip(val[:4], model.caption(feats)[0]):
             print(f"{stem}: {hyp!r} (reference: {ref!r})")
         record_timing(cfg.out_dir, "stage1_caption", t0)

@@ -8,23 +8,19 @@ Stage 2 of VATT: VATT Audio (paper §3.2), a bidirectional masked audio-token tr
     loss: cross-entropy on the masked tokens only (eq. 2)
 
 Sampling (iterative parallel decoding, §3.2.2) lives in sample.py. The variants of the paper's
-ablations live here too, each an option of this script: VATT-V and VATT-Cross-Attn (Table 4:
---condition=visual, --architecture=cross-attn) and the masking distributions of appendix A
-(Table 5: --mask_dist); ablations.py runs them on the toy.
+ablations (Tables 4 and 5) are options of this script; tools/ablations.py runs them on the toy.
 
     python stage2_audio.py --preset=toy                                   # the toy world (CPU)
     python stage2_audio.py --preset=gemma-2b --converter=out/gemma-2b/stage1.pt   # one GPU
     torchrun --nproc_per_node=4 stage2_audio.py --preset=llama-2-7b       # many GPUs
-    python stage2_audio.py --preset=gemma-2b --count_params=true          # its size, no data needed
-    # fine-tuning: from a stage2.pt of ours, or the authors' .ckpt once converted (official.py convert)
+    # fine-tuning: from a stage2.pt of ours, or the authors' .ckpt once converted (tools/official.py convert)
     python stage2_audio.py --preset=gemma-2b --init_from=out/released/stage2.safetensors --out_dir=out/mine
 
 Where this file differs from the paper and from the released code (README, "Paper notes"):
-1. Dec is the released code's: "multiway" layers (one shared self-attention, separate LayerNorms
-   and FFNs for condition and audio tokens), then plain layers; ALiBi plus fixed sin-cos positions
-   (audio positions after the condition); pre-LN, GELU FFN x4 without bias. The paper says only
-   "self-attention layers". The released encoder shares ONE LayerNorm pair across its multiway
-   layers; here each layer has its own (official.py copies theirs into every one).
+1. Dec is the released code's (the paper says only "self-attention layers"): "multiway" layers
+   (one shared self-attention, separate LayerNorms and FFNs for condition and audio tokens), then
+   plain layers; ALiBi plus fixed sin-cos positions (audio after the condition); pre-LN, GELU FFN
+   x4 without bias. Their multiway layers share ONE LayerNorm pair; here each layer has its own copy.
 2. Heads and targets in the natural order (logits[b, l, t] predicts codes[b, l, t]); the released
    model learnt a permutation of it, kept for their weights by ModelConfig.head_order.
 3. The training draw (§3.2.2): one masking ratio per sample and exactly max(1, round(r N)) masked
@@ -37,7 +33,6 @@ Where this file differs from the paper and from the released code (README, "Pape
    in tenths of the clip rather than seconds so that the toy's 2-s clips get the same fractions.
 """
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -50,9 +45,9 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 
 from codec import load_codec
-from extract_features import BadFileError, exit_changed_file, train_val_split
+from extract_features import train_val_split
 from stage1_caption import INSTRUCTIONS, load_converter
-from utils import (all_mean, atomic_path, autocast, get_lr, parse_config, pick_device, print0, read_checkpoint,
+from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, read_checkpoint,
                    read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, stop_if_not_finite, weights_digest)
 
 # -----------------------------------------------------------------------------
@@ -66,22 +61,20 @@ class Config:
     features_dir: str = "data/toy/features"
     converter: str = "out/toy/stage1.pt"  # the trained stage-1 checkpoint (frozen here)
     out_dir: str = "out/toy"  # stage2.pt lands here
-    # the network (the paper's size: width 1024, 12 multiway + 12 plain layers, 16 heads of 64)
+    # the network at the toy's size (the paper's: PAPER_SIZE); input widths: the Converter's and codec's
     dim: int = 128
     n_multiway: int = 2
     n_plain: int = 2
     n_head: int = 4
-    head_dim: int = 32  # the released code fixes 64, whatever the width (paper size: 16 x 64)
-    dropout: float = 0.0  # 0.1 at paper size; the toy has data to spare, and CPU dropout is slow
+    head_dim: int = 32  # the released code fixes 64, whatever the width
+    dropout: float = 0.0  # none on the toy: it has data to spare, and CPU dropout is slow
     max_len: int = 1000  # length of the sin-cos position table (condition + audio tokens)
-    cond_dim: int = 0  # width of the LLM states; 0 = read it from the Converter checkpoint
-    # Table 4's ablations: the decoder, "vatt" (§3.2.1) or "cross-attn" (VATT-Cross-Attn,
-    # CrossAttnAudio); the condition, "llm" (the Converter's states) or "visual" (VATT-V: the
-    # Projector's video tokens, no LLM and no text; audio_condition)
+    # Table 4's ablations: the decoder, "vatt" (§3.2.1) or "cross-attn" (VATT-Cross-Attn); the
+    # condition, "llm" (the Converter's states) or "visual" (VATT-V: no LLM, no text; audio_condition)
     architecture: str = "vatt"
     condition: str = "llm"
     # masking (§3.2.2): ratio r ~ Normal(mask_mean, mask_std) truncated to [0.5, 1], one draw per
-    # sample; the paper's (0.75, 0.25). The toy preset's N(1.0, 0.05): docs/ablations.md
+    # sample; the paper's (0.75, 0.25), the toy preset's (1.0, 0.05) (docs/ablations.md)
     mask_mean: float = 0.75
     mask_std: float = 0.25
     # the ratio's distribution: "truncnorm" (above), or appendix A's alternatives (Table 5,
@@ -89,23 +82,19 @@ class Config:
     mask_dist: str = "truncnorm"
     cond_dropout: float = 0.1  # per-sample probability of the null condition (classifier-free guidance)
     label_smoothing: float = 0.1  # as the released code
-    # the prompt of a training sample (§3.2). "mix": its ground-truth caption with p = caption_prob,
-    # otherwise one of the ten V2A instructions, so one model serves both generation modes. The
-    # released code trains two runs instead: "templates" (the instructions alone), then "captions"
-    # from that checkpoint (--init_from; a clip without a caption gets an instruction). On the toy
-    # the second run's model loses the instruction-prompted modes (video-only source, negative
-    # prompts), so the mix stays (docs/toy-tuning.md, "The released prompt schedule and augmentation")
+    # the prompt of a training sample (§3.2, difference 5): "mix" (one model serves both generation
+    # modes), or the released two runs, "templates" then "captions" with --init_from (a clip without
+    # a caption gets an instruction), which on the toy lose the instruction-prompted modes
+    # (docs/toy-tuning.md, "The released prompt schedule and augmentation")
     prompts: str = "mix"
     caption_prob: float = 0.7
     # the released training augmentation (training batches only; one uniform draw u per sample):
     # u < splice_prob and the prompt an instruction: the clip up to a cut at 1/10 .. 8/10 of its
-    # length, the rest from another clip (released: 1..8 s of 10 s); else u < splice_prob +
-    # roll_prob: its frames and tokens rolled together by a whole number of frames. The released
-    # values; on the toy they place the strikes better (same section)
+    # length, the rest from another clip (released: 1..8 s of 10 s); else u < splice_prob + roll_prob:
+    # frames and tokens rolled together by whole frames. The released values (toy: same section)
     splice_prob: float = 0.5
     roll_prob: float = 0.1
-    # optimisation (AdamW, linear warm-up then cosine decay to lr/10). A batch of 16 lost the text on
-    # a seed (docs/toy-tuning.md, "The demo's compute")
+    # optimisation: AdamW, linear warm-up, cosine decay to lr/10 (the toy's batch: docs/toy-tuning.md)
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-3
@@ -115,18 +104,17 @@ class Config:
     grad_clip: float = 1.0
     val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
     eval_interval: int = 500  # validate and save stage2.pt every this many steps
-    keep_every: int = 0  # also keep a copy, stage2-step<N>.pt, every this many steps (a multiple of eval_interval; 0: none), for learning curves
+    stop_at: int = 0  # stop early at this step (saved); a later run resumes it as if never stopped (0: max_steps)
     eval_batches: int = 4
     log_interval: int = 25  # print the training loss every this many steps
     resume: bool = True  # continue from out_dir/stage2.pt if it exists
-    # fine-tuning: start from this trained stage2.pt (ours, or the authors' converted by
-    # `official.py convert`) with a fresh optimizer at step 0; the network comes from it. A run
-    # that has saved its own out_dir/stage2.pt resumes from that instead.
+    # fine-tuning: start from this trained stage2.pt (ours, or the authors' converted by tools/official.py)
+    # with a fresh optimizer at step 0; the network comes from it. A run that has saved its own
+    # out_dir/stage2.pt resumes from that instead.
     init_from: str = ""
     features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
     skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
     strict: bool = False  # a train clip without its files stops the run (default: left out, with a warning)
-    count_params: bool = False  # build the model with random weights, print its size, exit
     seed: int = 1337
     device: str = "auto"
 
@@ -136,12 +124,11 @@ PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, head_dim=64, d
                   data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features")
 PRESETS = {
     "toy": dict(mask_mean=1.0, mask_std=0.05),
-    "gemma-2b": dict(PAPER_SIZE, cond_dim=2048, converter="out/gemma-2b/stage1.pt", out_dir="out/gemma-2b"),
-    "llama-2-7b": dict(PAPER_SIZE, cond_dim=4096, converter="out/llama-2-7b/stage1.pt", out_dir="out/llama-2-7b"),
+    "gemma-2b": dict(PAPER_SIZE, converter="out/gemma-2b/stage1.pt", out_dir="out/gemma-2b"),
+    "llama-2-7b": dict(PAPER_SIZE, converter="out/llama-2-7b/stage1.pt", out_dir="out/llama-2-7b"),
 }
 CHOICES = {"mask_dist": ("truncnorm", "uniform", "arccos", "sine"), "architecture": ("vatt", "cross-attn"),
            "condition": ("llm", "visual"), "prompts": ("mix", "templates", "captions")}
-MASK_DISTRIBUTIONS = CHOICES["mask_dist"]
 
 # -----------------------------------------------------------------------------
 # the model
@@ -149,30 +136,31 @@ MASK_DISTRIBUTIONS = CHOICES["mask_dist"]
 
 @dataclass
 class ModelConfig:
+    """The network as a checkpoint stores it (model_config, or read off the authors' weights)."""
     cond_dim: int  # width of the condition (the LLM's hidden size)
-    n_q: int = 4  # codec levels L
-    bins: int = 2048  # entries per codebook; index `bins` is MASK
-    codebook_dim: int = 128  # width of the codec's RVQ vectors
-    dim: int = 1024
-    n_multiway: int = 12
-    n_plain: int = 12
-    n_head: int = 16
-    head_dim: int = 64
-    dropout: float = 0.1
-    max_len: int = 1000
+    n_q: int  # codec levels L
+    bins: int  # entries per codebook; index `bins` is MASK
+    codebook_dim: int  # width of the codec's RVQ vectors
+    dim: int
+    n_multiway: int
+    n_plain: int
+    n_head: int
+    head_dim: int
+    dropout: float
+    max_len: int
     architecture: str = "vatt"  # or "cross-attn" (CrossAttnAudio)
     condition: str = "llm"  # what the condition holds: "llm" states, or "visual" (VATT-V, see audio_condition)
-    # "natural", or "released": the order the authors' weights were trained in (difference 2,
-    # released_order); a property of a checkpoint, kept when it is fine-tuned
-    head_order: str = "natural"
+    head_order: str = "natural"  # or "released", the authors' weights' (difference 2), kept when fine-tuned
+
+
+# the settings of a Config that make up the network, not its training: --init_from's checkpoint sets them
+ARCHITECTURE = ("dim", "n_multiway", "n_plain", "n_head", "head_dim", "max_len", "architecture", "condition")
 
 
 def model_config(cfg, cond_dim, codec, head_order="natural"):
     """The network of a stage-2 Config for an LLM of width cond_dim and a codec's token tables."""
-    return ModelConfig(cond_dim=cond_dim, n_q=codec.n_q, bins=codec.bins, codebook_dim=codec.dim, dim=cfg.dim,
-                       n_multiway=cfg.n_multiway, n_plain=cfg.n_plain, n_head=cfg.n_head, head_dim=cfg.head_dim,
-                       dropout=cfg.dropout, max_len=cfg.max_len, architecture=cfg.architecture,
-                       condition=cfg.condition, head_order=head_order)
+    return ModelConfig(cond_dim=cond_dim, n_q=codec.n_q, bins=codec.bins, codebook_dim=codec.dim, dropout=cfg.dropout,
+                       head_order=head_order, **{key: getattr(cfg, key) for key in ARCHITECTURE})
 
 
 def sincos_table(n, dim):
@@ -248,10 +236,9 @@ class VATTAudio(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(c.dim, c.bins, bias=False) for _ in range(c.n_q))
 
     def build_inputs(self, c, codebooks):
-        """The input side: the codec's RVQ codebooks, frozen (a buffer, saved with the model so a
-        checkpoint is self-contained), one learned MASK vector per level, the audio and condition
-        projections, the sin-cos positions (saved too: the authors' weights keep their own table),
-        a modality vector per stream, the ALiBi slopes and the input dropout."""
+        """The input side: the codec's RVQ codebooks, frozen (a buffer saved with the model: a checkpoint
+        is self-contained), a learned MASK vector per level, the audio and condition projections, the
+        sin-cos positions (saved: the authors' weights keep their own), modality vectors, ALiBi slopes."""
         self.config = c
         self.register_buffer("codebooks", codebooks if codebooks is not None else torch.zeros(c.n_q, c.bins, c.codebook_dim))
         self.mask_embed = nn.Parameter(torch.randn(c.n_q, c.codebook_dim) * 0.02)
@@ -321,6 +308,14 @@ def released_order(logits):
     return rearrange(rearrange(logits, "b k t v -> b (k t) v"), "b (t c) v -> b c t v", c=logits.shape[1])
 
 
+def load_vatt_audio(ckpt_path, device):
+    """A stage2.pt, or the stage2.safetensors `tools/official.py convert` writes -> (the frozen model, the checkpoint)."""
+    ckpt = read_checkpoint(ckpt_path, "vatt-audio", " (train it with stage2_audio.py)")
+    model = audio_model(ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval().requires_grad_(False), ckpt
+
+
 # -----------------------------------------------------------------------------
 # Table 4's ablations. VATT-V changes the condition (audio_condition); VATT-Cross-Attn the decoder:
 
@@ -352,16 +347,12 @@ class DecoderBlock(nn.Module):
 
 class CrossAttnAudio(VATTAudio):
     """VATT-Cross-Attn: VATT Audio with its decoder replaced by interleaved self- and cross-attention
-    blocks (the paper's §3.2.1 names this the straightforward design it improves on). Everything
-    else is VATT Audio's: the audio and condition embeddings, sin-cos positions (audio after the
-    condition), modality vectors, the null condition, ALiBi (the same bias, audio-audio in
-    self-attention and audio-condition in cross-attention), the L heads. The condition is not
-    processed by any layer: it is the memory every cross-attention reads, so the audio positions
-    see it only there. Budget: n_multiway + n_plain blocks of 16 dim^2 weights each (self- and
-    cross-attention 4 + 4, the FFN 8, with n_head * head_dim = dim), against a multiway block's
-    4 + 2 x 8 and a plain block's 4 + 8: VATT Audio's weights exactly when n_multiway = n_plain, as
-    in every preset. The interface is VATTAudio's, so training and sample.decode_tokens run it
-    unchanged."""
+    blocks (the straightforward design §3.2.1 improves on). Everything else is VATT Audio's (inputs,
+    positions, modality vectors, null condition, ALiBi: audio-audio in self-attention, audio-condition
+    in cross-attention, the heads); the condition goes through no layer, it is the memory every
+    cross-attention reads. Budget: n_multiway + n_plain blocks of 16 dim^2 weights (attention 4 + 4,
+    FFN 8) against a multiway block's 4 + 2 x 8 and a plain one's 4 + 8: VATT Audio's weights exactly
+    when n_multiway = n_plain, as in every preset. Training and sample.decode_tokens run it unchanged."""
 
     def __init__(self, c: ModelConfig, codebooks=None):
         nn.Module.__init__(self)
@@ -372,8 +363,7 @@ class CrossAttnAudio(VATTAudio):
         self.heads = nn.ModuleList(nn.Linear(c.dim, c.bins, bias=False) for _ in range(c.n_q))
 
     def forward(self, codes, cond, cond_mask, drop_cond=None):
-        """As VATTAudio.forward: codes (B, L, T) with MASK where unknown, cond (B, Lc, cond_dim),
-        cond_mask (B, Lc), drop_cond (B,) bool. Returns logits (B, L, T, bins)."""
+        """As VATTAudio.forward: the same inputs, logits (B, L, T, bins)."""
         B, _, T = codes.shape
         Lc = cond.shape[1]
         memory = self.cond_norm(self.drop(self.embed_condition(cond, drop_cond)))  # (B, Lc, dim)
@@ -397,11 +387,10 @@ def audio_model(c: ModelConfig, codebooks=None):
 @torch.no_grad()
 def audio_condition(converter, feats, prompts, condition="llm"):
     """The condition VATT Audio reads: the Converter's last-layer states over [video ; prompt]
-    (§3.2.1), or, for VATT-V (Table 4: no LLM, the visual features straight into the decoder), the
-    VATT Projector's video tokens alone, prompts unused. Those are exactly what the LLM would have
-    read, so the ablation removes the LLM and nothing else; the stage-1 projector stays frozen and
-    VATT Audio's own cond_proj is the trainable Linear over them.
-    Returns (B, Lc, cond_dim) float32 and the (B, Lc) mask (1 = real token)."""
+    (§3.2.1), or, for VATT-V (Table 4: no LLM), the frozen VATT Projector's video tokens alone,
+    exactly what the LLM would have read, so the ablation removes the LLM and nothing else (VATT
+    Audio's cond_proj is the trainable Linear over them). Returns (B, Lc, cond_dim) float32 and the
+    (B, Lc) mask (1 = real token)."""
     if condition == "visual":
         x = converter.video_embeds(feats).float()  # (B, N_v, d_lm)
         return x, torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
@@ -414,8 +403,7 @@ def audio_condition(converter, feats, prompts, condition="llm"):
 
 def sample_mask_ratios(n, generator=None, mean=0.75, std=0.25, low=0.5, high=1.0):
     """n masking ratios from Normal(mean, std) truncated to [low, high], by inverting the CDF:
-    u uniform between Phi(a) and Phi(b) -> mean + std * Phi^-1(u). One draw per sample (the
-    released code draws one per batch)."""
+    u uniform between Phi(a) and Phi(b) -> mean + std * Phi^-1(u) (difference 3: one per sample)."""
     phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
     a, b = phi((low - mean) / std), phi((high - mean) / std)
     u = a + (b - a) * torch.rand(n, generator=generator, dtype=torch.float64)
@@ -450,10 +438,9 @@ def mask_ratios(dist, n, generator, mean, std, progress=0.0):
 
 def training_draw(n, shape, generator, mask_mean, mask_std, cond_dropout, mask_dist="truncnorm", progress=0.0):
     """What §3.2.2 hides from a batch of n samples whose tokens have `shape` (L, T): per sample a
-    ratio r ~ TN(mask_mean, mask_std) on [0.5, 1] (or another `mask_dist`, see mask_ratios) and
-    exactly max(1, round(r L T)) masked tokens, and, with probability cond_dropout, the null
-    condition (classifier-free guidance: the model also learns p(tokens | no condition)).
-    Returns mask (n, L, T) bool, drop (n,) bool."""
+    ratio r ~ TN(mask_mean, mask_std) on [0.5, 1] (or another `mask_dist`) and exactly
+    max(1, round(r L T)) masked tokens, and, with probability cond_dropout, the null condition
+    (classifier-free guidance: p(tokens | no condition) too). Returns mask (n, L, T), drop (n,) bool."""
     ratios = mask_ratios(mask_dist, n, generator, mask_mean, mask_std, progress)
     mask = random_mask(ratios, (n,) + tuple(shape), generator)
     drop = torch.rand(n, generator=generator) < cond_dropout
@@ -461,53 +448,18 @@ def training_draw(n, shape, generator, mask_mean, mask_std, cond_dropout, mask_d
 
 
 def masked_loss(logits, codes, mask, label_smoothing):
-    """Cross-entropy of eq. 2 over the masked positions only; logits (B, L, T, V), codes and
-    mask (B, L, T). Eq. 2 has no smoothing; the authors trained with 0.1 (Config.label_smoothing)."""
+    """Cross-entropy of eq. 2 (smoothed: difference 4) over the masked positions only; logits
+    (B, L, T, V), codes and mask (B, L, T)."""
     return F.cross_entropy(logits[mask], codes[mask], label_smoothing=label_smoothing)
-
-
-# -----------------------------------------------------------------------------
-# loading a trained model, and fine-tuning from one
-
-
-def load_vatt_audio(ckpt_path, device):
-    """A stage2.pt, or the stage2.safetensors `official.py convert` writes -> (the frozen model, the checkpoint)."""
-    ckpt = read_checkpoint(ckpt_path, "vatt-audio", " (train it with stage2_audio.py)")
-    model = audio_model(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval().requires_grad_(False), ckpt
-
-
-# the settings that make up the network rather than its training: taken from --init_from
-ARCHITECTURE = ("dim", "n_multiway", "n_plain", "n_head", "head_dim", "max_len", "architecture", "condition")
-
-
-def check_init_model(path, mcfg, codec_name, cond_dim, codec, meta):
-    """One error line when the checkpoint cannot condition on this Converter or read these tokens."""
-    if codec_name is not None and codec_name != meta["codec"]:
-        sys.exit(f"error: {path}: trained on tokens of the codec {codec_name!r}, these features were made with {meta['codec']!r}")
-    if (mcfg.n_q, mcfg.bins, mcfg.codebook_dim) != (codec.n_q, codec.bins, codec.dim):
-        sys.exit(f"error: {path}: made for a codec of {mcfg.n_q} x {mcfg.bins} tokens of width {mcfg.codebook_dim}, "
-                 f"{meta['codec']!r} has {codec.n_q} x {codec.bins} of width {codec.dim}")
-    if mcfg.cond_dim != cond_dim:
-        sys.exit(f"error: {path}: conditions on {mcfg.cond_dim}-d LLM states, the Converter gives {cond_dim}-d ones")
 
 
 # -----------------------------------------------------------------------------
 # training: a batch, the loss of one batch in the paper's order; main() keeps the data, DDP and checkpoints
 
 
-def clip_arrays(files, stem):
-    try:
-        return files.load_video(stem), files.load_tokens(stem)
-    except BadFileError as e:
-        exit_changed_file(e)
-
-
 def draw_batch(files, items, r, cfg, rank, world, augment=False):
-    """A batch: its clips' names, and (features, prompt, tokens), the prompt drawn as cfg.prompts
-    says; with `augment`, the released splice and roll (Config). Every rank draws the same global
-    batch from `r` and keeps its slice (see stage 1). feats (B, N, D), codes (B, L, T)."""
+    """A batch: its clips' names, and (features (B, N, D), prompt, tokens (B, L, T)), prompts as
+    cfg.prompts says, with `augment` splice and roll; each rank its slice of one global batch (stage 1)."""
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     n = cfg.batch_size * world
     pick = r.choice(len(items), n)[mine]
@@ -516,7 +468,7 @@ def draw_batch(files, items, r, cfg, rank, world, augment=False):
     instr = r.integers(len(INSTRUCTIONS), size=n)[mine]
     use_caption &= np.array([bool(items[i][1]) for i in pick], dtype=bool)  # no caption: an instruction
     prompts = [items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
-    feats, codes = zip(*(clip_arrays(files, items[i][0]) for i in pick))
+    feats, codes = zip(*(files.load_clip(items[i][0], tokens=True) for i in pick))
     feats, codes = torch.stack(feats), torch.stack(codes)
     if augment and cfg.splice_prob + cfg.roll_prob > 0:
         feats, codes = splice_and_roll(files, items, feats, codes, ~use_caption, r, cfg, n, mine)
@@ -524,9 +476,8 @@ def draw_batch(files, items, r, cfg, rank, world, augment=False):
 
 
 def splice_and_roll(files, items, feats, codes, instructed, r, cfg, n, mine):
-    """The released training augmentation (Config.splice_prob, roll_prob), the video and the tokens
-    cut or rolled at the same instant. feats (B, N, D): N frames; codes (B, L, T): T / N tokens a
-    frame. The draws are the global batch's `n` (every rank the same), of which this rank keeps `mine`."""
+    """The released training augmentation (Config.splice_prob, roll_prob): video and tokens (T / N a
+    frame) cut or rolled at the same instant, drawn for the global batch's `n`, this rank's `mine` kept."""
     n_frames, n_tokens = feats.shape[1], codes.shape[2]
     if n_tokens % n_frames:
         sys.exit(f"error: {n_tokens} tokens over {n_frames} frames: splice and roll need a whole number a frame")
@@ -535,7 +486,7 @@ def splice_and_roll(files, items, feats, codes, instructed, r, cfg, n, mine):
     tenth, shift = r.integers(1, 9, size=n)[mine], r.integers(-n_frames, n_frames, size=n)[mine]
     for b in range(len(feats)):  # feats and codes are draw_batch's own stacks: changed in place
         if u[b] < cfg.splice_prob and instructed[b]:  # the clip up to the cut, then another clip
-            other_feats, other_codes = clip_arrays(files, items[partner[b]][0])
+            other_feats, other_codes = files.load_clip(items[partner[b]][0], tokens=True)
             at = round(n_frames * tenth[b] / 10)
             feats[b, at:], codes[b, :, at * per_frame:] = other_feats[at:], other_codes[:, at * per_frame:]
         elif cfg.splice_prob <= u[b] < cfg.splice_prob + cfg.roll_prob:  # a consistent time shift
@@ -544,36 +495,27 @@ def splice_and_roll(files, items, feats, codes, instructed, r, cfg, n, mine):
 
 
 def masked_token_loss(model, converter, feats, prompts, codes, generator, cfg, rank, world, progress, device):
-    """One batch of VATT Audio's training, in the paper's order. `model` may be DDP-wrapped.
-    Returns eq. 2's mean over the masked tokens of the GLOBAL batch, as stage 1's caption loss: this
-    rank's sum over its masked tokens divided by the mean count per rank, so that DDP's average
-    over ranks is the mean over all masked tokens of the global batch."""
+    """One batch of VATT Audio's training, in the paper's order (`model` may be DDP-wrapped). Eq. 2's
+    mean over the GLOBAL batch's masked tokens, as stage 1's: the sum over the mean count per rank."""
     # 1. the condition (§3.2.1): the frozen Converter's last-layer states over [video ; prompt]
     with autocast(device):
         cond, cond_mask = audio_condition(converter, feats.to(device), prompts, cfg.condition)  # no grad
-    # 2. the training draw (§3.2.2): masked tokens and null conditions, drawn for the global batch
-    #    so that every rank keeps its slice of one draw
+    # 2. the training draw (§3.2.2): masked tokens and null conditions; each rank its slice of one draw
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     mask, drop = training_draw(cfg.batch_size * world, codes.shape[1:], generator, cfg.mask_mean, cfg.mask_std,
                                cfg.cond_dropout, cfg.mask_dist, progress)
     codes, mask, drop = codes.to(device), mask[mine].to(device), drop[mine].to(device)
-    # 3. VATT Audio reads the condition and the masked tokens
+    # 3. VATT Audio reads the condition and the masked tokens (MASK = bins)
     with autocast(device):
-        logits = model(codes.masked_fill(mask, mask_index(model)), cond, cond_mask, drop)
+        logits = model(codes.masked_fill(mask, getattr(model, "module", model).config.bins), cond, cond_mask, drop)
     # 4. eq. 2: cross-entropy on the masked tokens only
     n = mask.sum()
     return masked_loss(logits.float(), codes, mask, cfg.label_smoothing) * n / all_mean(n)
 
 
-def mask_index(model):
-    """The MASK index of a (possibly DDP-wrapped) VATT Audio: its codebook size."""
-    return getattr(model, "module", model).config.bins
-
-
 def train_step(ddp_model, converter, optimizer, files, train, cfg, step, rank, world, device):
     """One optimizer step over cfg.grad_accum micro-batches. Returns the training loss."""
-    # every random draw of a step is a function of (seed, step) alone: a resumed run replays
-    # exactly what an uninterrupted run does (see stage 1)
+    # every random draw of a step is a function of (seed, step) alone, so a resumed run replays exactly
     rng = np.random.default_rng([cfg.seed, step])  # the global batch: the same on every rank
     g = torch.Generator().manual_seed(int(rng.integers(2**62)))  # its masks, null conditions: the same too
     torch.manual_seed(int(rng.integers(2**62)) + rank)  # dropout: one stream per rank
@@ -608,12 +550,34 @@ def val_loss(model, converter, files, val, cfg, step, rank, world, device):
     return sum(losses) / len(losses)
 
 
-def print_size(cfg):
-    """--count_params: the network of cfg with random weights, no data or Converter needed."""
-    model = audio_model(ModelConfig(cond_dim=cfg.cond_dim, dim=cfg.dim, n_multiway=cfg.n_multiway, n_plain=cfg.n_plain,
-                                    n_head=cfg.n_head, head_dim=cfg.head_dim, architecture=cfg.architecture))
-    n = sum(p.numel() for p in model.parameters())
-    print(f"{cfg.preset}: {n:,} parameters ({n / 1e6:.1f} M), plus the frozen codebooks")
+def build_audio_model(cfg, converter, init, device):
+    """VATT Audio (or a Table 4 variant) for this Converter and its features' codec, random weights.
+    Fine-tuning (`init`) keeps the checkpoint's network (into cfg) and head order, once checked."""
+    codec_name, cond_dim = converter.features_meta["codec"], converter.hidden_size
+    codec = load_codec(codec_name)
+    head_order = "natural"
+    if init is not None:
+        c, path = ModelConfig(**init["model_config"]), cfg.init_from
+        if init["codec"] is not None and init["codec"] != codec_name:
+            sys.exit(f"error: {path}: trained on tokens of the codec {init['codec']!r}, these features were made with {codec_name!r}")
+        if (c.n_q, c.bins, c.codebook_dim) != (codec.n_q, codec.bins, codec.dim):
+            sys.exit(f"error: {path}: made for a codec of {c.n_q} x {c.bins} tokens of width {c.codebook_dim}, "
+                     f"{codec_name!r} has {codec.n_q} x {codec.bins} of width {codec.dim}")
+        if c.cond_dim != cond_dim:
+            sys.exit(f"error: {path}: conditions on {c.cond_dim}-d LLM states, the Converter gives {cond_dim}-d ones")
+        for key in ARCHITECTURE:
+            setattr(cfg, key, getattr(c, key))
+        head_order = c.head_order
+    model = audio_model(model_config(cfg, cond_dim, codec, head_order), codec.codebooks.float().cpu())
+    print0(f"VATT Audio: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
+    return model.to(device)
+
+
+def save(model, optimizer, cfg, step, validation_loss, codec, path):
+    """stage2.pt, which load_vatt_audio reads: the network and its weights, codec, Converter, config, optimizer."""
+    save_checkpoint({"kind": "vatt-audio", "config": asdict(cfg), "model_config": asdict(model.config),
+                     "codec": codec, "converter": cfg.converter, "step": step, "val_loss": validation_loss,
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
 
 
 def main(argv=None):
@@ -622,34 +586,16 @@ def main(argv=None):
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
             sys.exit(f"error: --{key}={getattr(cfg, key)}: choose one of {', '.join(choices)}")
-    if cfg.count_params:
-        return print_size(cfg)
-    if cfg.keep_every % cfg.eval_interval:
-        sys.exit(f"error: --keep_every={cfg.keep_every}: a multiple of --eval_interval ({cfg.eval_interval}), when checkpoints are saved")
     rank, world = setup_ddp()
     device = pick_device(cfg.device)
     ckpt_path = Path(cfg.out_dir) / "stage2.pt"
     torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see train_step)
-
     converter = load_converter(cfg.converter, device)
-    meta = converter.features_meta
-    codec = load_codec(meta["codec"])
-    codebooks = codec.codebooks.float().cpu()
     init = read_init_checkpoint(cfg.init_from, "vatt-audio", ckpt_path) if cfg.init_from else None
-    head_order = "natural"
-    if init is not None:  # fine-tuning keeps the trained network (and, for the authors', its head order)
-        init_cfg = ModelConfig(**init["model_config"])
-        check_init_model(cfg.init_from, init_cfg, init["codec"], converter.hidden_size, codec, meta)
-        for key in ARCHITECTURE:
-            setattr(cfg, key, getattr(init_cfg, key))
-        head_order = init_cfg.head_order
-    mcfg = model_config(cfg, converter.hidden_size, codec, head_order)
-    model = audio_model(mcfg, codebooks).to(device)
-    del codec
-    print0(f"VATT Audio: {sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters")
+    model = build_audio_model(cfg, converter, init, device)
     files, train, val = train_val_split(cfg, tokens=True, rank=rank, world=world)
-
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
     step = 0
     if cfg.resume and ckpt_path.exists():
         ckpt = read_checkpoint(ckpt_path, "vatt-audio")
@@ -659,26 +605,21 @@ def main(argv=None):
         print0(f"resuming from {ckpt_path} at step {step}")
     elif init is not None:
         model.load_state_dict(init["model"])
-        print0(f"fine-tuning from {cfg.init_from} ({head_order} head order): fresh optimizer, step 0")
-    if step >= cfg.max_steps:
-        print0(f"{ckpt_path} is at step {step}, max_steps is {cfg.max_steps}: nothing to train")
+        print0(f"fine-tuning from {cfg.init_from} ({model.config.head_order} head order): fresh optimizer, step 0")
+    end = cfg.stop_at if 0 < cfg.stop_at < cfg.max_steps else cfg.max_steps
+    if step >= end:
+        print0(f"{ckpt_path} is at step {step}, {'stop_at' if end < cfg.max_steps else 'max_steps'} is {end}: nothing to train")
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     model.train()
     first = step
     while True:
-        last = step >= cfg.max_steps
+        last = step >= end
         if step % cfg.eval_interval == 0 or last:
             validation_loss = val_loss(ddp_model, converter, files, val, cfg, step, rank, world, device)
             print0(f"step {step}: val loss {validation_loss:.4f}")
             if rank == 0 and step > first:
-                save_checkpoint({"kind": "vatt-audio", "config": asdict(cfg), "model_config": asdict(mcfg),
-                                 "codec": meta["codec"], "converter": cfg.converter, "step": step,
-                                 "val_loss": validation_loss, "model": model.state_dict(),
-                                 "optimizer": optimizer.state_dict()}, ckpt_path)
-                if cfg.keep_every and step % cfg.keep_every == 0:
-                    with atomic_path(ckpt_path.with_name(f"stage2-step{step}.pt")) as tmp:
-                        shutil.copyfile(ckpt_path, tmp)
+                save(model, optimizer, cfg, step, validation_loss, converter.features_meta["codec"], ckpt_path)
         if last:
             break
         t1 = time.time()

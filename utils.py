@@ -81,7 +81,7 @@ def _cast(key, value, typ):
 
 def resolve(name):
     """"module:attribute" -> that attribute, imported by its name: what a config names to be built
-    (a codec, a base LLM made from nothing), so that no stage imports it."""
+    (the toy's codec, codec.load_codec), so that no stage imports it."""
     module, _, attribute = name.partition(":")
     return getattr(importlib.import_module(module), attribute)
 

@@ -1,5 +1,5 @@
 """
-The ablations (ablations.py): appendix A's masking-ratio distributions (Table 5) against their
+The ablations (tools/ablations.py): appendix A's masking-ratio distributions (Table 5) against their
 closed forms, Table 4's VATT-V (no LLM states in its condition) and VATT-Cross-Attn (the condition
 reaches the audio only through cross-attention), and a micro run of every variant on the tiny toy
 world of conftest.py that writes the table.
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-import ablations
+from tools import ablations, sample_split
 import sample
 import stage2_audio as s2
 from conftest import TINY_STAGE2
@@ -75,7 +75,7 @@ def test_3_2_2_default_draw_bit_identical():
     again = s2.training_draw(16, shape, torch.Generator().manual_seed(5), 0.75, 0.25, 0.1, "truncnorm", 0.7)
     assert torch.equal(again[0], mask) and torch.equal(again[1], drop)
     # every distribution keeps one ratio per sample and an exact masked count
-    for dist in s2.MASK_DISTRIBUTIONS:
+    for dist in s2.CHOICES["mask_dist"]:
         g = torch.Generator().manual_seed(1)
         m, _ = s2.training_draw(16, shape, g, 0.75, 0.25, 0.1, dist, 0.3)
         r = s2.mask_ratios(dist, 16, torch.Generator().manual_seed(1), 0.75, 0.25, 0.3)
@@ -138,7 +138,7 @@ def test_table_4_cross_attn_budget_and_interface():
     """The same blocks' parameter count as VATT Audio at the toy's width and depth, and sample.py's
     decoder runs it as it runs VATT Audio."""
     toy = s2.ModelConfig(cond_dim=128, n_q=4, bins=64, codebook_dim=32, dim=128, n_multiway=2, n_plain=2, n_head=4,
-                         head_dim=32, dropout=0.0)
+                         head_dim=32, dropout=0.0, max_len=1000)
     vatt, cross = s2.audio_model(toy), s2.audio_model(s2.ModelConfig(**{**toy.__dict__, "architecture": "cross-attn"}))
     assert isinstance(vatt, s2.VATTAudio) and isinstance(cross, s2.CrossAttnAudio)
 
@@ -198,5 +198,5 @@ def test_ablations_checkpoints_say_what_they_are(micro_run, world):
     assert torch.load(runs / "sine" / "stage2.pt", weights_only=True)["config"]["mask_dist"] == "sine"
     assert not (runs / "vatt-v" / "samples" / "gt_caption").exists()
     with pytest.raises(SystemExit, match="VATT-V"):
-        sample.main([f"--ckpt_dir={runs / 'vatt-v'}", f"--data_json={world}/v2a_instruction.json",
-                     "--prompt_field=output", "--steps=1"])
+        sample_split.main([f"--ckpt_dir={runs / 'vatt-v'}", f"--data_json={world}/v2a_instruction.json",
+                           "--prompt_field=output", "--steps=1"])

@@ -1,5 +1,5 @@
 """
-Tests of the speed benchmark (`bench.py`) and of what makes the sampler fast:
+Tests of the speed benchmark (`tools/bench.py`) and of what makes the sampler fast:
 one batched forward per decoding step (the conditional and null passes together, paper §3.2.2
 guidance), the Converter once per batch, the analytic FLOP counts, and (on a GPU only) no host
 synchronisation inside the step loop. Timings are measured, never asserted.
@@ -7,6 +7,7 @@ synchronisation inside the step loop. Timings are measured, never asserted.
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import bench  # noqa: E402
+from tools import bench  # noqa: E402
 import sample as S  # noqa: E402
 import stage2_audio  # noqa: E402
 from stage1_caption import TEMPLATE  # noqa: E402
@@ -85,6 +86,14 @@ def test_bench_toy_json_and_forward_counts(tmp_path, monkeypatch, capsys):
     assert "| mode | batch |" in out and out.count("\n| fast |") == 2 and out.count("\n| naive |") == 1
 
 
+def test_count_params_prints_vatt_audio_at_the_preset_size_in_every_option_form(capsys):
+    """--count_params: VATT Audio's size at the preset's, for its LLM's width and its codec's tables,
+    with no data, checkpoint or download (the toy's: 128-wide states, 4 x 64 tokens of width 32)."""
+    for argv in (["--count_params"], ["--count_params=true"], ["--count_params", "true"]):
+        assert bench.main(["--preset=toy", *argv]) == 0
+        assert capsys.readouterr().out == "toy: 1,106,304 parameters (1.1 M), plus the frozen codebooks\n"
+
+
 # -----------------------------------------------------------------------------
 # the analytic FLOP counts against torch's counter
 
@@ -129,7 +138,7 @@ class IndexedStub(nn.Module):
 
     def __init__(self, C, U):
         super().__init__()
-        self.config = stage2_audio.ModelConfig(cond_dim=COND_DIM, bins=BINS)
+        self.config = SimpleNamespace(bins=BINS)
         self.C, self.U, self.calls = C, U, []
 
     def forward(self, codes, cond, cond_mask, drop_cond=None):

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import eval as vatt_eval  # the repo's eval.py (pytest.ini puts the repo root on sys.path)
+from tools import sample_split
 
 # a worked example (made-up captions; the numbers from pycocoevalcap 1.2)
 HYPS = ["a man is playing a guitar on the stage", "a dog is barking at the mailman",
@@ -141,10 +142,11 @@ def test_captions_cli_end_to_end(tmp_path, capsys):
 
 
 def test_read_captions_accepts_every_format_it_documents(tmp_path):
-    # sample.py --data_json writes {"settings": {...}, "clips": {id: {"caption", "prompt", ...}}}; the
-    # metrics must see the caption, not the record's keys
-    formats = {"sample.json": {"settings": {"seed": 0}, "clips": {"v0": {"caption": "a dog barks",
-                                                                         "prompt": "What audio could be inferred?"}}},
+    # a split run's captions.json (tools/sample_split.py): {"settings", "counts", "clips": {id: {"caption",
+    # "prompt", ...}}}; the metrics must see the caption, not the record's keys
+    sample_split.write_captions(tmp_path, {"seed": 0}, {"v0": {"caption": "a dog barks",
+                                                              "prompt": "What audio could be inferred?"}})
+    formats = {"captions.json": json.loads((tmp_path / "captions.json").read_text()),
                "plain.json": {"a/v0.mp4": "a dog barks"},
                "refs.json": {"v0": ["a dog barks"]},
                "records.json": [{"video_path": "clips/v0.mp4", "output": "a dog barks"}]}

@@ -17,7 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import gpu_check  # noqa: E402
+from tools import gpu_check  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # a recorded result, shaped as gpu_check.main writes it (numbers made up, kept consistent)
@@ -40,7 +40,7 @@ def bench_json(compiled, fast):
                 rows=rows + [bench_row("naive", 1, 100.0, 850.0, 50.0, 25.0)])
 
 
-STAGES = ["prepare (CPU)", "extract_features", "stage 1", "stage 2", "sample video_only",
+STAGES = ["prepare (CPU)", "extract_features", "toy LLM (CPU)", "stage 1", "stage 2", "sample video_only",
           "sample gt_caption", "sample self_caption", "sample swapped_pitch_text", "sample negative_pitch", "score (CPU)"]
 GPU_TEST = "tests/test_bench.py::test_decode_tokens_never_waits_for_the_gpu"
 RESULT = dict(
@@ -160,7 +160,7 @@ def test_tables_from_a_recorded_result():
                       "6000 steps, stage 2 500 of 2000, sampled on 64 of its 200 test clips; the scores are this "
                       "short training's, not the README's:")
     assert toy[2:5] == ["| stage | status | wall s |", "|---|---|---|", "| prepare (CPU) | ok | 10.0 |"]
-    assert toy[14:] == ["| total | ok | 110.0 |", "",
+    assert toy[15:] == ["| total | ok | 110.0 |", "",
                         "| 64 test clips | class | count | onset F1 | pitch |", "|---|---|---|---|---|",
                         "| captions (Converter) | 0.900 | 0.850 |  | 0.500 |",
                         "| `ground_truth` | 1.000 | 1.000 | 1.000 | 1.000 |",
@@ -172,7 +172,7 @@ def test_tables_from_a_recorded_result():
         "| step | status | wall s | found |", "|---|---|---|---|",
         "| gpu_tests | ok | 12.5 | 1 passed: `test_decode_tokens_never_waits_for_the_gpu` |",
         "| bench_eager | ok | 60.2 | ms per clip at batch 1 / 8 / 32: 250.0 / 70.0 / 45.0; naive 1000.0 |",
-        "| toy_demo | ok | 110.0 | 10 stages, shortened training (1000 + 500 steps) |",
+        "| toy_demo | ok | 110.0 | 11 stages, shortened training (1000 + 500 steps) |",
         "| bench_compile | ok | 118.7 | ms per clip at batch 1 / 8 / 32: 195.0 / 60.0 / 75.0; naive 1000.0 |"])
 
 
@@ -183,8 +183,9 @@ def failed_result():
     toy = r["steps"]["toy_demo"]
     toy.update(status="failed", error="stage 2: exit status 1: RuntimeError: CUDA error | device-side assert")
     del toy["eval"]
+    failed = STAGES.index("stage 2")
     for i, s in enumerate(toy["stages"]):
-        s["status"] = "ok" if i < 3 else "failed" if i == 3 else "not run"
+        s["status"] = "ok" if i < failed else "failed" if i == failed else "not run"
     return r
 
 
@@ -213,15 +214,17 @@ def test_write_tables_fills_the_markers_and_nothing_else(tmp_path):
     assert original.count(start) == original.count(end) == 1
     assert "abc1234" not in original  # the docs' table is another run's: the recorded result's replaces it
 
+    filled = [f"docs/sampling-speed.md:{name}" for name in ("summary", "toy", "sampling")]  # in the page's order
     report = gpu_check.write_tables(RESULT, tmp_path)
-    assert report == {"filled": ["docs/sampling-speed.md:sampling"], "problems": []}
+    assert report == {"filled": filled, "problems": []}
     text = (tmp_path / "docs" / "sampling-speed.md").read_text()
-    assert text.split(start)[0] == original.split(start)[0]  # before the markers: untouched
+    first = "<!-- gpu-check:summary -->"
+    assert text.split(first)[0] == original.split(first)[0]  # before the markers: untouched
     assert text.split(end)[1] == original.split(end)[1]  # after them: untouched
     assert text.split(start)[1].split(end)[0] == "\n\n" + gpu_check.tables(RESULT)["sampling"] + "\n\n"
     assert (tmp_path / "README.md").read_text() == readme
 
-    assert gpu_check.write_tables(RESULT, tmp_path)["filled"] == ["docs/sampling-speed.md:sampling"]
+    assert gpu_check.write_tables(RESULT, tmp_path)["filled"] == filled
     assert (tmp_path / "docs" / "sampling-speed.md").read_text() == text  # a second run: the same file
 
 
@@ -247,7 +250,8 @@ def test_tables_from_a_result_recorded_elsewhere_need_no_gpu(tmp_path, monkeypat
     assert gpu_check.main([f"--tables_from={tmp_path / 'result.json'}", f"--out_dir={tmp_path / 'out'}"]) == 0
     assert gpu_check.tables(RESULT)["sampling"] in (tmp_path / "docs" / "sampling-speed.md").read_text()
     assert (tmp_path / "out" / "tables.md").read_text().startswith("<!-- sampling -->\n" + gpu_check.tables(RESULT)["sampling"])
-    assert "markers filled: docs/sampling-speed.md:sampling" in capsys.readouterr().out
+    assert ("markers filled: docs/sampling-speed.md:summary, docs/sampling-speed.md:toy, "
+            "docs/sampling-speed.md:sampling") in capsys.readouterr().out
 
 
 # -----------------------------------------------------------------------------
@@ -273,7 +277,7 @@ def test_the_steps_run_the_expected_commands(tmp_path, monkeypatch):
 
     def fake_run(cmd, log, timeout):
         ran.append(cmd[1:])
-        if "bench.py" in cmd:  # a bench that fell back to the CPU
+        if "tools/bench.py" in cmd:  # a bench that fell back to the CPU
             out = Path(next(a for a in cmd if a.startswith("--out_dir=")).split("=", 1)[1])
             bench = dict(RESULT["steps"]["bench_eager"]["bench"], device="cpu (16 threads)")
             gpu_check.save_json(bench, out / "bench.json")
@@ -284,7 +288,7 @@ def test_the_steps_run_the_expected_commands(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "run_command", fake_run)
     args = gpu_check.parse_config(gpu_check.Config, {"toy": {}}, [f"--out_dir={tmp_path}"])
     step = gpu_check.step_bench(args, tmp_path, 90, True)
-    assert ran[0] == ["bench.py", "--preset=gemma-2b", "--device=cuda", "--batch_sizes=1,8,32", "--naive", "--repeats=3",
+    assert ran[0] == ["tools/bench.py", "--preset=gemma-2b", "--device=cuda", "--batch_sizes=1,8,32", "--naive", "--repeats=3",
                       f"--out_dir={tmp_path}/bench-compile", "--compile"]
     assert step["status"] == "failed" and "not on the GPU" in step["error"]
 
@@ -293,11 +297,11 @@ def test_the_steps_run_the_expected_commands(tmp_path, monkeypatch):
     assert step["status"] == "ok" and step["eval"] == json.loads(json.dumps(RESULT["steps"]["toy_demo"]["eval"]))
     assert [s["name"] for s in step["stages"]] == STAGES
     scripts = [c[0] for c in ran]
-    assert scripts == ["data/toy/prepare.py", "extract_features.py", "stage1_caption.py",
-                       "stage2_audio.py"] + ["sample.py"] * 5 + ["data/toy/score.py"]
+    assert scripts == ["data/toy/prepare.py", "extract_features.py", "data/toy/llm.py", "stage1_caption.py",
+                       "stage2_audio.py"] + ["tools/sample_split.py"] * 5 + ["data/toy/score.py"]
     for name, cmd in zip(STAGES, ran):  # every stage but the CPU ones on the GPU, and no silent fallback
         assert ("--device=cuda" in cmd) == ("(CPU)" not in name), name
-    assert "--max_steps=1000" in ran[2] and "--max_steps=500" in ran[3] and "--n_test=64" in ran[0]
+    assert "--max_steps=1000" in ran[3] and "--max_steps=500" in ran[4] and "--n_test=64" in ran[0]
     assert step["shortened"] == dict(stage1_steps=1000, stage1_steps_demo=6000, stage2_steps=500, stage2_steps_demo=2000,
                                      test_clips=64, test_clips_demo=200)
 
@@ -328,5 +332,5 @@ def test_the_toy_demo_on_the_gpu_samples_what_make_demo_samples():
     """gpu_check's toy demo times make demo's five sampling runs: the same names and options as
     the Makefile's `samples` target."""
     out = subprocess.run(["make", "-n", "--no-print-directory", "samples"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    runs = [(m[1], m[2].split()) for m in re.finditer(r"sample\.py .*--name=(\S+) ?(.*)$", out, re.M)]
+    runs = [(m[1], m[2].split()) for m in re.finditer(r"sample_split\.py .*--name=(\S+) ?(.*)$", out, re.M)]
     assert runs == [(name, extra) for name, extra in gpu_check.TOY_MODES]

@@ -29,7 +29,7 @@ MASK = BINS
 def tiny_model(seed=0):
     """A tiny VATTAudio with random weights and random codebooks, in eval mode."""
     cfg = ModelConfig(cond_dim=COND_DIM, n_q=N_Q, bins=BINS, codebook_dim=8, dim=32, n_multiway=1,
-                      n_plain=1, n_head=2, head_dim=16, dropout=0.0)
+                      n_plain=1, n_head=2, head_dim=16, dropout=0.0, max_len=1000)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VATTAudio(cfg, torch.randn(N_Q, BINS, 8))
@@ -563,6 +563,9 @@ class ClipFiles:
     def load_tokens(self, stem):
         frames = 100 * int(stem) + torch.arange(self.n_frames)
         return frames.repeat_interleave(self.per_frame)[None].expand(N_Q, -1).clone()
+
+    def load_clip(self, stem, tokens=False):
+        return (self.load_video(stem), self.load_tokens(stem)) if tokens else self.load_video(stem)
 
 
 def test_3_2_released_prompt_schedule_and_augmentation():

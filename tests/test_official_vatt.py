@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so `import official` works however pytest is started
-import official as O  # noqa: E402
+from tools import official as O  # noqa: E402
 from conftest import fixture, make_llm  # noqa: E402
 from stage2_audio import VATTAudio, masked_loss, released_order, sincos_table  # noqa: E402
 

@@ -4,11 +4,11 @@ Training on data this project did not make, on the tiny toy world of conftest.py
   trainers: two folders, tokens stored time-first (500, 4), no meta.json;
 - every file of the train split checked by its header before step 0 (utils.check_npy against
   np.load as the reference): a bad file is named, and the run stops or leaves the clip out;
-- the V2A-Instruction step (paper §4, appendix C, caption_audio.py): the toy analyzer's captions
+- the V2A-Instruction step (paper §4, appendix C, tools/caption_audio.py): the toy analyzer's captions
   against the generator's, and a tiny random Qwen2-Audio saved with save_pretrained through the
   exact loading and generation path;
 - fine-tuning (--init_from) for both stages, from our checkpoints and from the authors' VATT
-  checkpoint (converted by official.py): exact reloads, mismatches refused, and the first loss of a
+  checkpoint (converted by tools/official.py): exact reloads, mismatches refused, and the first loss of a
   fine-tuning run against a run from scratch;
 - the whole own-data path, new clips -> captions from their audio -> features -> stage 1 ->
   stage 2 -> sample.
@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 import torch
 
-import caption_audio
 import extract_features
 import sample
 import stage1_caption
 import stage2_audio
 from conftest import TINY_LLM, TINY_STAGE1, TINY_STAGE2, fixture
 from data.toy import llm as toy_llm, prepare, world as toy_world
-from extract_features import BadFileError, FeatureFiles, exit_changed_file
+from tools import caption_audio
+from extract_features import BadFileError, FeatureFiles
 from utils import check_npy, read_safetensors
 
 pytestmark = pytest.mark.usefixtures("offline")  # no test here may reach the hub
@@ -197,12 +197,14 @@ def test_bad_file_in_our_layout_and_during_training(world, tmp_path, capsys):
     (features / "audio" / "train_00001.npy").write_bytes(_npy_bytes(np.zeros((4, 100), np.int16))[:-8])
     with pytest.raises(BadFileError, match=r"train_00001\.npy: unreadable"):
         FeatureFiles(features).load_tokens("train_00001")
+    # ... and what the trainers read at each step ends the run with one line naming it
     with pytest.raises(SystemExit, match=r"train_00001\.npy: unreadable .* changed during the run"):
-        exit_changed_file(BadFileError(f"{features}/audio/train_00001.npy: unreadable (x)"))
+        FeatureFiles(features).load_clip("train_00001", tokens=True)
+    assert FeatureFiles(features).load_clip("train_00001").shape == (10, 256)  # its features are fine
 
 
 # -----------------------------------------------------------------------------
-# the V2A-Instruction step (caption_audio.py)
+# the V2A-Instruction step (tools/caption_audio.py)
 
 
 def test_toy_captioner_agrees_with_the_generator(world, tmp_path):
@@ -381,18 +383,21 @@ def test_stage2_init_from_reloads_exactly(world, tmp_path):
     assert {s["step"].item() for s in ft["optimizer"]["state"].values()} == {1}
 
 
-def test_stage2_keeps_a_checkpoint_every_n_steps(world, tmp_path):
-    """--keep_every (learning curves): a copy of stage2.pt at each multiple, the last one the run's
-    own checkpoint; a value that is not a multiple of --eval_interval is refused."""
+def test_stage2_stopped_early_and_resumed_trains_one_run(world, tmp_path, capsys):
+    """--stop_at (the learning curves of tools/toy/masking_curves.py): a run stopped at step 2 of 4
+    keeps the schedule of its max_steps, and resumed it trains exactly what one run of 4 steps does."""
     args = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
-            f"--converter={world}/out/stage1.pt", f"--out_dir={tmp_path}"] + TINY_STAGE2
-    stage2_audio.main(args + ["--max_steps=4", "--keep_every=2"])
-    assert sorted(p.name for p in tmp_path.glob("stage2*.pt")) == ["stage2-step2.pt", "stage2-step4.pt", "stage2.pt"]
-    kept = {n: torch.load(tmp_path / f"stage2-step{n}.pt", weights_only=True) for n in (2, 4)}
-    assert kept[2]["step"] == 2 and not _equal_state(kept[2]["model"], kept[4]["model"])
-    assert _equal_state(kept[4]["model"], torch.load(tmp_path / "stage2.pt", weights_only=True)["model"])
-    with pytest.raises(SystemExit, match="--keep_every=3: a multiple of --eval_interval"):
-        stage2_audio.main(args + ["--eval_interval=2", "--keep_every=3"])
+            f"--converter={world}/out/stage1.pt"] + TINY_STAGE2 + ["--max_steps=4", "--eval_interval=2"]
+    stage2_audio.main(args + [f"--out_dir={tmp_path}/one"])
+    stage2_audio.main(args + [f"--out_dir={tmp_path}/pieces", "--stop_at=2"])
+    assert torch.load(tmp_path / "pieces" / "stage2.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    stage2_audio.main(args + [f"--out_dir={tmp_path}/pieces", "--stop_at=2"])
+    assert "is at step 2, stop_at is 2: nothing to train" in capsys.readouterr().out
+    stage2_audio.main(args + [f"--out_dir={tmp_path}/pieces"])
+    one, pieces = (torch.load(tmp_path / d / "stage2.pt", weights_only=True) for d in ("one", "pieces"))
+    assert one["step"] == pieces["step"] == 4 and _equal_state(one["model"], pieces["model"])
+    assert one["val_loss"] == pieces["val_loss"]
 
 
 def test_stage2_init_from_rejects_a_mismatch(world, tmp_path):
@@ -442,7 +447,7 @@ def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
     pickle), fine-tune in their own
     head order (official.py quirk 2): with lr 0 the saved model is exactly the mapped one, and
     loading it back gives the logits of their model."""
-    import official
+    from tools import official
     from data.toy.codec import ToyCodec
 
     ckpt, sd = _authors_ckpt(tmp_path, codebook_dim=32)

@@ -18,6 +18,7 @@ import extract_features
 import sample
 import stage2_audio
 from data.toy import score
+from tools import sample_split
 
 ROOT = Path(__file__).resolve().parents[1]
 def test_extract_features_layout(world):
@@ -44,7 +45,7 @@ def test_sample_and_eval_end_to_end(world):
     for name, extra in (("video_only", []), ("gt_caption", ["--prompt_field=output"]),
                         ("self_caption", ["--self_prompt"]), ("swapped_pitch_text", ["--prompt_field=swapped"]),
                         ("negative_pitch", ["--negative_field=swapped"])):
-        assert sample.main(common + [f"--name={name}"] + extra) == 0
+        assert sample_split.main(common + [f"--name={name}"] + extra) == 0
     wav, sr = vatt_eval.read_wav(world / "out" / "samples" / "gt_caption" / "test_00000.wav")
     assert sr == 16000 and len(wav) == 32000
     assert score.main([f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
@@ -119,50 +120,6 @@ def test_sample_bad_inputs_give_one_clear_line(world, tmp_path):
     assert r.returncode == 1 and "stage1.pt: no such checkpoint" in r.stderr
     r = run(f"--ckpt_dir={world}/out", f"--video={world}/clips/test_00000.mp4", f"--prompt={'a very long prompt ' * 20}")
     assert r.returncode == 1 and "longer than the" in r.stderr
-
-
-def test_stage1_builds_a_named_base_llm_once(world, tmp_path):
-    """--llm=module:function (the toy preset's data.toy.llm:build): stage 1 writes the LLM made
-    from nothing into out_dir/base_llm, names that folder in stage1.pt, and a second run (a
-    resume) reuses it; a fine-tuning run keeps the trained model's."""
-    import stage1_caption
-    from conftest import TINY_STAGE1
-
-    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features"]
-    stage1_caption.main(data + [f"--out_dir={tmp_path}/a", "--llm=data.toy.llm:build"] + TINY_STAGE1)
-    ckpt = torch.load(tmp_path / "a" / "stage1.pt", weights_only=True)
-    assert ckpt["config"]["llm"] == f"{tmp_path}/a/base_llm" and (tmp_path / "a" / "base_llm" / "config.json").is_file()
-    built = (tmp_path / "a" / "base_llm" / "model.safetensors").stat().st_mtime_ns
-    stage1_caption.main(data + [f"--out_dir={tmp_path}/a", "--llm=data.toy.llm:build"] + TINY_STAGE1)
-    assert (tmp_path / "a" / "base_llm" / "model.safetensors").stat().st_mtime_ns == built
-    stage1_caption.main(data + [f"--out_dir={tmp_path}/b", "--llm=data.toy.llm:build",
-                                f"--init_from={tmp_path}/a/stage1.pt"] + TINY_STAGE1)
-    assert torch.load(tmp_path / "b" / "stage1.pt", weights_only=True)["config"]["llm"] == f"{tmp_path}/a/base_llm"
-    assert not (tmp_path / "b" / "base_llm").exists()
-
-
-def test_stage1_checkpoint_reads_its_own_base_llm_wherever_it_moves(world, tmp_path, monkeypatch):
-    """A base LLM built into out_dir travels with stage1.pt. Loaded from another place, with
-    another run's base_llm under the name stage1.pt's config gives (relative to the current
-    directory), the Converter still gets its own: its frozen input embeddings are not in the
-    checkpoint, and another run's would turn every prompt into other words without an error."""
-    import shutil
-
-    import stage1_caption
-    from conftest import TINY_STAGE1
-    from transformers import AutoModelForCausalLM
-
-    monkeypatch.chdir(tmp_path)
-    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features", "--llm=data.toy.llm:build"]
-    for out, seed in (("run", 0), ("other", 1)):
-        stage1_caption.main(data + [f"--out_dir={out}", f"--seed={seed}"] + TINY_STAGE1)
-    shutil.move("run", "moved")
-    shutil.move("other", "run")  # another run's base_llm at run/base_llm, the folder stage1.pt names
-    embeddings = lambda m: m.get_input_embeddings().weight  # noqa: E731
-    own, other = (embeddings(AutoModelForCausalLM.from_pretrained(f"{d}/base_llm")) for d in ("moved", "run"))
-    assert not torch.equal(own, other)
-    conv = stage1_caption.load_converter("moved/stage1.pt", torch.device("cpu"))
-    assert torch.equal(embeddings(conv.llm), own)
 
 
 def test_3_1_each_prompt_and_caption_tokenized_once_as_the_tokenizer_does(world):

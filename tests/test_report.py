@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 import eval as vatt_eval
-import report
 import sample
 from data.toy import score
+from tools import report, sample_split
 from browser import Chromium, find_chromium
 
 # in the page, once it has loaded: wait until every media element has decoded its first frame (or
@@ -58,7 +58,7 @@ def run(world, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     common = [f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json"]
     for name, extra in MODES:
-        assert sample.main(common + [f"--name={name}", f"--out_dir={d}/samples/{name}"] + extra) == 0
+        assert sample_split.main(common + [f"--name={name}", f"--out_dir={d}/samples/{name}"] + extra) == 0
     data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
             f"--samples_dir={d}/samples", "--split=test"]
     assert score.main(data + [f"--out={d}/eval.json"]) == 0
@@ -186,8 +186,8 @@ def test_saved_step_history_follows_cosine_schedule_3_2_2(run):
 
 def test_save_steps_leaves_the_audio_unchanged(run, world, tmp_path):
     """Recording the history draws nothing: the same seed gives the same audio with or without it."""
-    assert sample.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json", "--name=gt_caption",
-                        "--prompt_field=output", f"--out_dir={tmp_path}"]) == 0
+    assert sample_split.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json", "--name=gt_caption",
+                              "--prompt_field=output", f"--out_dir={tmp_path}"]) == 0
     for stem in ("test_00000", "test_00001"):
         with_steps = vatt_eval.read_wav(run / "samples" / "gt_caption" / f"{stem}.wav")[0]
         assert np.array_equal(vatt_eval.read_wav(tmp_path / f"{stem}.wav")[0], with_steps)

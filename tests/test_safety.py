@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import official
 import sample
 import stage2_audio
 import utils
 from codec import load_audiogen_codec
 from conftest import TINY_STAGE2
 from extract_features import FeatureFiles
+from tools import official, sample_split
 
 
 class Payload:
@@ -155,8 +155,8 @@ def test_outputs_follow_the_umask(tmp_path):
 # nothing lost without a word: sampling runs
 
 
-def sample_split(world, out, *extra):
-    return sample.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json", "--steps=2",
+def split_run(world, out, *extra):
+    return sample_split.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json", "--steps=2",
                         f"--out_dir={out}", *extra])
 
 
@@ -185,10 +185,10 @@ def test_strict_makes_a_skipped_clip_an_error(world, tmp_path, capsys):
     torch.save(stage1, ckpt / "stage1.pt")
     shutil.copy(world / "out" / "stage2.pt", ckpt / "stage2.pt")
     args = [f"--ckpt_dir={ckpt}", f"--data_json={world}/v2a_instruction.json", "--steps=2", f"--out_dir={tmp_path}/s"]
-    assert sample.main(args) == 0
+    assert sample_split.main(args) == 0
     assert f"warning: 1 test clips have no features in {features}: skipped" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=f"error: --strict: 1 test clips have no features in {features}"):
-        sample.main(args + ["--strict"])
+        sample_split.main(args + ["--strict"])
 
 
 def test_strict_in_extraction_and_training(world, tmp_path, capsys):
@@ -248,15 +248,15 @@ def test_captions_json_grows_batch_by_batch_and_a_rerun_resumes(world, tmp_path,
 
     monkeypatch.setattr(sample, "generate", counting)
     with pytest.raises(Killed):
-        sample_split(world, out, "--batch_size=1")
+        split_run(world, out, "--batch_size=1")
     first = (out / "test_00000.wav").read_bytes()
     calls.clear()
     die[0] = False
-    assert sample_split(world, out, "--batch_size=1") == 0
+    assert split_run(world, out, "--batch_size=1") == 0
     assert calls == [1]  # only the clip that was not done
     assert "2 clips, 1 kept from an earlier run, 1 samples made" in capsys.readouterr().err
     assert (out / "test_00000.wav").read_bytes() == first
     assert sorted(json.loads((out / "captions.json").read_text())["clips"]) == ["test_00000", "test_00001"]
     calls.clear()
-    assert sample_split(world, out, "--batch_size=1", "--seed=3") == 0  # other settings: started over
+    assert split_run(world, out, "--batch_size=1", "--seed=3") == 0  # other settings: started over
     assert calls == [1, 1]

@@ -321,6 +321,21 @@ def test_corrupt_video_stream(world, tmp_path, capsys):
     assert not list(tmp_path.glob("*.vatt*")) and not leftovers(tmp_path)
 
 
+@pytest.mark.parametrize("where", ["empty", "x.mp4", "only_a_folder_named_x.mp4", "list.txt"])
+def test_no_videos_is_an_error_naming_the_input(world, tmp_path, where):
+    """--video naming a folder (even one called x.mp4) or a list without videos stops with one line."""
+    given = tmp_path / where.replace("only_a_folder_named_", "")
+    if where == "list.txt":
+        given.write_text("\n")
+    else:
+        given.mkdir()
+        if where.startswith("only_a_folder"):
+            (given / "x.mp4").mkdir()  # a folder, not a video
+    with pytest.raises(SystemExit) as e:
+        run(world, given)
+    assert e.value.code == f"error: {given}: no videos in it"
+
+
 @pytest.mark.parametrize("option", ["prompt", "negative_prompt", "caption_prompt"])
 def test_prompt_too_long(world, tmp_path, option):
     """The user's own text is refused whole, before anything runs: one line."""

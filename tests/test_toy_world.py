@@ -1,5 +1,6 @@
 """
-Tests of the toy world (data/toy): caption grammar, analyzer, struck frames, ToyCodec, prepare.py.
+Tests of the toy world (data/toy): caption grammar, analyzer, struck frames, ToyCodec, prepare.py,
+its random ViT and its LLM.
 Exact wherever the world is exact (strike times, frame indices, shapes); the whole file runs in
 well under 30 s on 2 CPU cores.
 """
@@ -247,11 +248,106 @@ def test_prepare_rejects_unknown_options(tmp_path):
     assert "n_train: int = 2000" in usage.stdout
 
 # -----------------------------------------------------------------------------
-# the text-path diagnostic (data/toy/text_gain.py)
+# the toy's random ViT (data/toy/toy-vit.json) and its base LLM (data/toy/llm.py, a step of its own)
+
+
+def test_toy_vit_is_random_without_a_warning_and_a_named_model_without_weights_warns(caplog):
+    """The toy's ViT (a model config file, no --clip_pretrained) is random by design: open_clip's
+    warning about it is dropped. The same network named as a registered model, without weights,
+    still gets the warning."""
+    import dataclasses
+    import logging
+
+    import open_clip
+
+    import extract_features
+
+    cfg = extract_features.Config()
+    with caplog.at_level(logging.WARNING):
+        extract_features.build_visual_encoder(cfg, torch.device("cpu"))
+    assert "initialized randomly" not in caplog.text
+    open_clip.add_model_config(cfg.clip_model)
+    with caplog.at_level(logging.WARNING):
+        extract_features.build_visual_encoder(dataclasses.replace(cfg, clip_model="toy-vit"), torch.device("cpu"))
+    assert "No pretrained weights loaded for model 'toy-vit'" in caplog.text
+
+
+
+
+def test_toy_llm_is_written_once_and_stage1_continues_its_seeded_stream(world, tmp_path):  # noqa: F811 (the fixture)
+    """llm.py writes the LLM over the words of the train split's captions and the instructions, and
+    rng_state.pt: the CPU generator as the LLM's init leaves it, where one process drawing the LLM
+    and then the Converter would be. A second call keeps the folder. Stage 1's initial weights
+    continue that stream (build_converter); make demo gives both steps one SEED."""
+    import shutil
+
+    import stage1_caption
+    from conftest import TINY_LLM
+    from data.toy import llm as toy_llm
+    from utils import parse_config
+
+    folder, data = tmp_path / "base_llm", f"--data_json={world}/v2a_instruction.json"
+    toy_llm.main([data, f"--out={folder}", "--seed=3"] + TINY_LLM)
+    built = (folder / "model.safetensors").stat().st_mtime_ns
+    toy_llm.main([data, f"--out={folder}", "--seed=3"] + TINY_LLM)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == built
+    entries = json.loads((world / "v2a_instruction.json").read_text())
+    texts = [e["output"] for e in entries if e["split"] == "train"] + stage1_caption.INSTRUCTIONS
+    with torch.random.fork_rng(devices=[]):  # the same build in this process: the same files, the same stream
+        toy_llm.build_toy_llm(toy_llm.Config(seed=3, toy_width=32, toy_layers=1, toy_heads=2), texts, tmp_path / "again")
+        assert torch.equal(torch.get_rng_state(), torch.load(folder / "rng_state.pt", weights_only=True))
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (folder / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+    meta = json.loads((world / "features" / "meta.json").read_text())
+
+    def projector(llm, seed):
+        cfg = parse_config(stage1_caption.Config, stage1_caption.PRESETS, [f"--llm={llm}", f"--seed={seed}"])
+        with torch.random.fork_rng(devices=[]):
+            return stage1_caption.build_converter(cfg, meta, torch.device("cpu")).proj.weight
+
+    assert torch.equal(projector(folder, 5), projector(folder, 6))  # the LLM's stream, whatever stage 1's seed
+    shutil.copytree(folder, tmp_path / "hub_like")
+    (tmp_path / "hub_like" / "rng_state.pt").unlink()  # a pretrained LLM's folder: stage 1's seed decides
+    assert not torch.equal(projector(tmp_path / "hub_like", 5), projector(tmp_path / "hub_like", 6))
+
+
+def test_stage1_keeps_a_trained_models_own_base_llm(world, tmp_path, monkeypatch):  # noqa: F811 (the fixture)
+    """Fine-tuning (--init_from) with --llm left at its default loads the trained model's own base
+    LLM, not whatever lies at out/toy/base_llm. And a base LLM inside the run's out_dir travels with
+    stage1.pt: loaded from another place, with another run's base_llm under the name its config gives
+    (relative to the current directory), the Converter still gets its own, whose frozen input
+    embeddings are not in the checkpoint."""
+    import shutil
+
+    import stage1_caption
+    from conftest import TINY_LLM, TINY_STAGE1
+    from data.toy import llm as toy_llm
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.chdir(tmp_path)
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features"]
+    toy_llm.main([data[0], f"--out={stage1_caption.Config.llm}", "--seed=7"] + TINY_LLM)  # a stranger at the default
+    stage1_caption.main(data + ["--out_dir=ft", f"--init_from={world}/out/stage1.pt"] + TINY_STAGE1)
+    assert torch.load("ft/stage1.pt", weights_only=True)["config"]["llm"] == f"{world}/out/toy_llm"
+
+    for out, seed in (("run", 0), ("other", 1)):
+        toy_llm.main([data[0], f"--out={out}/base_llm", f"--seed={seed}"] + TINY_LLM)
+        stage1_caption.main(data + [f"--out_dir={out}", f"--llm={out}/base_llm", f"--seed={seed}"] + TINY_STAGE1)
+    shutil.move("run", "moved")
+    shutil.move("other", "run")  # another run's base_llm at run/base_llm, the folder stage1.pt names
+    embeddings = lambda m: m.get_input_embeddings().weight  # noqa: E731
+    own, other = (embeddings(AutoModelForCausalLM.from_pretrained(f"{d}/base_llm")) for d in ("moved", "run"))
+    assert not torch.equal(own, other)
+    conv = stage1_caption.load_converter("moved/stage1.pt", torch.device("cpu"))
+    assert torch.equal(embeddings(conv.llm), own)
+
+# -----------------------------------------------------------------------------
+# the text-path diagnostic (tools/toy/text_gain.py)
 
 
 def test_text_gain_finds_the_pitch_words_and_runs(world, capsys):  # noqa: F811 (the fixture, not the module)
-    from data.toy import text_gain
+    from tools.toy import text_gain
     from data.toy.world import PITCH_OF_WORD
     from stage1_caption import load_converter
 
@@ -269,9 +365,9 @@ def test_text_gain_finds_the_pitch_words_and_runs(world, capsys):  # noqa: F811 
 
 
 def test_negative_check_counts_every_clip_once(world, tmp_path, capsys):  # noqa: F811 (the fixture, not the module)
-    """data/toy/negative_check.py on the micro world's 2 validation clips: each clip lands in
+    """tools/toy/negative_check.py on the micro world's 2 validation clips: each clip lands in
     exactly one row of its table, and the avoided share is the mean of the rows."""
-    from data.toy import negative_check
+    from tools.toy import negative_check
     from data.toy.world import REGISTER_SPLIT_HZ
 
     assert negative_check.main([f"--ckpt_dir={world}/out", f"--data_json={world}/v2a_instruction.json",
@@ -299,10 +395,10 @@ def test_negative_check_counts_every_clip_once(world, tmp_path, capsys):  # noqa
 
 
 def test_3_2_2_masking_curves_on_the_micro_world(world, tmp_path, capsys):  # noqa: F811 (the fixture, not the module)
-    """data/toy/masking_curves.py end to end on the micro world: both masking distributions
+    """tools/toy/masking_curves.py end to end on the micro world: both masking distributions
     trained with the kept checkpoints, every point sampled, scored and measured, the table and
     the figure written; a second call measures nothing again."""
-    from data.toy import masking_curves
+    from tools.toy import masking_curves
 
     args = [f"--converter={world}/out/stage1.pt", f"--data_json={world}/v2a_instruction.json",
             f"--features_dir={world}/features", f"--out_dir={tmp_path}", "--seeds=0", "--steps=2", "--every=1",

@@ -1,11 +1,11 @@
 """
-The toy world's LLM: a tiny random Gemma over a word-level tokenizer, built and saved with
-save_pretrained into a folder, which stage 1 then loads like any --llm (stage1_caption.load_llm,
-the same from_pretrained path as Gemma-2B). The toy preset of stage 1 names `build` below
-(--llm=data.toy.llm:build): stage 1 calls it with its seed and training texts and writes the LLM
-beside stage1.pt. A random LM has nothing to preserve, so the toy trains all of its weights but
-the frozen input embeddings instead of LoRA (stage1_caption.build_converter).
+The toy world's LLM: a tiny random Gemma over a word-level tokenizer whose words are those of the
+train split's captions and the instructions, built and saved with save_pretrained into a folder,
+which stage 1 then loads like any --llm (stage1_caption.load_llm, the same from_pretrained path as
+Gemma-2B). A random LM has nothing to preserve, so the toy trains all of its weights but the frozen
+input embeddings instead of LoRA (stage1_caption.build_converter).
 
+    python data/toy/llm.py --seed=0 --out=out/toy/base_llm     # make demo's, before stage 1 (--seed=SEED)
     python data/toy/llm.py --out=out/tiny_llm --toy_width=32 --toy_layers=1 --toy_heads=2   # one of another size
 """
 import json
@@ -21,23 +21,23 @@ from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from stage1_caption import INSTRUCTIONS  # noqa: E402
-from utils import parse_config  # noqa: E402
+from utils import parse_config, save_checkpoint  # noqa: E402
 
 
 @dataclass
 class Config:
     preset: str = "toy"
     data_json: str = "data/toy/v2a_instruction.json"  # the words of its train captions make the vocabulary
-    out: str = "out/toy/toy_llm"  # the folder written; stage 1's --llm can then name it
+    out: str = "out/toy/base_llm"  # the folder written: stage 1's --llm
     toy_layers: int = 2
     toy_width: int = 128
     toy_heads: int = 4
-    seed: int = 1337  # the weights' seed (stage 1's builder, `build`, passes its own)
+    seed: int = 1337  # the weights' seed, and the stream stage 1's initial weights go on from (make demo: one SEED)
 
 
 def toy_tokenizer(texts):
     """A word-level tokenizer over the words of `texts` (lower-cased), with Gemma's special tokens
-    and its chat format. The toy LLM's tokenizer; the speed benchmark (bench.py) reuses it."""
+    and its chat format. The toy LLM's tokenizer; the speed benchmark (tools/bench.py) reuses it."""
     special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
     words = sorted({w for text in texts + ["user model"]
                     for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text.lower())})
@@ -57,7 +57,7 @@ def toy_tokenizer(texts):
 
 def toy_llm_config(cfg, tokenizer):
     """The toy LLM: a tiny Gemma of cfg's toy width, layers and heads over the toy tokenizer (the
-    speed benchmark, bench.py, builds the same)."""
+    speed benchmark, tools/bench.py, builds the same)."""
     return GemmaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.toy_width, intermediate_size=4 * cfg.toy_width,
         num_hidden_layers=cfg.toy_layers, num_attention_heads=cfg.toy_heads, num_key_value_heads=1,
@@ -69,7 +69,10 @@ def toy_llm_config(cfg, tokenizer):
 def build_toy_llm(cfg, texts, folder):
     """The toy tokenizer over the words of `texts` (the captions and instructions) plus a random
     GemmaForCausalLM, saved with save_pretrained so every later load goes through the same
-    from_pretrained path as Gemma-2B."""
+    from_pretrained path as Gemma-2B. Beside it, rng_state.pt: the seeded random stream as the
+    LLM's init leaves it, which stage 1 continues for the Converter's initial weights
+    (stage1_caption.build_converter), as one process drawing both would: the toy's results rest on
+    that draw of the projector's init (docs/toy-tuning.md, "One draw of the projector's init")."""
     tokenizer = toy_tokenizer(texts)
     torch.manual_seed(cfg.seed)
     llm = GemmaForCausalLM(toy_llm_config(cfg, tokenizer))
@@ -78,13 +81,9 @@ def build_toy_llm(cfg, texts, folder):
     # a word's identity is not drowned by the layers' outputs in the last layer, whose states
     # stage 2 reads (docs/toy-tuning.md).
     nn.init.normal_(llm.get_input_embeddings().weight, std=cfg.toy_width ** -0.5)
+    save_checkpoint(torch.get_rng_state(), Path(folder) / "rng_state.pt")  # the stream after the last draw
     llm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-
-
-def build(seed, texts, folder):
-    """Stage 1's builder (--llm=data.toy.llm:build): the toy-sized LLM of `seed` over `texts`."""
-    build_toy_llm(Config(seed=seed), texts, folder)
 
 
 def main(argv=None):

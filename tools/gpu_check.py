@@ -15,9 +15,9 @@ Without a GPU it refuses at once (exit status 2); a step that fails, times out o
 exit 1, after writing what it has and naming the step.
 
     make gpu-check
-    python gpu_check.py --write_docs=false          # measure; tables only in out/gpu-check/tables.md
-    python gpu_check.py --timeout_compile=240 --budget_s=600   # a slower card
-    python gpu_check.py --tables_from=result.json   # a GPU machine's result, its tables written here
+    python tools/gpu_check.py --write_docs=false          # measure; tables only in out/gpu-check/tables.md
+    python tools/gpu_check.py --timeout_compile=240 --budget_s=600   # a slower card
+    python tools/gpu_check.py --tables_from=result.json   # a GPU machine's result, its tables written here
 """
 import json
 import os
@@ -34,9 +34,10 @@ from pathlib import Path
 
 import torch
 
-from utils import atomic_path, parse_config, save_json
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
+from utils import atomic_path, parse_config, save_json  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 # -----------------------------------------------------------------------------
@@ -52,7 +53,7 @@ class Config:
     # README's table: 21, 30, 237 and 112 s; raise them on a slower host); each step also stops at the budget's end
     timeout_tests: int = 45
     timeout_bench: int = 90
-    timeout_toy: int = 300  # all of the toy demo's stages together: ten processes, mostly on the CPU
+    timeout_toy: int = 300  # all of the toy demo's stages together: eleven processes, mostly on the CPU
     timeout_compile: int = 170
     repeats: int = 3  # bench.py's timed passes per batch size (the median is reported)
     # the toy demo, SHORTENED to fit the budget: make demo's world and sampling, but stage 1 and
@@ -171,7 +172,7 @@ def step_bench(args, out, timeout, compiled):
     name = "bench_compile" if compiled else "bench_eager"
     folder = out / name.replace("_", "-")
     (folder / "bench.json").unlink(missing_ok=True)  # never read a previous run's
-    cmd = [PY, "bench.py", "--preset=gemma-2b", "--device=cuda", f"--batch_sizes={','.join(map(str, BATCHES))}",
+    cmd = [PY, "tools/bench.py", "--preset=gemma-2b", "--device=cuda", f"--batch_sizes={','.join(map(str, BATCHES))}",
            "--naive", f"--repeats={args.repeats}", f"--out_dir={folder}"] + (["--compile"] if compiled else [])
     step = run_command(cmd, out / "logs" / f"{name}.log", timeout)
     if step["status"] == "ok":
@@ -201,11 +202,12 @@ def step_toy(args, out, timeout):
     stages = [("prepare (CPU)", [PY, "data/toy/prepare.py", f"--out_dir={d}", f"--n_test={args.toy_test_clips}"]),
               ("extract_features", [PY, "extract_features.py", "--preset=toy", f"--input={d}/v2a_instruction.json",
                                     f"--out_dir={d}/features", f"--num_workers={min(8, os.cpu_count() or 1)}", gpu]),
+              ("toy LLM (CPU)", [PY, "data/toy/llm.py", data, seed, f"--out={ckpt}/base_llm"]),
               ("stage 1", [PY, "stage1_caption.py", "--preset=toy", data, feats, seed, gpu, f"--out_dir={ckpt}",
-                           f"--max_steps={args.toy_stage1_steps}"]),
+                           f"--llm={ckpt}/base_llm", f"--max_steps={args.toy_stage1_steps}"]),
               ("stage 2", [PY, "stage2_audio.py", "--preset=toy", data, feats, seed, gpu, f"--out_dir={ckpt}",
                            f"--converter={ckpt}/stage1.pt", f"--max_steps={args.toy_stage2_steps}"])]
-    stages += [(f"sample {name}", [PY, "sample.py", "--preset=toy", data, "--split=test", f"--ckpt_dir={ckpt}", seed, gpu,
+    stages += [(f"sample {name}", [PY, "tools/sample_split.py", "--preset=toy", data, "--split=test", f"--ckpt_dir={ckpt}", seed, gpu,
                                    f"--name={name}", *extra]) for name, extra in TOY_MODES]
     stages += [("score (CPU)", [PY, "data/toy/score.py", data, feats, f"--samples_dir={ckpt}/samples",
                                 f"--out={ckpt}/eval.json"])]

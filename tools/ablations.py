@@ -14,9 +14,9 @@ caption with its register swapped) and scored by data/toy/score.py. The two arch
                    with cross-attention to the condition (stage2_audio.CrossAttnAudio)
 
     make ablations                                   # all variants, two at a time, then the table
-    python ablations.py --stage1=out/toy/stage1.pt   # the same without make (the data must exist)
-    python ablations.py --variants=default,vatt-v --jobs=1
-    python ablations.py --table_only                 # gather the table from finished runs
+    python tools/ablations.py --stage1=out/toy/stage1.pt   # the same without make (the data must exist)
+    python tools/ablations.py --variants=default,vatt-v --jobs=1
+    python tools/ablations.py --table_only                 # gather the table from finished runs
 
 Outputs: out/toy-ablations/<variant>/ (stage2.pt, samples/<mode>/, eval.json, log.txt) and the
 table in out/toy/ablations.json and out/toy/ablations.md. A finished step is never redone: a
@@ -36,10 +36,11 @@ from pathlib import Path
 
 import torch
 
-import sample
-import stage2_audio as s2
-from data.toy import score
-from utils import atomic_path, parse_config, read_checkpoint, save_json
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
+import stage2_audio as s2  # noqa: E402
+from data.toy import score  # noqa: E402
+from tools import sample_split  # noqa: E402
+from utils import atomic_path, parse_config, read_checkpoint, save_json  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # config
@@ -57,7 +58,7 @@ class Config:
     seed: int = 0  # stage 2 and sampling; the default model's second row takes seed + 1
     jobs: int = 2  # variants trained at once, each in its own process on one thread
     stage2_args: str = ""  # more stage2_audio.py options for every variant (the tests: tiny sizes)
-    sample_args: str = ""  # more sample.py options for every mode (the tests: --steps=2)
+    sample_args: str = ""  # more tools/sample_split.py options for every mode (the tests: --steps=2)
     table_only: bool = False  # only gather the table from the runs that exist
 
 
@@ -77,7 +78,7 @@ VARIANTS = {
     "sine": dict(paper="Gaussian, sine-scheduled mean 0.25 to 0.95 (Table 5)",
                  stage2=["--mask_dist=sine", "--mask_std=0.25"]),
 }
-# sampling modes (make demo's names) and their sample.py options; a variant without text input (VATT-V) samples
+# sampling modes (make demo's names) and their tools/sample_split.py options; a variant without text input (VATT-V) samples
 # video_only alone
 MODES = {"video_only": [], "gt_caption": ["--prompt_field=output"], "swapped_pitch_text": ["--prompt_field=swapped"]}
 
@@ -113,9 +114,9 @@ def run_variant(cfg, name):
     modes = MODES if v.get("text", True) else {"video_only": MODES["video_only"]}
     for mode, options in modes.items():
         if not (out / "samples" / mode / "captions.json").is_file():
-            if sample.main([f"--preset={cfg.preset}", *data, "--split=test", f"--ckpt_dir={out}", f"--seed={seed}",
-                            f"--name={mode}", *options, *shlex.split(cfg.sample_args)]) != 0:
-                raise RuntimeError(f"sample.py --name={mode} failed on some clips")
+            if sample_split.main([f"--preset={cfg.preset}", *data, "--split=test", f"--ckpt_dir={out}", f"--seed={seed}",
+                                  f"--name={mode}", *options, *shlex.split(cfg.sample_args)]) != 0:
+                raise RuntimeError(f"tools/sample_split.py --name={mode} failed on some clips")
     if not (out / "eval.json").is_file():
         score.main([*data, f"--features_dir={cfg.features_dir}", f"--samples_dir={out / 'samples'}",
                     f"--out={out / 'eval.json'}"])

@@ -5,8 +5,8 @@ frames a second: the features are read at 5 fps whatever the source's rate), sam
 toy checkpoints in its own process, and prints each process's peak resident memory and their
 ratio (close to 1 when memory does not grow with the video's length).
 
-    make demo && python data/toy/video_memory.py            # the toy checkpoints in out/toy
-    python data/toy/video_memory.py --long_s=120            # a quicker look
+    make demo && python tools/toy/video_memory.py            # the toy checkpoints in out/toy
+    python tools/toy/video_memory.py --long_s=120            # a quicker look
 """
 import os
 import subprocess

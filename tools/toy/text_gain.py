@@ -15,8 +15,8 @@ prints three measurements, from the condition to the output:
      frequency level (the level that carries the register) and for all levels. Near 0: the model
      ignores the text; ~0.5 and more at r = 1 on the frequency level: it reads the register.
 
-    python data/toy/text_gain.py                              # out/toy, the validation split
-    python data/toy/text_gain.py --ckpt_dir=out/toy --split=test --n_clips=200
+    python tools/toy/text_gain.py                              # out/toy, the validation split
+    python tools/toy/text_gain.py --ckpt_dir=out/toy --split=test --n_clips=200
 """
 import json
 import os

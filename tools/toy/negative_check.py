@@ -18,8 +18,8 @@ condition (u), the template (c), the true caption and the negative (n), guided a
 (u + w (c - u)) and as the negative mode (n + w (c - n)), and how often the negative is avoided by
 that guided probability. Per clip, the probabilities and the outcome land in <out_dir>/clips.json.
 
-    python data/toy/negative_check.py                                  # out/toy, validation split
-    python data/toy/negative_check.py --ckpt_dir=out/toy-seed1 --k=5
+    python tools/toy/negative_check.py                                  # out/toy, validation split
+    python tools/toy/negative_check.py --ckpt_dir=out/toy-seed1 --k=5
 Results: docs/toy-tuning.md ("Negative prompts").
 """
 import json
@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo root
 import sample  # noqa: E402
 from data.toy.codec import ToyCodec  # noqa: E402
-from data.toy.text_gain import FREQUENCY_LEVEL, clip_arrays  # noqa: E402
+from tools import sample_split  # noqa: E402
+from tools.toy.text_gain import FREQUENCY_LEVEL, clip_arrays  # noqa: E402
 from data.toy.world import REGISTER_SPLIT_HZ, analyze  # noqa: E402
 from eval import read_wav  # noqa: E402
 from extract_features import feature_files  # noqa: E402
@@ -106,7 +107,7 @@ def main(argv=None):
     common = [f"--preset={cfg.preset}", f"--ckpt_dir={cfg.ckpt_dir}", f"--data_json={cfg.data_json}",
               f"--split={cfg.split}", f"--seed={cfg.seed}"]
     for name, extra in (("video_only", [f"--num_samples={cfg.k}"]), ("negative_pitch", ["--negative_field=swapped"])):
-        if sample.main(common + [f"--name={name}", f"--out_dir={out / name}"] + extra):
+        if sample_split.main(common + [f"--name={name}", f"--out_dir={out / name}"] + extra):
             sys.exit(f"error: sampling {name} failed")
     entries = [e for e in json.loads(Path(cfg.data_json).read_text(encoding="utf-8")) if e["split"] == cfg.split]
     by_count, agree, avoided = defaultdict(list), 0, []

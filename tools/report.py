@@ -2,7 +2,7 @@
 The toy run's report page: see and hear what VATT does. `make demo` writes it at the end, after
 data/toy/score.py's table; it opens from disk, no server:
 
-    python report.py                     # out/toy/report.html + out/toy/report_media/, from a finished run
+    python tools/report.py                     # out/toy/report.html + out/toy/report_media/, from a finished run
     chromium out/toy/report.html         # or any browser
 
 The page holds
@@ -19,6 +19,7 @@ The page holds
 """
 import html
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -27,12 +28,13 @@ from urllib.parse import quote
 
 import numpy as np
 
-from data.toy.world import CLASSES, PITCHES, REGISTER_SPLIT_HZ
-from eval import read_wav
-from extract_features import load_audio, mux
-from sample import reveal_counts
-from stage1_caption import TEMPLATE
-from utils import atomic_path, parse_config
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
+from data.toy.world import CLASSES, PITCHES, REGISTER_SPLIT_HZ  # noqa: E402
+from eval import read_wav  # noqa: E402
+from extract_features import load_audio, mux  # noqa: E402
+from sample import reveal_counts  # noqa: E402
+from stage1_caption import TEMPLATE  # noqa: E402
+from utils import atomic_path, parse_config  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # config

@@ -14,16 +14,18 @@ features and the template prompt, at batch 1, 8, 32 on a GPU (1, 4 on a CPU):
 and prints a Markdown table (ms per clip, clips/s, achieved TFLOP/s, % of the GPU's bf16 peak,
 peak memory) and writes <out_dir>/bench.json:
 
-    python bench.py --preset=gemma-2b --naive             # + the baseline: a clip at a time, 2 forwards a step, fp32
-    python bench.py --preset=gemma-2b --naive --compile   # torch.compile VATT Audio (GPU-oriented)
-    python bench.py --preset=toy --naive                  # seconds on a CPU
-    python bench.py --preset=gemma-2b --steps=2 --batch_sizes=1 --repeats=1 --naive   # a CPU
+    python tools/bench.py --preset=gemma-2b --naive             # + the baseline: a clip at a time, 2 forwards a step, fp32
+    python tools/bench.py --preset=gemma-2b --naive --compile   # torch.compile VATT Audio (GPU-oriented)
+    python tools/bench.py --preset=toy --naive                  # seconds on a CPU
+    python tools/bench.py --preset=gemma-2b --steps=2 --batch_sizes=1 --repeats=1 --naive   # a CPU
+    python tools/bench.py --preset=gemma-2b --count_params   # VATT Audio's size alone
 
 Two modes, same models. fast is what sample.generate() does: the whole batch at once, one
 Converter prefill per batch, one VATT Audio forward per step for both guidance conditions, bf16
 autocast on a GPU. naive (--naive) is the baseline: one clip at a time, guidance as two forwards
 per step, float32, no compile.
 """
+import os
 import resource
 import sys
 import time
@@ -35,13 +37,14 @@ import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, GemmaConfig, LlamaConfig
 
-import sample
-import stage1_caption as s1
-import stage2_audio as s2
-from codec import build_audiogen_codec, load_codec
-from data.toy.llm import Config as ToyLLMConfig, toy_llm_config, toy_tokenizer
-from extract_features import Config as FeatureConfig  # the features' frame rate: 5 fps for every preset
-from utils import autocast, parse_config, pick_device, save_json, weights_dtype
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
+import sample  # noqa: E402
+import stage1_caption as s1  # noqa: E402
+import stage2_audio as s2  # noqa: E402
+from codec import build_audiogen_codec, load_codec  # noqa: E402
+from data.toy.llm import Config as ToyLLMConfig, toy_llm_config, toy_tokenizer  # noqa: E402
+from extract_features import Config as FeatureConfig  # noqa: E402  (the features' frame rate: 5 fps for every preset)
+from utils import autocast, parse_config, pick_device, save_json, weights_dtype  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # config
@@ -55,6 +58,7 @@ class Config:
     llm_layers: int = 0  # build the LLM with only this many layers (0 = all), to save memory
     naive: bool = False  # also time the baseline: one clip at a time, two forwards per step, float32
     compile: bool = False  # torch.compile VATT Audio in fast mode: GPU-oriented, pays off over many batches
+    count_params: bool = False  # only print VATT Audio's parameter count at the preset's size, and exit
     device: str = "auto"
     # the sampling settings, sample.py's for the preset unless given (the decoder's cost depends
     # on steps and top_k only; the rest keep the timed work the sampler's own)
@@ -131,6 +135,15 @@ def random_audio(preset, cond_dim, device):
     return audio.to(device).eval().requires_grad_(False), codec.to(device)
 
 
+def print_size(preset):
+    """--count_params: VATT Audio's parameters at the preset's size, for its LLM's width and its
+    codec's token tables (random weights)."""
+    audio, _ = random_audio(preset, llm_config(preset, toy_tokenizer(s1.INSTRUCTIONS)).hidden_size, torch.device("cpu"))
+    n = sum(p.numel() for p in audio.parameters())
+    print(f"{preset}: {n:,} parameters ({n / 1e6:.1f} M), plus the frozen codebooks")
+    return 0
+
+
 class SeparateGuidance(nn.Module):
     """The naive baseline's VATT Audio: decode_tokens hands it the doubled batch of guidance (the B
     conditional sequences, then the B null or negative ones) and it runs the two halves as two
@@ -204,6 +217,8 @@ def main(argv=None):
     """Builds the preset's models with random weights, times the sampler on random clips at each
     batch size (and, with --naive, the baseline), prints the table and writes bench.json."""
     args = parse_config(Config, PRESETS, argv)
+    if args.count_params:
+        return print_size(args.preset)
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     spec = MODELS[args.preset]

@@ -2,25 +2,27 @@
 Learning curves of VATT Audio on the toy world for two masking distributions of §3.2.2: the
 paper's N(0.75, 0.25) and the toy preset's N(1.0, 0.05), both truncated to [0.5, 1]. For each
 distribution and seed, stage 2 is trained on one Converter (stage 1 stays fixed) with the toy
-preset's settings for --steps steps, keeping a checkpoint every --every steps
-(stage2_audio.py --keep_every). Each kept checkpoint is then measured on the validation split:
+preset's settings for --steps steps, --every steps at a time (stage2_audio.py --stop_at, each piece
+resuming the last: one run along the schedule of --steps), a copy of its checkpoint kept after each.
+Each kept checkpoint is then measured on the validation split:
 
-  video only   class, count and onset F1 of audio sampled with the template prompt (sample.py,
+  video only   class, count and onset F1 of audio sampled with the template prompt (tools/sample_split.py,
                scored by data/toy/score.py)
   GT caption   how often the register of audio sampled with the true caption matches the clip's
   text gain    the frequency level's loss with the pitch-swapped caption minus with the true one,
-               at r = 1, in nats per masked token (data/toy/text_gain.py)
+               at r = 1, in nats per masked token (tools/toy/text_gain.py)
   loss at r    the masked-token loss of eq. 2 with the template prompt at fixed masking ratios
 
 It writes out_dir/curves.json, prints the table and draws the figure (--figure). Training runs
 --jobs at a time, one thread each; every piece is resumable (a finished run or a measured
 checkpoint is kept). The reading of the curves is in docs/toy-tuning.md.
 
-    python data/toy/masking_curves.py                                  # 2 x 2 runs of 8000 steps: hours on 2 cores
-    python data/toy/masking_curves.py --seeds=0 --steps=2000 --every=1000 --out_dir=out/curves-short
+    python tools/toy/masking_curves.py                                  # 2 x 2 runs of 8000 steps: hours on 2 cores
+    python tools/toy/masking_curves.py --seeds=0 --steps=2000 --every=1000 --out_dir=out/curves-short
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,11 +34,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repo root
 from data.toy import score as toy_score  # noqa: E402
-from data.toy.text_gain import clip_arrays, losses_at_ratios  # noqa: E402
+from tools.toy.text_gain import clip_arrays, losses_at_ratios  # noqa: E402
 from extract_features import feature_files  # noqa: E402
 from stage1_caption import TEMPLATE, load_converter  # noqa: E402
 from stage2_audio import load_vatt_audio  # noqa: E402
-from utils import parse_config, save_json  # noqa: E402
+from utils import atomic_path, parse_config, save_json  # noqa: E402
 
 MASKINGS = {"paper": (0.75, 0.25), "toy": (1.0, 0.05)}  # name: (mask_mean, mask_std), §3.2.2 and the toy preset
 RATIOS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # where the loss is measured
@@ -53,7 +55,7 @@ class Config:
     maskings: str = "paper,toy"  # which of MASKINGS
     seeds: str = "0,1"  # stage 2's seeds
     steps: int = 8000  # each run's max_steps (its cosine schedule spans them)
-    every: int = 1000  # measure a checkpoint every this many steps
+    every: int = 1000  # measure a checkpoint every this many steps (a divisor of --steps)
     batch_size: int = 0  # stage 2's batch; 0: the toy preset's
     jobs: int = 2  # runs (and sampling runs) at a time, one thread each
     split: str = "val"  # tune on val; the test split is for the final table only
@@ -61,14 +63,14 @@ class Config:
 
 
 def run_all(commands, jobs, logs):
-    """Runs the commands (argument lists) `jobs` at a time, one thread each, each into its log;
-    stops at the first failure."""
+    """Runs the commands (argument lists) `jobs` at a time, one thread each, each appending to its
+    log; stops at the first failure."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     pending, running = list(zip(commands, logs)), []
     while pending or running:
         while pending and len(running) < jobs:
             cmd, log = pending.pop(0)
-            with open(log, "w") as f:
+            with open(log, "a") as f:
                 running.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), log))
         time.sleep(1)
         for proc, log in [(p, lg) for p, lg in running if p.poll() is not None]:
@@ -108,21 +110,30 @@ def main(argv=None):
     for m, _ in runs:
         if m not in MASKINGS:
             sys.exit(f"error: --maskings: {m!r} is not one of {', '.join(MASKINGS)}")
+    if cfg.steps % cfg.every:
+        sys.exit(f"error: --every={cfg.every} does not divide --steps={cfg.steps}")
     name = lambda m, s: f"{m}-seed{s}"  # noqa: E731
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. train every run (stage2_audio.py resumes an unfinished one and leaves a finished one)
+    # 1. train every run to each point, every run's piece up to it at once, and keep a copy of its
+    # checkpoint there (stage2_audio.py resumes an unfinished piece and leaves a finished one; the
+    # training steps draw from (seed, step) alone, so the pieces train exactly what one run would)
     batch = [f"--batch_size={cfg.batch_size}"] if cfg.batch_size else []
-    run_all([[py, str(ROOT / "stage2_audio.py"), "--preset=toy", f"--seed={s}", f"--converter={cfg.converter}",
-              f"--data_json={cfg.data_json}", f"--features_dir={cfg.features_dir}",
-              f"--out_dir={out / name(m, s)}", f"--mask_mean={MASKINGS[m][0]}", f"--mask_std={MASKINGS[m][1]}",
-              f"--max_steps={cfg.steps}", f"--eval_interval={cfg.every}", f"--keep_every={cfg.every}", *batch]
-             for m, s in runs], cfg.jobs, [out / f"{name(m, s)}.log" for m, s in runs])
+    for stop in range(cfg.every, cfg.steps + 1, cfg.every):
+        todo = [(m, s) for m, s in runs if not (out / name(m, s) / f"stage2-step{stop}.pt").exists()]
+        run_all([[py, str(ROOT / "stage2_audio.py"), "--preset=toy", f"--seed={s}", f"--converter={cfg.converter}",
+                  f"--data_json={cfg.data_json}", f"--features_dir={cfg.features_dir}",
+                  f"--out_dir={out / name(m, s)}", f"--mask_mean={MASKINGS[m][0]}", f"--mask_std={MASKINGS[m][1]}",
+                  f"--max_steps={cfg.steps}", f"--stop_at={stop}", f"--eval_interval={cfg.every}", *batch]
+                 for m, s in todo], cfg.jobs, [out / f"{name(m, s)}.log" for m, s in todo])
+        for m, s in todo:
+            with atomic_path(out / name(m, s) / f"stage2-step{stop}.pt") as tmp:
+                shutil.copyfile(out / name(m, s) / "stage2.pt", tmp)
 
     # 2. sample every kept checkpoint without text and with the true caption (a folder each:
     # stage1.pt and the kept stage2.pt linked in)
     points = [(m, s, step) for m, s in runs for step in range(cfg.every, cfg.steps + 1, cfg.every)]
-    sample, todo = [py, str(ROOT / "sample.py"), "--preset=toy", f"--data_json={cfg.data_json}", f"--split={cfg.split}", "--seed=0"], []
+    sample, todo = [py, str(ROOT / "tools" / "sample_split.py"), "--preset=toy", f"--data_json={cfg.data_json}", f"--split={cfg.split}", "--seed=0"], []
     for m, s, step in points:
         d = out / name(m, s) / f"step{step}"
         d.mkdir(exist_ok=True)

@@ -16,10 +16,10 @@ Stage 1 (--stage=1): data (the batch's feature files and instructions), sequence
 the prompts and captions, embedding, padding: Converter._sequences), forward (the LLM and eq. 1),
 backward, optimizer; its LLM is the one make demo built (out/toy/base_llm).
 
-    python data/toy/step_time.py                                   # VATT Audio, 40 timed steps
-    python data/toy/step_time.py --architecture=cross-attn --steps=20
-    python data/toy/step_time.py --condition=visual --threads=2
-    python data/toy/step_time.py --stage=1 --threads=2             # the Converter
+    python tools/toy/step_time.py                                   # VATT Audio, 40 timed steps
+    python tools/toy/step_time.py --architecture=cross-attn --steps=20
+    python tools/toy/step_time.py --condition=visual --threads=2
+    python tools/toy/step_time.py --stage=1 --threads=2             # the Converter
 """
 import os
 import sys

@@ -21,9 +21,9 @@ Captioners:
   local folder (Qwen2AudioForConditionalGeneration + its processor), bf16 on a GPU, greedy
 
 Toy world (CPU, a few seconds per 100 clips):
-    python caption_audio.py --input=data/mine/clips --out=data/mine/captions.json
+    python tools/caption_audio.py --input=data/mine/clips --out=data/mine/captions.json
 Your videos, one GPU (Qwen2-Audio-7B-Instruct from the hub, or --captioner=/local/folder):
-    python caption_audio.py --preset=qwen2-audio --input=my_videos --out=my_videos/captions.json
+    python tools/caption_audio.py --preset=qwen2-audio --input=my_videos --out=my_videos/captions.json
 
 Each clip's split is a function of its file name alone (a hash), so adding clips never moves
 another one between train and test. Resumable: clips already in --out are skipped, and --out is
@@ -44,9 +44,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.toy import world
-from extract_features import VideoError, list_videos, load_audio
-from utils import parse_config, pick_device, save_json, weights_dtype
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
+from data.toy import world  # noqa: E402
+from extract_features import VideoError, list_videos, load_audio  # noqa: E402
+from utils import parse_config, pick_device, save_json, weights_dtype  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # config

@@ -12,13 +12,13 @@ them onto our code without bending it:
 
 The stages never import this file: their checkpoints enter through the commands below.
 
-    python official.py inspect checkpoints/vatt_models/vatt_llama_T_final.ckpt   # what the loader reads (no LLM needed)
+    python tools/official.py inspect checkpoints/vatt_models/vatt_llama_T_final.ckpt   # what the loader reads (no LLM needed)
     # sample.py's options with their download folder in place of --ckpt_dir
-    python official.py sample --preset=llama-2-7b --official_ckpt=checkpoints --video=clip.mp4 --prompt="a dog barks" --batch_size=1
+    python tools/official.py sample --preset=llama-2-7b --official_ckpt=checkpoints --video=clip.mp4 --prompt="a dog barks" --batch_size=1
     # once: their .ckpt as files that load without pickle (out/released/stage2.safetensors + .json,
     # converter.safetensors); sample with them, or fine-tune them (stage2_audio.py --init_from)
-    python official.py convert checkpoints/vatt_models/vatt_llama_T_final.ckpt out/released --codebooks=checkpoints/meta_pretrain_vgg_encodec_embed.pt
-    python official.py sample --preset=llama-2-7b --official_ckpt=checkpoints --official_model=out/released/stage2.safetensors --video=clip.mp4
+    python tools/official.py convert checkpoints/vatt_models/vatt_llama_T_final.ckpt out/released --codebooks=checkpoints/meta_pretrain_vgg_encodec_embed.pt
+    python tools/official.py sample --preset=llama-2-7b --official_ckpt=checkpoints --official_model=out/released/stage2.safetensors --video=clip.mp4
 
 Their files are Lightning pickles. They are read with torch.load(weights_only=True): tensors,
 plain values and numpy float64 scalars (lightning_globals), never code. A file that needs more is
@@ -76,6 +76,7 @@ captioner samples (temperature 0.1, top-p 0.95, top-k 500, repetition penalty 1.
 Converter.caption is greedy.
 """
 import hashlib
+import os
 import pickle
 import re
 import sys
@@ -90,12 +91,14 @@ import torch.nn as nn
 from einops import rearrange
 from safetensors.torch import load_file
 
-import sample
-from codec import load_codec
-from extract_features import PRESETS as FEATURE_PRESETS, Config as FeatureConfig
-from stage1_caption import Converter, load_llm
-from stage2_audio import ModelConfig, VATTAudio, load_vatt_audio, sincos_table
-from utils import load_error, parse_config, pick_device, save_safetensors
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
+import sample  # noqa: E402
+from codec import load_codec  # noqa: E402
+from extract_features import PRESETS as FEATURE_PRESETS, Config as FeatureConfig  # noqa: E402
+from stage1_caption import Converter, load_llm  # noqa: E402
+from stage2_audio import PAPER_SIZE, ModelConfig, VATTAudio, load_vatt_audio, sincos_table  # noqa: E402
+from tools import sample_split  # noqa: E402
+from utils import load_error, parse_config, pick_device, save_safetensors  # noqa: E402
 
 PREFIX = "audio_token_decoder."  # where both Lightning wrappers keep VT2AModel (fixtures README §3)
 HEAD_DIM = 64  # dim_head is hard-coded to 64 in the official code, whatever the width
@@ -216,7 +219,7 @@ def official_config(state_dict):
     return ModelConfig(cond_dim=cond_dim, n_q=n_q, bins=sd["classifier.0.weight"].shape[0],
                        codebook_dim=sd["embedding.out_proj.weight"].shape[1], dim=dim,
                        n_multiway=n_enc // 2, n_plain=n_dec // 2, n_head=q_enc.shape[0] // HEAD_DIM,
-                       head_dim=HEAD_DIM, max_len=sd["pos_embed"].shape[1])
+                       head_dim=HEAD_DIM, max_len=sd["pos_embed"].shape[1], dropout=PAPER_SIZE["dropout"])
 
 
 def official_to_ours(state_dict, codebooks=None, report=None):
@@ -467,7 +470,7 @@ def load_official_models(ckpt_dir, device, vatt=DEFAULT_VATT, llm=None, converte
       codebooks   default ckpt_dir/meta_pretrain_vgg_encodec_embed.pt, else the codec's own tables
       codec       a codec module, a path, or a hub id (default ckpt_dir/audiogen_model, else
                   facebook/audiogen-medium)
-      features_dir  where sample.py --data_json finds the 50 x 768 features: our layout (video/<stem>.npy)
+      features_dir  where tools/sample_split.py finds the 50 x 768 features: our layout (video/<stem>.npy)
                     or the authors' download (vggsound_clip_5fps/<stem>.npy), see extract_features.FeatureFiles
       trust_pickle  load files whose pickle needs more than tensors (see load_checkpoint)"""
     d = Path(ckpt_dir)
@@ -579,7 +582,7 @@ def convert(path, out_dir, codebooks=None, trust_pickle=False):
 
 
 @dataclass
-class SampleConfig(sample.Config):
+class SampleConfig(sample_split.Config):
     # the authors' download folder, laid out as their setup_inference.sh leaves it (in place of --ckpt_dir)
     official_ckpt: str = "checkpoints"
     official_model: str = DEFAULT_VATT  # which of their vatt_models/*.ckpt
@@ -587,18 +590,22 @@ class SampleConfig(sample.Config):
 
 
 def sample_with_theirs(argv):
-    """sample.py's run with their models: every sample.py option, and SampleConfig's."""
+    """sample.py's run (--video) or tools/sample_split.py's (--data_json) with their models: every
+    option of those, and SampleConfig's."""
     args = parse_config(SampleConfig, sample.PRESETS, argv)
-    sample.check_options(args)
+    if args.data_json:
+        sample_split.check_options(args)
+    elif not args.video:
+        sys.exit("error: give --video FILE|FOLDER|LIST or --data_json FILE (see --help)")
     device = pick_device(args.device)
     models = load_official_models(args.official_ckpt, device, vatt=args.official_model, trust_pickle=args.trust_pickle)
-    return sample.run(args, models, device, models.files)
+    return (sample_split.run if args.data_json else sample.run)(args, models, device, models.files)
 
 
 USAGE = """usage:
-  python official.py inspect CKPT [--trust_pickle]
-  python official.py convert CKPT OUT_DIR [--codebooks=FILE|CODEC] [--trust_pickle]
-  python official.py sample --official_ckpt=DIR [--official_model=NAME] [sample.py's options]"""
+  python tools/official.py inspect CKPT [--trust_pickle]
+  python tools/official.py convert CKPT OUT_DIR [--codebooks=FILE|CODEC] [--trust_pickle]
+  python tools/official.py sample --official_ckpt=DIR [--official_model=NAME] [sample.py's or tools/sample_split.py's options]"""
 
 
 def main(argv=None):
