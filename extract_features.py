@@ -163,7 +163,7 @@ class Frames:
 
 def load_frames(path, fps, seconds=None):
     """Frames (see Frames) all at once: (frames uint8 (N, H, W, 3), duration). For a fixed window
-    (`seconds`); a whole video is read a chunk at a time (sample.VideoFeatures)."""
+    (`seconds`); a whole video is read a chunk at a time (VideoFeatures)."""
     frames = Frames(path, fps, seconds)
     return np.stack(list(frames)), frames.duration
 

@@ -32,11 +32,13 @@ def parse_config(cfg_cls, presets, argv=None):
     """Build `cfg_cls` from `--preset NAME` (a dict of overrides in `presets`) and `--key value`
     or `--key=value` overrides, in that order. A boolean may stand alone (`--flag` = true) or take
     a value (`--flag=false`, `--flag false`). `--help` prints the script's docstring and the
-    dataclass source, whose comments are the documentation of every field."""
+    dataclass source (and that of the Config it extends), whose comments document every field."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print(sys.modules[cfg_cls.__module__].__doc__)
-        print(inspect.getsource(cfg_cls))
+        for cls in reversed(cfg_cls.__mro__):  # a Config that extends another's: the other's fields first
+            if dataclasses.is_dataclass(cls):
+                print(inspect.getsource(cls))
         print("presets:", ", ".join(presets))
         sys.exit(0)
     fields = {f.name: f for f in dataclasses.fields(cfg_cls)}

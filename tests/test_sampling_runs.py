@@ -26,7 +26,6 @@ import extract_features
 import sample
 from eval import read_wav
 import stage1_caption
-import stage2_audio
 from conftest import TINY_STAGE1
 from tools import sample_split
 from utils import parse_config

@@ -272,8 +272,6 @@ def test_toy_vit_is_random_without_a_warning_and_a_named_model_without_weights_w
     assert "No pretrained weights loaded for model 'toy-vit'" in caplog.text
 
 
-
-
 def test_toy_llm_is_written_once_and_stage1_continues_its_seeded_stream(world, tmp_path):  # noqa: F811 (the fixture)
     """llm.py writes the LLM over the words of the train split's captions and the instructions, and
     rng_state.pt: the CPU generator as the LLM's init leaves it, where one process drawing the LLM
@@ -341,6 +339,7 @@ def test_stage1_keeps_a_trained_models_own_base_llm(world, tmp_path, monkeypatch
     assert not torch.equal(own, other)
     conv = stage1_caption.load_converter("moved/stage1.pt", torch.device("cpu"))
     assert torch.equal(embeddings(conv.llm), own)
+
 
 # -----------------------------------------------------------------------------
 # the text-path diagnostic (tools/toy/text_gain.py)

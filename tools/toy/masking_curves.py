@@ -162,7 +162,7 @@ def main(argv=None):
                         "gt_caption_register": audio["gt_caption"]["pitch_acc"], **measure_losses(d / "stage2.pt", codes, conds)}
         save_json(results, result_path)
 
-    print(f"| masking | seed | step | video only: class / count / onset F1 | GT caption: register | text gain r=1 (nats) | template loss r=0.5 / 0.7 / 1 |")
+    print("| masking | seed | step | video only: class / count / onset F1 | GT caption: register | text gain r=1 (nats) | template loss r=0.5 / 0.7 / 1 |")
     print("|---|---|---|---|---|---|---|")
     for m, s, step in points:
         r = results[f"{name(m, s)}/{step}"]
