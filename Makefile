@@ -71,7 +71,7 @@ test: .venv/installed
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "could not install chromium: the browser tests will skip"
 	$(PY) -m pytest -q tests
 
-# `make gpu-check` (a GPU machine, at most 8 minutes): the GPU-only tests, bench.py at gemma-2b in bf16
+# `make gpu-check` (a GPU machine, at most 8 minutes): the GPU-only tests, tools/bench.py at gemma-2b in bf16
 # (eager and --compile), a shortened toy demo on the GPU; out/gpu-check/result.json, and every GPU
 # table written between its <!-- gpu-check:NAME --> markers. Refuses (exit 2) without a GPU.
 gpu-check: .venv/installed

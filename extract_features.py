@@ -378,8 +378,8 @@ def mux(video_path, wav_path, out_base):
 
 
 # -----------------------------------------------------------------------------
-# the data layout this file writes, and reading it back (both trainers and sample.py read it here):
-# a clip's features and tokens, in ours or the authors' folder layout, checked before step 0
+# the data layout this file writes, and reading it back (the trainers and split sampling runs read
+# it here): a clip's features and tokens, in ours or the authors' folder layout, checked before step 0
 
 
 # layout name -> (frame-feature folder, token folder) inside --features_dir

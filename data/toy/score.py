@@ -1,7 +1,7 @@
 """
 The toy world's table: what the analyzer (world.py) hears in each generation mode's audio, scored
 against the test clips, and the Converter's captions against theirs. `make demo` runs it after the
-sampling runs; report.py draws its page from the JSON it writes.
+sampling runs; tools/report.py draws its page from the JSON it writes.
 
     python data/toy/score.py                                       # out/toy/eval.json
     python data/toy/score.py --split=val --samples_dir=out/toy/val-samples --out=out/toy/val-eval.json
