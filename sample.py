@@ -16,7 +16,7 @@ template prompt (the paper's "no text" mode); with --prompt the text steers the 
     python sample.py --preset gemma-2b --video clip.mp4 --ckpt_dir out/gemma-2b
 
 Options take either form, --key value or --key=value; a boolean alone (--caption_only) means true.
-A whole split of a V2A-Instruction JSON (evaluation runs): tools/sample_split.py, these options and more.
+Every clip of a split of a V2A-Instruction JSON (evaluation runs): tools/sample_split.py.
 
 For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the video stream copied, the new audio
 muxed in; .vatt.mkv when mp4 cannot hold the video codec, e.g. VP8) and <video>.vatt.json (caption,
@@ -470,7 +470,8 @@ def sample_clips(args, models, device, jobs, write, after_batch=None, cut_prompt
                 tally["captions_at_limit"] += at_limit
                 tally["done"] += 1
                 info = {"caption": " | ".join(dict.fromkeys(c for c in r["captions"] if c)) or None,
-                        "caption_at_limit": at_limit, "seed": seed, "seed_from": {"seed": args.seed, "sample": k, "key": key}}
+                        "caption_at_limit": at_limit, "seed": seed,
+                        "seed_from": {"seed": args.seed, "sample": k, "key": key}}
                 try:
                     write(clip, r, k, info)
                 except (ValueError, OSError) as e:  # a stream the muxer refuses, a full disk: this clip fails,

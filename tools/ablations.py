@@ -78,8 +78,8 @@ VARIANTS = {
     "sine": dict(paper="Gaussian, sine-scheduled mean 0.25 to 0.95 (Table 5)",
                  stage2=["--mask_dist=sine", "--mask_std=0.25"]),
 }
-# sampling modes (make demo's names) and their tools/sample_split.py options; a variant without text input (VATT-V) samples
-# video_only alone
+# sampling modes (make demo's names) and their tools/sample_split.py options; a variant without
+# text input (VATT-V) samples video_only alone
 MODES = {"video_only": [], "gt_caption": ["--prompt_field=output"], "swapped_pitch_text": ["--prompt_field=swapped"]}
 
 # -----------------------------------------------------------------------------
@@ -114,8 +114,8 @@ def run_variant(cfg, name):
     modes = MODES if v.get("text", True) else {"video_only": MODES["video_only"]}
     for mode, options in modes.items():
         if not (out / "samples" / mode / "captions.json").is_file():
-            if sample_split.main([f"--preset={cfg.preset}", *data, "--split=test", f"--ckpt_dir={out}", f"--seed={seed}",
-                                  f"--name={mode}", *options, *shlex.split(cfg.sample_args)]) != 0:
+            if sample_split.main([f"--preset={cfg.preset}", *data, "--split=test", f"--ckpt_dir={out}",
+                                  f"--seed={seed}", f"--name={mode}", *options, *shlex.split(cfg.sample_args)]) != 0:
                 raise RuntimeError(f"tools/sample_split.py --name={mode} failed on some clips")
     if not (out / "eval.json").is_file():
         score.main([*data, f"--features_dir={cfg.features_dir}", f"--samples_dir={out / 'samples'}",

@@ -4,7 +4,8 @@ sample.py's sampler, from the clips' extracted features rather than their videos
 
     python tools/sample_split.py --data_json data/toy/v2a_instruction.json --name video_only
     python tools/sample_split.py --data_json data/toy/v2a_instruction.json --prompt_field output --name gt_caption
-    python tools/sample_split.py --data_json data/toy/v2a_instruction.json --negative_field swapped --name negative_pitch
+    python tools/sample_split.py --data_json data/toy/v2a_instruction.json --negative_field swapped \
+        --name negative_pitch
     # Table 3's captioning protocol: the paper's instruction, captions only
     python tools/sample_split.py --preset gemma-2b --data_json vggsound/v2a_instruction.json --caption_only \
         --caption_prompt "Describe the possible audio for this video:" --name captions
@@ -129,7 +130,8 @@ def run(args, models, device, checkpoints):
                     "negative_field": args.negative_field, "negative_prompt": args.negative_prompt, "seed": args.seed,
                     "num_samples": args.num_samples, "caption_only": args.caption_only, **settings,
                     "checkpoints": checkpoints,  # and when they were written: a retrained model starts over
-                    "checkpoint_times": {k: os.stat(p).st_mtime_ns for k, p in checkpoints.items() if os.path.isfile(p)}}
+                    "checkpoint_times": {k: os.stat(p).st_mtime_ns for k, p in checkpoints.items()
+                                         if os.path.isfile(p)}}
     clips = earlier_clips(args, out, run_settings)
     suffixes = [""] if args.num_samples == 1 else [f".{k}" for k in range(args.num_samples)]
     given = len(jobs)  # a clip whose every sample an earlier run made is kept, not redone
