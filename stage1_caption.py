@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from extract_features import train_val_split
-from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, read_checkpoint,
-                   read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, stop_if_not_finite, weights_digest,
-                   weights_dtype)
+from utils import (TrainingLog, adamw, all_mean, autocast, get_lr, parse_config, pick_device, print0, print_plan,
+                   read_checkpoint, read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, split_batch,
+                   step_batches, stop_if_not_finite, to_device, unwrap, weights_digest, weights_dtype)
 
 # -----------------------------------------------------------------------------
 # config
@@ -63,8 +63,8 @@ class Config:
     lora_dropout: float = 0.1
     max_text_tokens: int = 24  # prompt and caption are each cut to this many tokens
     # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
-    batch_size: int = 32  # per process and micro-step
-    grad_accum: int = 1
+    batch_size: int = 32  # the global batch: samples per optimizer step, all processes together
+    micro_batch: int = 0  # the most samples a process runs at once (0: its whole share); gradients accumulate
     lr: float = 2e-3
     warmup_steps: int = 50
     max_steps: int = 6000  # the toy's budget: docs/toy-tuning.md
@@ -74,7 +74,9 @@ class Config:
     val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
     eval_interval: int = 500  # validate and save stage1.pt every this many steps
     eval_batches: int = 4
-    log_interval: int = 20  # print the training loss every this many steps
+    log_interval: int = 20  # print the training loss, speed and memory every this many steps
+    tensorboard: bool = False  # also log to out_dir/tensorboard (pip install tensorboard)
+    workers: int = 0  # DataLoader processes reading clips ahead of the GPU (0: the main process, the toy's)
     resume: bool = True  # continue from out_dir/stage1.pt if it exists
     # fine-tuning: start from this trained stage1.pt (its projector and trained LLM weights; the
     # architecture settings come from it, the base LLM is --llm, or its own when --llm is left at
@@ -83,6 +85,7 @@ class Config:
     init_from: str = ""
     features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
     skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
+    recheck_files: bool = False  # scan every feature value again, even for a training set that passed before
     strict: bool = False  # a train clip without its files stops the run (default: left out, with a warning)
     seed: int = 1337
     device: str = "auto"
@@ -91,12 +94,12 @@ class Config:
 PRESETS = {
     "toy": {},
     "gemma-2b": dict(llm="google/gemma-2b-it", video_tokens_per_second=1, lora_r=16, lr=1e-4,
-                     batch_size=8, grad_accum=4, warmup_steps=100, max_steps=30000,
+                     batch_size=32, micro_batch=8, workers=4, warmup_steps=100, max_steps=30000,
                      weight_decay=0.0, eval_interval=1000, max_text_tokens=108,
                      data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features",
                      out_dir="out/gemma-2b"),
     "llama-2-7b": dict(llm="meta-llama/Llama-2-7b-chat-hf", video_tokens_per_second=1, lora_r=16,
-                       lr=1e-4, batch_size=4, grad_accum=8, warmup_steps=100, max_steps=30000,
+                       lr=1e-4, batch_size=32, micro_batch=4, workers=4, warmup_steps=100, max_steps=30000,
                        eval_interval=1000, max_text_tokens=108, grad_checkpointing=True,
                        data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features",
                        out_dir="out/llama-2-7b"),
@@ -129,28 +132,33 @@ RELEASED_CAPTION_SAMPLING = dict(temperature=0.1, top_p=0.95, top_k=500, repetit
 
 
 def load_llm(path, lora, device):
-    """from_pretrained a causal LM + tokenizer; `lora` = (r, alpha, dropout) wraps it with peft
-    (base frozen), r = 0 leaves every weight trainable."""
+    """from_pretrained a causal LM + tokenizer, straight onto `device` (each DDP rank its own GPU,
+    no copy in host memory first); `lora` = (r, alpha, dropout) as add_lora."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = weights_dtype(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype(device),
+                                                   device_map={"": device} if device.type == "cuda" else None)
     except OSError as e:
         sys.exit(f"error: could not load the LLM {path!r} ({str(e).splitlines()[0]}). Gemma and "
                  "LLaMA-2 are gated on the Hugging Face hub: accept the licence and run "
                  "`huggingface-cli login`, or download the model and pass --llm=/local/folder.")
     if tokenizer.pad_token is None:  # LLaMA has none; left padding makes any token safe
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    r, alpha, dropout = lora
-    if r > 0:
-        from peft import LoraConfig, get_peft_model
+    return add_lora(llm, lora).to(device), tokenizer
 
-        llm = get_peft_model(llm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                                             target_modules=["q_proj", "v_proj"], bias="none",
-                                             task_type="CAUSAL_LM"))
-    return llm.to(device), tokenizer
+
+def add_lora(llm, lora):
+    """`lora` = (r, alpha, dropout): LoRA on q_proj and v_proj with peft, the base frozen (§3.1);
+    r = 0 leaves every weight trainable."""
+    r, alpha, dropout = lora
+    if r == 0:
+        return llm
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(llm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=["q_proj", "v_proj"],
+                                          bias="none", task_type="CAUSAL_LM"))
 
 
 # -----------------------------------------------------------------------------
@@ -168,8 +176,8 @@ class Converter(nn.Module):
         self.hidden_size = llm.config.hidden_size
         # The same instructions and captions come back at every training step: each is tokenized
         # once (docs/toy-tuning.md, "Where a stage-1 step's time goes")
-        self._prompt_cache = functools.lru_cache(maxsize=1 << 16)(self._tokenize_prompt)
-        self._caption_cache = functools.lru_cache(maxsize=1 << 16)(self._tokenize_caption)
+        self._prompt_cache = functools.lru_cache(maxsize=1 << 18)(self._tokenize_prompt)
+        self._caption_cache = functools.lru_cache(maxsize=1 << 18)(self._tokenize_caption)
 
     def n_video_tokens(self, n_frames):
         return max(1, round(n_frames / self.fps * self.video_tokens_per_second))
@@ -232,12 +240,37 @@ class Converter(nn.Module):
 
     def forward(self, feats, prompts, captions):
         """The caption loss (eq. 1) SUMMED over the batch's caption tokens, and their number: the
-        training loop divides by the count over all ranks (see main)."""
+        training loop divides by the count over the global batch (see train_step)."""
         x, mask, positions, labels = self._sequences(feats, prompts, captions)
-        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=positions).logits[:, :-1]
-        targets = labels[:, 1:]  # token t predicts token t + 1
-        caption = targets != -100  # (float32 logits of these rows only: the vocabulary may be 256 k wide)
+        # The text is left-padded, so every caption ends the sequence: the LM head (a 256 k
+        # vocabulary for Gemma) runs on the last `keep` positions only, the longest caption's and
+        # the one before it, which predicts its first token
+        keep = int((labels != -100).sum(1).max()) + 1
+        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        logits, targets = logits[:, :-1], labels[:, -(keep - 1):]  # token t predicts token t + 1
+        caption = targets != -100  # (float32 logits of these rows only)
         return F.cross_entropy(logits[caption].float(), targets[caption], reduction="sum"), caption.sum()
+
+    @functools.cached_property
+    def n_linear(self):
+        """The weights of the LLM's layers' Linears, each used once per token."""
+        return sum(m.weight.numel() for m in self.llm.get_decoder().modules() if isinstance(m, nn.Linear))
+
+    def prefill_flops(self, n_video, n_tokens):
+        """FLOPs of the LLM over one sequence of n_tokens (n_video of them projected video tokens):
+        every Linear of its layers, and their attention (not the LM head)."""
+        c = self.llm.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return (2 * (self.proj.weight.numel() * n_video + self.n_linear * n_tokens)
+                + c.num_hidden_layers * 4 * n_tokens ** 2 * c.num_attention_heads * head_dim)
+
+    def train_flops(self, tokens, caption_tokens, all_trained):
+        """Model FLOPs of training on `tokens` tokens, caption_tokens of them scored: the forward
+        through the LLM's Linears and the LM head on the captions (attention's quadratic term, under
+        1 % at ~100 tokens a sequence, is left out), and the backward: as much again through the
+        activations, and once more into the weights when every weight is trained."""
+        forward = 2 * (self.n_linear * tokens + self.hidden_size * self.llm.config.vocab_size * caption_tokens)
+        return forward * (3 if all_trained else 2)
 
     @torch.no_grad()
     def condition(self, feats, prompts, cut=False):
@@ -296,6 +329,8 @@ def load_converter(ckpt_path, device):
                      meta["fps"])
     conv.features_meta, conv.features_dir = ckpt["features_meta"], cfg["features_dir"]
     load_trained_weights(conv, ckpt, ckpt_path, llm_name)
+    if cfg["lora_r"] > 0:  # frozen from here on: LoRA merged into its weights, W + (alpha/r) B A, one matmul not three
+        conv.llm = conv.llm.merge_and_unload()
     return conv.to(device).eval().requires_grad_(False)
 
 
@@ -367,59 +402,84 @@ def build_converter(cfg, meta, device):
                      meta["fps"]).to(device)
 
 
-def draw_batch(files, items, r, cfg, rank, world, device):
-    """A batch: its clips' names, and (features, instruction, caption) for the model. Every rank
-    draws the same global batch from `r` and keeps its slice: N processes see exactly the samples
-    one process with an N times larger batch would see."""
-    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
-    pick = r.choice(len(items), cfg.batch_size * world)[mine]
-    prompts = [INSTRUCTIONS[j] for j in r.integers(len(INSTRUCTIONS), size=cfg.batch_size * world)[mine]]
-    feats = torch.stack([files.load_clip(items[i][0]) for i in pick])
-    return [items[i][0] for i in pick], (feats.to(device), prompts, [items[i][1] for i in pick])
+def draw_batch(files, items, r, cfg, rank, world):
+    """A global batch of cfg.batch_size samples drawn from `r` (the same draw on every rank): this
+    rank's share to load, (features (S, N, D), instructions, captions), and the whole batch's
+    captions, whose tokens make the loss's denominator. N processes see exactly the samples one
+    process sees."""
+    n = cfg.batch_size
+    mine = slice(rank * n // world, (rank + 1) * n // world)
+    pick = r.choice(len(items), n)
+    prompts = [INSTRUCTIONS[j] for j in r.integers(len(INSTRUCTIONS), size=n)[mine]]
+    feats = torch.stack([files.load_clip(items[i][0]) for i in pick[mine]])
+    return dict(names=[items[i][0] for i in pick[mine]], batch=(feats, prompts, [items[i][1] for i in pick[mine]]),
+                captions=[items[i][1] for i in pick])
 
 
-def train_step(ddp_model, optimizer, params, files, train, cfg, step, rank, world, device):
-    """One optimizer step of eq. 1 over cfg.grad_accum micro-batches. Returns the training loss."""
-    # Every random draw of a step is a function of (seed, step) alone, so a run resumed from the
-    # checkpoint of step k replays exactly what an uninterrupted run does from step k on.
-    rng = np.random.default_rng([cfg.seed, step])  # the global batch: the same on every rank
-    torch.manual_seed(int(rng.integers(2**62)) + rank)  # dropout (LoRA's): one stream per rank
+def step_data(files, items, cfg, rank, world, step):
+    """Training step `step`'s data, a function of (seed, step) alone, so that a resumed run replays
+    exactly and the DataLoader's workers change nothing: the seed of dropout, and draw_batch's."""
+    rng = np.random.default_rng([cfg.seed, step])
+    dropout_seed = int(rng.integers(2**62))
+    return dict(dropout_seed=dropout_seed, **draw_batch(files, items, rng, cfg, rank, world))
+
+
+def batch_loss(model, data, cfg, plan, world, device, backward=False):
+    """The caption loss (eq. 1) of one global batch (this rank holds its share in data["batch"]),
+    plan[0] samples at a time; `backward`: each micro-batch's gradients too, synced over ranks on
+    the last. Returns this rank's part of the mean over the global batch's caption tokens, and the
+    tokens it ran: (all, caption)."""
+    micro, accum = plan
+    feats, prompts, captions = data["batch"]
+    # The loss is the mean over the caption tokens of the GLOBAL batch: each micro-batch's sum over
+    # the mean count per rank (DDP averages the ranks' gradients), as one process with the whole batch computes it
+    conv = unwrap(model)
+    n_per_rank = sum(len(conv.caption_ids(c)) for c in data["captions"]) / world
+    total, tokens = 0.0, 0
+    for m in range(accum):
+        part = slice(m * micro, (m + 1) * micro)
+        if backward and world > 1:  # sync gradients only on the last micro-step
+            model.require_backward_grad_sync = m == accum - 1
+        with autocast(device):
+            loss_sum, _ = model(to_device(feats[part], device), prompts[part], captions[part])
+        loss = loss_sum / n_per_rank
+        if backward:
+            loss.backward()
+        total += loss.detach()
+    caption_tokens = sum(len(conv.caption_ids(c)) for c in captions)
+    tokens = caption_tokens + sum(len(conv.prompt_ids(p)[0]) for p in prompts) + len(feats) * conv.n_video_tokens(feats.shape[1])
+    return total, (tokens, caption_tokens)
+
+
+def train_step(ddp_model, optimizer, params, data, cfg, plan, step, rank, world, device):
+    """One optimizer step of eq. 1 on step_data's `data`. Returns the training loss, the gradient
+    norm and the tokens this rank ran (all, caption)."""
+    torch.manual_seed(data["dropout_seed"] + rank)  # dropout (LoRA's): one stream per rank
     for g in optimizer.param_groups:
         g["lr"] = get_lr(step, cfg)
-    train_loss, stems = 0.0, []
-    for micro in range(cfg.grad_accum):
-        if world > 1:  # sync gradients only on the last micro-step
-            ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
-        names, batch = draw_batch(files, train, rng, cfg, rank, world, device)
-        stems += names
-        with autocast(device):
-            loss_sum, n_tokens = ddp_model(*batch)
-        # The loss is the mean over the caption tokens of the GLOBAL batch. Each rank divides its
-        # sum by the mean token count per rank, not by its own count: DDP then averages over ranks
-        # exactly the global token mean and its gradient, as one process with the whole batch
-        # computes them (a mean per rank would weigh each token by its rank's caption lengths).
-        loss = loss_sum / all_mean(n_tokens) / cfg.grad_accum
-        loss.backward()
-        train_loss += loss.detach()
-    stop_if_not_finite(train_loss, step, stems)
-    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    train_loss, tokens = batch_loss(ddp_model, data, cfg, plan, world, device, backward=True)
+    stop_if_not_finite(train_loss, step, data["names"])
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return train_loss
+    return train_loss, grad_norm, tokens
 
 
 @torch.no_grad()
-def val_loss(model, files, val, cfg, rank, world, device):
+def val_loss(model, files, val, cfg, plan, rank, world, device):
     """The mean over the caption tokens of the fixed validation batches, on all ranks."""
     model.eval()
     r = np.random.default_rng(0)  # the same validation batches every time
-    total = count = 0
-    for _ in range(cfg.eval_batches):
-        with autocast(device):
-            loss_sum, n_tokens = model(*draw_batch(files, val, r, cfg, rank, world, device)[1])
-        total, count = total + loss_sum, count + n_tokens
+    losses = [all_mean(batch_loss(model, draw_batch(files, val, r, cfg, rank, world), cfg, plan, world, device)[0])
+              for _ in range(cfg.eval_batches)]
     model.train()
-    return (all_mean(total) / all_mean(count)).item()
+    return (sum(losses) / len(losses)).item()
+
+
+def mean_text_tokens(model, items):
+    """The mean tokens of an instruction and a caption over `items`, for the plan printed at the start."""
+    prompt = sum(len(model.prompt_ids(p)[0]) for p in INSTRUCTIONS) / len(INSTRUCTIONS)
+    return prompt + sum(len(model.caption_ids(c)) for _, c in items) / max(1, len(items))
 
 
 def save(model, optimizer, cfg, step, meta, path):
@@ -438,6 +498,7 @@ def main(argv=None):
     cfg = parse_config(Config, PRESETS, argv)
     t0 = time.time()
     rank, world = setup_ddp()
+    plan = split_batch(cfg.batch_size, cfg.micro_batch, world)
     device = pick_device(cfg.device)
     ckpt_path = Path(cfg.out_dir) / "stage1.pt"
     init = read_init_checkpoint(cfg.init_from, "vatt-converter", ckpt_path) if cfg.init_from else None
@@ -448,7 +509,7 @@ def main(argv=None):
     files, train, val = train_val_split(cfg, tokens=False, rank=rank, world=world)
     model = build_converter(cfg, files.meta, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, cfg, device)
     print0(f"trainable parameters: {sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,}")
 
     step = 0
@@ -466,24 +527,30 @@ def main(argv=None):
     if step >= cfg.max_steps:
         print0(f"{ckpt_path} is at step {step}, max_steps is {cfg.max_steps}: nothing to train")
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    n_video = model.n_video_tokens(files.video_shape()[0])
+    print_plan(cfg, world, *plan, n_video + mean_text_tokens(model, train[:256]), len(train))
+    batches = step_batches(functools.partial(step_data, files, train, cfg, rank, world), step, cfg.max_steps,
+                           cfg.workers, device)
+    log = TrainingLog(cfg, device, rank)
 
     model.train()
     first = step
     while True:
         last = step >= cfg.max_steps
         if step % cfg.eval_interval == 0 or last:
-            print0(f"step {step}: val loss {val_loss(model, files, val, cfg, rank, world, device):.4f}")
+            print0(f"step {step}: val loss {val_loss(model, files, val, cfg, plan, rank, world, device):.4f}")
             if rank == 0 and step > first:
                 save(model, optimizer, cfg, step, files.meta, ckpt_path)
+            log.restart()
         if last:
             break
-        t1 = time.time()
-        train_loss = train_step(ddp_model, optimizer, params, files, train, cfg, step, rank, world, device)
+        data = log.next(batches)
+        train_loss, grad_norm, tokens = train_step(ddp_model, optimizer, params, data, cfg, plan, step, rank, world,
+                                                   device)
         step += 1
-        if step % cfg.log_interval == 0:
-            train_loss = all_mean(train_loss).item()  # on every rank: a collective
-            print0(f"step {step}/{cfg.max_steps} | loss {train_loss:.4f} | lr {get_lr(step - 1, cfg):.2e} | "
-                   f"{(time.time() - t1) * 1000:.0f} ms")
+        log.add(cfg.batch_size, tokens[0] * world, world * model.train_flops(*tokens, all_trained=cfg.lora_r == 0))
+        if step % cfg.log_interval == 0:  # on every rank: all_mean is a collective
+            log.write(step, all_mean(train_loss).item(), get_lr(step - 1, cfg), grad_norm.item(), world)
 
     print(f"rank {rank}: weights {weights_digest(params)}", flush=True)  # the same on every rank
     if rank == 0:

@@ -32,6 +32,7 @@ Where this file differs from the paper and from the released code (README, "Pape
 6. The released splice / roll augmentation, kept (Config.splice_prob, roll_prob), its cut points
    in tenths of the clip rather than seconds so that the toy's 2-s clips get the same fractions.
 """
+import functools
 import math
 import sys
 import time
@@ -47,8 +48,9 @@ from einops import rearrange, reduce
 from codec import load_codec
 from extract_features import train_val_split
 from stage1_caption import INSTRUCTIONS, load_converter
-from utils import (all_mean, autocast, get_lr, parse_config, pick_device, print0, read_checkpoint,
-                   read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, stop_if_not_finite, weights_digest)
+from utils import (TrainingLog, adamw, all_mean, autocast, get_lr, parse_config, pick_device, print0, print_plan,
+                   read_checkpoint, read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, split_batch,
+                   step_batches, stop_if_not_finite, to_device, unwrap, weights_digest, weights_dtype)
 
 # -----------------------------------------------------------------------------
 # config
@@ -95,8 +97,8 @@ class Config:
     splice_prob: float = 0.5
     roll_prob: float = 0.1
     # optimisation: AdamW, linear warm-up, cosine decay to lr/10 (the toy's batch: docs/toy-tuning.md)
-    batch_size: int = 32
-    grad_accum: int = 1
+    batch_size: int = 32  # the global batch: samples per optimizer step, all processes together
+    micro_batch: int = 0  # the most samples a process runs at once (0: its whole share); gradients accumulate
     lr: float = 1e-3
     warmup_steps: int = 100
     max_steps: int = 2000
@@ -106,7 +108,10 @@ class Config:
     eval_interval: int = 500  # validate and save stage2.pt every this many steps
     stop_at: int = 0  # stop early at this step (saved); a later run resumes it as if never stopped (0: max_steps)
     eval_batches: int = 4
-    log_interval: int = 25  # print the training loss every this many steps
+    log_interval: int = 25  # print the training loss, speed and memory every this many steps
+    tensorboard: bool = False  # also log to out_dir/tensorboard (pip install tensorboard)
+    workers: int = 0  # DataLoader processes reading clips ahead of the GPU (0: the main process, the toy's)
+    compile: bool = False  # torch.compile VATT Audio for training (static shapes; pays off on a GPU, minutes to compile)
     resume: bool = True  # continue from out_dir/stage2.pt if it exists
     # fine-tuning: start from this trained stage2.pt (ours, or the authors' converted by tools/official.py)
     # with a fresh optimizer at step 0; the network comes from it. A run that has saved its own
@@ -114,13 +119,14 @@ class Config:
     init_from: str = ""
     features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
     skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
+    recheck_files: bool = False  # scan every feature value again, even for a training set that passed before
     strict: bool = False  # a train clip without its files stops the run (default: left out, with a warning)
     seed: int = 1337
     device: str = "auto"
 
 
-PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, head_dim=64, dropout=0.1, lr=2e-4, batch_size=16,
-                  grad_accum=4, warmup_steps=1000, max_steps=300000, eval_interval=2000,
+PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, head_dim=64, dropout=0.1, lr=2e-4, batch_size=64,
+                  micro_batch=16, workers=4, warmup_steps=1000, max_steps=300000, eval_interval=2000,
                   data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features")
 PRESETS = {
     "toy": dict(mask_mean=1.0, mask_std=0.05),
@@ -290,13 +296,33 @@ class VATTAudio(nn.Module):
         # built once in the dtype attention runs in: under bf16 autocast scaled_dot_product_attention
         # would otherwise re-cast this (B, H, L, L) tensor from float32 in every layer
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        bias = bias[None].masked_fill(pad[:, None, None, :], -torch.finfo(torch.float32).max / 2).to(dtype)
+        bias = aligned(bias[None].masked_fill(pad[:, None, None, :], -torch.finfo(torch.float32).max / 2), dtype)
         for block in self.encoder:
             x = block(x, bias, pad, Lc)
         x = per_modality(self.encoder_norm, x, Lc)
         for block in self.decoder:
             x = block(x, bias, pad, Lc)
         return self.logits(self.decoder_norm(x)[:, Lc:])  # the audio positions only
+
+
+def aligned(bias, dtype):
+    """An attention bias (..., L, L') in `dtype`, its rows laid out a multiple of 8 elements apart
+    (L' padded, then sliced off): scaled_dot_product_attention's memory-efficient kernel needs that
+    alignment and would otherwise make a padded copy of the bias in every layer, each kept for the
+    backward (618 = 10 + 108 + 500 positions at paper size is not a multiple of 8)."""
+    width = bias.shape[-1]
+    out = torch.empty(*bias.shape[:-1], -(-width // 8) * 8, dtype=dtype, device=bias.device)[..., :width]
+    return out.copy_(bias)
+
+
+def forward_flops(c, n_cond, n_audio):
+    """FLOPs of one VATT Audio forward of one sequence (n_cond condition + n_audio audio tokens):
+    each token through one FFN of a multiway pair; the backward costs twice this."""
+    L, inner, layers = n_cond + n_audio, c.n_head * c.head_dim, c.n_multiway + c.n_plain
+    per_token = layers * (4 * c.dim * inner + 8 * c.dim ** 2)  # q, k, v, out; the FFN's two Linears (dim <-> 4 dim)
+    linear = (L * per_token + n_cond * c.cond_dim * c.dim  # + cond_proj on the condition tokens,
+              + n_audio * (c.codebook_dim * c.dim + c.n_q * c.dim * c.bins))  # audio_proj and the heads on the audio
+    return 2 * linear + layers * 4 * L * L * inner
 
 
 def released_order(logits):
@@ -313,7 +339,17 @@ def load_vatt_audio(ckpt_path, device):
     ckpt = read_checkpoint(ckpt_path, "vatt-audio", " (train it with stage2_audio.py)")
     model = audio_model(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval().requires_grad_(False), ckpt
+    return frozen(model, device), ckpt
+
+
+def frozen(model, device):
+    """VATT Audio for sampling: on CUDA its Linear weights cast to bf16 once, the very cast bf16 autocast
+    would make in every forward (it caches casts only of weights that require grad); LayerNorms,
+    codebooks and positions stay float32, as autocast keeps them."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.to(weights_dtype(device))
+    return model.to(device).eval().requires_grad_(False)
 
 
 # -----------------------------------------------------------------------------
@@ -370,9 +406,9 @@ class CrossAttnAudio(VATTAudio):
         a = self.drop(self.audio_proj(self.embed_audio(codes)) + self.pos[Lc:Lc + T] + self.modality_audio)  # (B, T, dim)
         bias = self.alibi(Lc + T, codes.device)  # (H, Lc+T, Lc+T): VATT Audio's
         dtype = torch.get_autocast_dtype(a.device.type) if torch.is_autocast_enabled(a.device.type) else a.dtype
-        self_bias = bias[None, :, Lc:, Lc:].to(dtype)  # (1, H, T, T)
-        cross_bias = bias[None, :, Lc:, :Lc].masked_fill((cond_mask == 0)[:, None, None, :],
-                                                         -torch.finfo(torch.float32).max / 2).to(dtype)  # (B, H, T, Lc)
+        self_bias = aligned(bias[None, :, Lc:, Lc:], dtype)  # (1, H, T, T)
+        cross_bias = aligned(bias[None, :, Lc:, :Lc].masked_fill((cond_mask == 0)[:, None, None, :],
+                                                                 -torch.finfo(torch.float32).max / 2), dtype)  # (B, H, T, Lc)
         no_pad = torch.zeros(B, T, dtype=torch.bool, device=codes.device)
         for block in self.blocks:
             a = block(a, memory, self_bias, cross_bias, no_pad)
@@ -401,12 +437,17 @@ def audio_condition(converter, feats, prompts, condition="llm"):
 # the masking of §3.2.2 and the loss of eq. 2
 
 
+def on(generator):
+    """The device a draw from `generator` is made on (the default one without a generator)."""
+    return generator.device if generator is not None else None
+
+
 def sample_mask_ratios(n, generator=None, mean=0.75, std=0.25, low=0.5, high=1.0):
     """n masking ratios from Normal(mean, std) truncated to [low, high], by inverting the CDF:
     u uniform between Phi(a) and Phi(b) -> mean + std * Phi^-1(u) (difference 3: one per sample)."""
     phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
     a, b = phi((low - mean) / std), phi((high - mean) / std)
-    u = a + (b - a) * torch.rand(n, generator=generator, dtype=torch.float64)
+    u = a + (b - a) * torch.rand(n, generator=generator, dtype=torch.float64, device=on(generator))
     return (mean + std * torch.special.ndtri(u)).clamp(low, high).float()
 
 
@@ -416,7 +457,7 @@ def random_mask(ratios, shape, generator=None):
     zero tokens, which would make the loss 0/0."""
     B, N = shape[0], shape[1] * shape[2]
     n_masked = (ratios * N).round().clamp(min=1)  # (B,)
-    rank = torch.rand(B, N, generator=generator).argsort(-1).argsort(-1)  # a random permutation per row
+    rank = torch.rand(B, N, generator=generator, device=on(generator)).argsort(-1).argsort(-1)  # a random permutation per row
     return (rank < n_masked[:, None]).view(shape)
 
 
@@ -432,7 +473,7 @@ def mask_ratios(dist, n, generator, mean, std, progress=0.0):
         return sample_mask_ratios(n, generator, mean, std)
     if dist == "sine":
         return sample_mask_ratios(n, generator, 0.25 + 0.7 * math.sin(math.pi / 2 * progress), std)
-    u = torch.rand(n, generator=generator)
+    u = torch.rand(n, generator=generator, device=on(generator))
     return torch.cos(math.pi / 2 * u) if dist == "arccos" else u
 
 
@@ -443,7 +484,7 @@ def training_draw(n, shape, generator, mask_mean, mask_std, cond_dropout, mask_d
     (classifier-free guidance: p(tokens | no condition) too). Returns mask (n, L, T), drop (n,) bool."""
     ratios = mask_ratios(mask_dist, n, generator, mask_mean, mask_std, progress)
     mask = random_mask(ratios, (n,) + tuple(shape), generator)
-    drop = torch.rand(n, generator=generator) < cond_dropout
+    drop = torch.rand(n, generator=generator, device=on(generator)) < cond_dropout
     return mask, drop
 
 
@@ -454,14 +495,15 @@ def masked_loss(logits, codes, mask, label_smoothing):
 
 
 # -----------------------------------------------------------------------------
-# training: a batch, the loss of one batch in the paper's order; main() keeps the data, DDP and checkpoints
+# training: a step's data, the loss of a batch in the paper's order; main() keeps DDP and checkpoints
 
 
 def draw_batch(files, items, r, cfg, rank, world, augment=False):
-    """A batch: its clips' names, and (features (B, N, D), prompt, tokens (B, L, T)), prompts as
-    cfg.prompts says, with `augment` splice and roll; each rank its slice of one global batch (stage 1)."""
-    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
-    n = cfg.batch_size * world
+    """A global batch of cfg.batch_size samples drawn from `r` (the same draw on every rank), of
+    which this rank loads its share: the clips' names, and (features (S, N, D), prompts, tokens
+    (S, L, T)), prompts as cfg.prompts says, with `augment` splice and roll."""
+    n = cfg.batch_size
+    mine = slice(rank * n // world, (rank + 1) * n // world)
     pick = r.choice(len(items), n)[mine]
     p_caption = {"mix": cfg.caption_prob, "templates": 0.0, "captions": 1.0}[cfg.prompts]
     use_caption = (r.random(n) < p_caption)[mine]
@@ -494,57 +536,79 @@ def splice_and_roll(files, items, feats, codes, instructed, r, cfg, n, mine):
     return feats, codes
 
 
-def masked_token_loss(model, converter, feats, prompts, codes, generator, cfg, rank, world, progress, device):
-    """One batch of VATT Audio's training, in the paper's order (`model` may be DDP-wrapped). Eq. 2's
-    mean over the GLOBAL batch's masked tokens, as stage 1's: the sum over the mean count per rank."""
+def step_data(files, items, cfg, rank, world, step):
+    """Training step `step`'s data, a function of (seed, step) alone, so that a resumed run replays
+    exactly and the DataLoader's workers change nothing: the seeds of its masks and of dropout, and
+    this rank's share of the global batch (draw_batch), augmented."""
+    rng = np.random.default_rng([cfg.seed, step])
+    mask_seed, dropout_seed = int(rng.integers(2**62)), int(rng.integers(2**62))
+    names, batch = draw_batch(files, items, rng, cfg, rank, world, augment=True)
+    return dict(mask_seed=mask_seed, dropout_seed=dropout_seed, names=names, batch=batch)
+
+
+def masked_token_loss(model, converter, feats, prompts, codes, mask, drop, n_per_rank, cfg, device):
+    """Eq. 2 on one micro-batch, in the paper's order (`model` may be wrapped by DDP or compile):
+    its part of the mean over the GLOBAL batch's masked tokens, its token sum over the mean count
+    per rank n_per_rank (DDP averages the ranks' gradients)."""
     # 1. the condition (§3.2.1): the frozen Converter's last-layer states over [video ; prompt]
     with autocast(device):
-        cond, cond_mask = audio_condition(converter, feats.to(device), prompts, cfg.condition)  # no grad
-    # 2. the training draw (§3.2.2): masked tokens and null conditions; each rank its slice of one draw
-    mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
-    mask, drop = training_draw(cfg.batch_size * world, codes.shape[1:], generator, cfg.mask_mean, cfg.mask_std,
-                               cfg.cond_dropout, cfg.mask_dist, progress)
-    codes, mask, drop = codes.to(device), mask[mine].to(device), drop[mine].to(device)
-    # 3. VATT Audio reads the condition and the masked tokens (MASK = bins)
+        cond, cond_mask = audio_condition(converter, to_device(feats, device), prompts, cfg.condition)  # no grad
+    # 2. VATT Audio reads the condition and the masked tokens (MASK = bins), the null condition where drop
+    codes = to_device(codes, device)
     with autocast(device):
-        logits = model(codes.masked_fill(mask, getattr(model, "module", model).config.bins), cond, cond_mask, drop)
-    # 4. eq. 2: cross-entropy on the masked tokens only
-    n = mask.sum()
-    return masked_loss(logits.float(), codes, mask, cfg.label_smoothing) * n / all_mean(n)
+        logits = model(codes.masked_fill(mask, unwrap(model).config.bins), cond, cond_mask, drop)
+    # 3. eq. 2: cross-entropy on the masked tokens only
+    return masked_loss(logits.float(), codes, mask, cfg.label_smoothing) * mask.sum() / n_per_rank
 
 
-def train_step(ddp_model, converter, optimizer, files, train, cfg, step, rank, world, device):
-    """One optimizer step over cfg.grad_accum micro-batches. Returns the training loss."""
-    # every random draw of a step is a function of (seed, step) alone, so a resumed run replays exactly
-    rng = np.random.default_rng([cfg.seed, step])  # the global batch: the same on every rank
-    g = torch.Generator().manual_seed(int(rng.integers(2**62)))  # its masks, null conditions: the same too
-    torch.manual_seed(int(rng.integers(2**62)) + rank)  # dropout: one stream per rank
+def batch_loss(model, converter, batch, generator, cfg, plan, rank, world, progress, device, backward=False):
+    """The loss of one global batch (cfg.batch_size samples; this rank holds its share in `batch`):
+    the training draw of §3.2.2 for the whole batch, on the device, then this rank's share, plan[0]
+    samples at a time. `backward`: each micro-batch's gradients too, synced over ranks on the last.
+    Returns this rank's part of the global mean (all_mean over ranks gives the mean)."""
+    feats, prompts, codes = batch
+    micro, accum = plan
+    mask, drop = training_draw(cfg.batch_size, codes.shape[1:], generator, cfg.mask_mean, cfg.mask_std,
+                               cfg.cond_dropout, cfg.mask_dist, progress)
+    n_per_rank = mask.sum() / world
+    share = cfg.batch_size // world
+    mask, drop = mask[rank * share:(rank + 1) * share].to(device), drop[rank * share:(rank + 1) * share].to(device)
+    total = 0.0
+    for m in range(accum):
+        part = slice(m * micro, (m + 1) * micro)
+        if backward and world > 1:  # sync gradients only on the last micro-step
+            model.require_backward_grad_sync = m == accum - 1
+        loss = masked_token_loss(model, converter, feats[part], prompts[part], codes[part], mask[part], drop[part],
+                                 n_per_rank, cfg, device)
+        if backward:
+            loss.backward()
+        total += loss.detach()
+    return total
+
+
+def train_step(ddp_model, converter, optimizer, data, cfg, plan, step, rank, world, device):
+    """One optimizer step on step_data's `data`. Returns the training loss and the gradient norm."""
+    torch.manual_seed(data["dropout_seed"] + rank)  # dropout: one stream per rank
+    masks = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(data["mask_seed"])
     for group in optimizer.param_groups:
         group["lr"] = get_lr(step, cfg)
-    train_loss, stems = 0.0, []
-    for micro in range(cfg.grad_accum):
-        if world > 1:  # sync gradients only on the last micro-step
-            ddp_model.require_backward_grad_sync = micro == cfg.grad_accum - 1
-        names, batch = draw_batch(files, train, rng, cfg, rank, world, augment=True)
-        stems += names
-        loss = masked_token_loss(ddp_model, converter, *batch, g, cfg, rank, world, step / cfg.max_steps, device)
-        loss = loss / cfg.grad_accum
-        loss.backward()
-        train_loss += loss.detach()
-    stop_if_not_finite(train_loss, step, stems)
-    torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
+    train_loss = batch_loss(ddp_model, converter, data["batch"], masks, cfg, plan, rank, world, step / cfg.max_steps,
+                            device, backward=True)
+    stop_if_not_finite(train_loss, step, data["names"])
+    grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return train_loss
+    return train_loss, grad_norm
 
 
 @torch.no_grad()
-def val_loss(model, converter, files, val, cfg, step, rank, world, device):
-    """The loss on fixed batches, masked as this step's training batches are (mask_dist)."""
+def val_loss(model, converter, files, val, cfg, plan, step, rank, world, device):
+    """The loss on fixed global batches, masked as this step's training batches are (mask_dist)."""
     model.eval()
-    r, g = np.random.default_rng(0), torch.Generator().manual_seed(0)  # fixed validation batches
-    losses = [all_mean(masked_token_loss(model, converter, *draw_batch(files, val, r, cfg, rank, world)[1], g, cfg,
-                                         rank, world, step / cfg.max_steps, device)).item()
+    r = np.random.default_rng(0)  # fixed validation batches and masks
+    g = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(0)
+    losses = [all_mean(batch_loss(model, converter, draw_batch(files, val, r, cfg, rank, world)[1], g, cfg, plan,
+                                  rank, world, step / cfg.max_steps, device)).item()
               for _ in range(cfg.eval_batches)]
     model.train()
     return sum(losses) / len(losses)
@@ -587,14 +651,15 @@ def main(argv=None):
         if getattr(cfg, key) not in choices:
             sys.exit(f"error: --{key}={getattr(cfg, key)}: choose one of {', '.join(choices)}")
     rank, world = setup_ddp()
+    plan = split_batch(cfg.batch_size, cfg.micro_batch, world)
     device = pick_device(cfg.device)
     ckpt_path = Path(cfg.out_dir) / "stage2.pt"
-    torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see train_step)
+    torch.manual_seed(cfg.seed)  # the initial weights (the training steps re-seed, see step_data)
     converter = load_converter(cfg.converter, device)
     init = read_init_checkpoint(cfg.init_from, "vatt-audio", ckpt_path) if cfg.init_from else None
     model = build_audio_model(cfg, converter, init, device)
     files, train, val = train_val_split(cfg, tokens=True, rank=rank, world=world)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model.parameters(), cfg, device)
 
     step = 0
     if cfg.resume and ckpt_path.exists():
@@ -610,25 +675,35 @@ def main(argv=None):
     if step >= end:
         print0(f"{ckpt_path} is at step {step}, {'stop_at' if end < cfg.max_steps else 'max_steps'} is {end}: nothing to train")
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp_model = torch.compile(ddp_model) if cfg.compile else ddp_model
+    # each sequence: the condition (video tokens and the prompt padded to max_text_tokens), then the audio tokens
+    n_cond = converter.n_video_tokens(files.video_shape()[0]) + converter.max_text_tokens
+    n_audio = files.tokens_shape()[0 if files.layout == "authors" else 1]
+    print_plan(cfg, world, *plan, n_cond + n_audio, len(train))
+    n_video = converter.n_video_tokens(files.video_shape()[0])
+    flops = cfg.batch_size * (3 * forward_flops(model.config, n_cond, n_audio)  # forward + backward (2x)
+                              + (converter.prefill_flops(n_video, n_cond) if cfg.condition == "llm" else 0))
+    batches = step_batches(functools.partial(step_data, files, train, cfg, rank, world), step, end, cfg.workers, device)
+    log = TrainingLog(cfg, device, rank)
 
     model.train()
     first = step
     while True:
         last = step >= end
         if step % cfg.eval_interval == 0 or last:
-            validation_loss = val_loss(ddp_model, converter, files, val, cfg, step, rank, world, device)
+            validation_loss = val_loss(ddp_model, converter, files, val, cfg, plan, step, rank, world, device)
             print0(f"step {step}: val loss {validation_loss:.4f}")
             if rank == 0 and step > first:
                 save(model, optimizer, cfg, step, validation_loss, converter.features_meta["codec"], ckpt_path)
+            log.restart()
         if last:
             break
-        t1 = time.time()
-        train_loss = train_step(ddp_model, converter, optimizer, files, train, cfg, step, rank, world, device)
+        train_loss, grad_norm = train_step(ddp_model, converter, optimizer, log.next(batches), cfg, plan, step, rank,
+                                           world, device)
         step += 1
-        if step % cfg.log_interval == 0:
-            train_loss = all_mean(train_loss).item()  # on every rank: a collective
-            print0(f"step {step}/{cfg.max_steps} | loss {train_loss:.4f} | lr {get_lr(step - 1, cfg):.2e} | "
-                   f"{(time.time() - t1) * 1000:.0f} ms")
+        log.add(cfg.batch_size, cfg.batch_size * (n_cond + n_audio), flops)
+        if step % cfg.log_interval == 0:  # on every rank: all_mean is a collective
+            log.write(step, all_mean(train_loss).item(), get_lr(step - 1, cfg), grad_norm.item(), world)
     print(f"rank {rank}: weights {weights_digest(model.parameters())}", flush=True)  # the same on every rank
     if rank == 0:
         record_timing(cfg.out_dir, "stage2_audio", t0)

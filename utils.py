@@ -125,6 +125,138 @@ def get_lr(step, cfg):
 
 
 # -----------------------------------------------------------------------------
+# the training loop's plumbing, shared by both trainers: the batch plan, the input pipeline, the log
+
+
+def split_batch(batch_size, micro_batch, world):
+    """An optimizer step's global batch (batch_size samples, all processes together) as each
+    process runs it: its share of batch_size / world samples, micro_batch (0: the whole share) at a
+    time, gradients accumulated over the rest. So a preset trains the same run on any number of
+    GPUs. Returns (micro, accum); one error line when the batch does not split."""
+    if batch_size % world:
+        sys.exit(f"error: --batch_size={batch_size} (the global batch) does not split over {world} processes")
+    share = batch_size // world
+    micro = min(micro_batch or share, share)
+    if share % micro:
+        sys.exit(f"error: each of the {world} processes takes {share} samples of --batch_size={batch_size}: "
+                 f"not a whole number of --micro_batch={micro_batch}")
+    return micro, share // micro
+
+
+def print_plan(cfg, world, micro, accum, tokens_per_sample, n_train):
+    """What the run will train, at its start: the step's batch and how it is split, its tokens,
+    and the epochs over the training clips that max_steps makes."""
+    epochs = cfg.max_steps * cfg.batch_size / max(1, n_train)
+    print0(f"each step: a global batch of {cfg.batch_size} = {world} process{'es' if world > 1 else ''} x "
+           f"{accum} accumulated micro-batch{'es' if accum > 1 else ''} x {micro} | ~{cfg.batch_size * tokens_per_sample:,.0f} "
+           f"tokens | {cfg.max_steps:,} steps = {epochs:,.1f} epochs over {n_train:,} training clips")
+
+
+class _Steps(torch.utils.data.Dataset):
+    def __init__(self, draw):
+        self.draw = draw
+
+    def __getitem__(self, step):
+        return self.draw(step)
+
+
+def step_batches(draw, first, last, workers, device):
+    """draw(step) -> the data of training step `step` (a function of the seed and the step alone),
+    for steps first .. last - 1, read ahead by `workers` DataLoader processes (0: in this one, the
+    toy's) into pinned memory on CUDA, so that reading clips overlaps the GPU's work."""
+    return iter(torch.utils.data.DataLoader(_Steps(draw), sampler=range(first, last), batch_size=None,
+                                            num_workers=workers, pin_memory=device.type == "cuda",
+                                            prefetch_factor=4 if workers else None))
+
+
+def to_device(x, device):
+    """A batch's tensor on the device; from pinned memory, a copy that does not wait for the GPU."""
+    return x.to(device, non_blocking=True)
+
+
+def unwrap(model):
+    """The module inside torch.compile's and DDP's wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def adamw(params, cfg, device):
+    """AdamW, fused into one kernel per step on CUDA (the foreach version elsewhere)."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+
+
+# dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets); the first key in the device's name wins
+PEAK_BF16 = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def peak_tflops(device):
+    """The device's dense bf16 peak (PEAK_BF16), None where unknown (a CPU, another GPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def peak_memory_gb(device):
+    """The most memory this process has held: allocated on CUDA, the peak resident set elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
+
+
+class TrainingLog:
+    """What a day-long run is steered by, every log_interval steps: loss, lr, gradient norm, the
+    step time split into data wait and compute, samples and tokens per second (all processes),
+    MFU (model FLOPs per second over the device's bf16 peak) and peak memory; with
+    cfg.tensorboard, the same into out_dir/tensorboard."""
+
+    def __init__(self, cfg, device, rank):
+        self.cfg, self.device, self.peak = cfg, device, peak_tflops(device)
+        self.writer = None
+        if cfg.tensorboard and rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                sys.exit("error: --tensorboard needs the tensorboard package: pip install tensorboard")
+            self.writer = SummaryWriter(Path(cfg.out_dir) / "tensorboard")
+        self.restart()
+
+    def restart(self):
+        """Start a new interval (after a validation, which is no training time)."""
+        self.t0, self.wait, self.steps, self.samples, self.tokens, self.flops = time.perf_counter(), 0.0, 0, 0, 0, 0.0
+
+    def next(self, batches):
+        """The next step's data, the time spent waiting for it counted as data wait."""
+        t = time.perf_counter()
+        data = next(batches)
+        self.wait += time.perf_counter() - t
+        return data
+
+    def add(self, samples, tokens, flops):
+        self.steps, self.samples, self.tokens, self.flops = (self.steps + 1, self.samples + samples,
+                                                             self.tokens + tokens, self.flops + flops)
+
+    def write(self, step, loss, lr, grad_norm, world):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the GPU runs ahead of the host: count its work in
+        wall = time.perf_counter() - self.t0
+        mfu = self.flops / world / wall / (self.peak * 1e12) if self.peak else None
+        row = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_ms": 1000 * wall / self.steps,
+               "data_wait": self.wait / wall, "samples_per_s": self.samples / wall,
+               "tokens_per_s": self.tokens / wall, "peak_memory_gb": peak_memory_gb(self.device)}
+        print0(f"step {step}/{self.cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
+               f"{row['step_ms']:.0f} ms/step ({100 * row['data_wait']:.0f}% data wait) | "
+               f"{row['samples_per_s']:.1f} samples/s | {row['tokens_per_s']:,.0f} tok/s | "
+               + (f"MFU {100 * mfu:.1f}% | " if mfu is not None else "")
+               + f"peak memory {row['peak_memory_gb']:.1f} GB")
+        if self.writer:
+            for key, value in (row | ({"mfu": mfu} if mfu is not None else {})).items():
+                self.writer.add_scalar(f"train/{key}", value, step)
+            self.writer.flush()
+        self.restart()
+
+
+# -----------------------------------------------------------------------------
 # distributed: torchrun sets RANK/WORLD_SIZE; on one process all of this disappears
 
 
