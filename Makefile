@@ -9,7 +9,7 @@ SEED ?= 0
 OUT ?= out/toy
 SAMPLE := $(PY) tools/sample_split.py --preset=toy --data_json=$(DATA) --split=test --ckpt_dir=$(OUT) --seed=$(SEED)
 
-.PHONY: demo test clean ablations gpu-check samples
+.PHONY: demo test clean ablations gpu-check samples train-check full-size-check
 
 # --no-compile: compiling every file of every package at install time was half the install's CPU
 # time. Python compiles a module when it is first imported and caches the bytecode, unless
@@ -76,6 +76,18 @@ test: .venv/installed
 # table written between its <!-- gpu-check:NAME --> markers. Refuses (exit 2) without a GPU.
 gpu-check: .venv/installed
 	$(PY) tools/gpu_check.py
+
+# `make train-check` (one GPU, at most 5 minutes): both training stages at the paper's size with random
+# weights through their own code (gemma-2b presets timed, overfits, 1-rank NCCL DDP, FLOPs against torch's
+# counter); out/train-check/result.json and docs/real-scale.md's <!-- gpu-check:training --> table.
+# Refuses (exit 2) without a GPU.
+train-check: .venv/installed
+	$(PY) tools/train_check.py --size=full
+
+# `make full-size-check` (a CPU, minutes, ~20 GB of memory): the same code paths at the paper's size, one
+# training step of each stage (Gemma-2B with LoRA, VATT Audio over the reloaded Converter) in float32
+full-size-check: .venv/installed
+	$(PY) tools/train_check.py --size=full --device=cpu
 
 clean:
 	rm -rf out/toy out/toy-ablations data/toy/clips data/toy/features data/toy/v2a_instruction.json data/toy/timing.json

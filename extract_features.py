@@ -30,6 +30,7 @@ simply resumes):
     torchrun --nproc_per_node=8 extract_features.py --preset=vggsound --input=list.txt
 """
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -49,7 +50,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from codec import AudioGenCodecConfig, load_codec
-from utils import atomic_path, check_npy, parse_config, pick_device, print0, record_timing, save_json, shape_fits, shape_str
+from utils import (atomic_path, autocast, check_npy, parse_config, pick_device, print0, record_timing, save_json,
+                   shape_fits, shape_str)
 
 # -----------------------------------------------------------------------------
 # config
@@ -232,8 +234,11 @@ def build_visual_encoder(cfg, device):
 
 @torch.no_grad()
 def encode_frames(model, frames, device):
-    """frames: preprocessed images (N, 3, S, S) -> (N, D) image embeddings."""
-    return model.encode_image(frames.to(device)).float().cpu()
+    """frames: preprocessed images (N, 3, S, S) -> (N, D) float32 image embeddings on the CPU, under
+    bf16 autocast on CUDA: EVA02-CLIP-L/14-336 is ~19 TFLOP per 10-s clip (50 frames of 577 tokens),
+    which float32 would run at a fraction of the tensor cores' rate (utils.autocast: float32 elsewhere)."""
+    with autocast(device):
+        return model.encode_image(frames.to(device)).float().cpu()  # (N, D)
 
 
 def preprocess_frames(preprocess, frames):
@@ -490,19 +495,28 @@ class FeatureFiles:
             sys.exit(f"error: {e} (it passed the check before step 0, so it changed during the run; fix or "
                      "remove it and rerun: training resumes from its last checkpoint)")
 
-    def problems(self, stem, tokens):
-        """'path: problem' for each bad file of a clip: its header (utils.check_npy), then, for
-        the features, their values: a NaN or an infinity would make every loss it touches NaN."""
+    def header_problems(self, stem, tokens):
+        """'path: problem' for each of a clip's files whose .npy header is wrong (utils.check_npy):
+        missing, truncated, another dtype or shape. Reads the headers alone."""
         checks = [(self.video_path(stem), self.video_shape(), "f")]
         if tokens:
             checks.append((self.tokens_path(stem), self.tokens_shape(), "iu"))
-        found = [f"{path}: {problem}" for path, shape, kinds in checks
-                 if (problem := check_npy(path, shape, kinds)) is not None]
+        return [f"{path}: {problem}" for path, shape, kinds in checks
+                if (problem := check_npy(path, shape, kinds)) is not None]
+
+    def value_problems(self, stem):
+        """'path: problem' when a clip's features hold a NaN or an infinity, which would make every
+        loss it touches NaN. Reads every value (the header must have passed)."""
+        path = self.video_path(stem)
+        bad = ~np.isfinite(np.load(path, mmap_mode="r"))
+        return [f"{path}: {int(bad.sum())} values are NaN or infinite"] if bad.any() else []
+
+    def problems(self, stem, tokens):
+        """Both checks of a clip's files: the headers, then the features' values when their header passed."""
+        found = self.header_problems(stem, tokens)
         path = self.video_path(stem)
         if not any(line.startswith(f"{path}:") for line in found):
-            bad = ~np.isfinite(np.load(path, mmap_mode="r"))
-            if bad.any():
-                found.append(f"{path}: {int(bad.sum())} values are NaN or infinite")
+            found += self.value_problems(stem)
         return found
 
 
@@ -525,19 +539,22 @@ def load_features(features_dir, stem, expected_dim=None, layout="auto"):
     return feature_files(str(features_dir), layout).load_video(stem, expected_dim)
 
 
-def check_split_files(files, items, tokens, skip_bad, rank=0, world=1):
-    """Checks every file of a split's clips before step 0, by its header (seconds even for 200 k
-    clips; DDP ranks share the work). A bad file stops the run with the list of them, or, with
-    `skip_bad`, its clip is left out and reported. Returns the items to train on."""
+def check_split_files(files, items, tokens, skip_bad, memo_path, recheck=False, rank=0, world=1):
+    """Checks every file of a split's clips before step 0: each header on every start (seconds even
+    for 200 k clips), the features' values once per training set (scan_values_once). DDP ranks share
+    the work. A bad file stops the run with the list of them, or, with `skip_bad`, its clip is left
+    out and reported. Returns the items to train on."""
     t0 = time.time()
-    bad = {}
-    for stem, _ in tqdm(items[rank::world], desc="checking files", disable=rank != 0, leave=False):
-        if found := files.problems(stem, tokens):
+    bad, stats = {}, {}  # stem -> its problems; stem -> (size, mtime_ns) of its features file
+    for stem, _ in tqdm(items[rank::world], desc="checking headers", disable=rank != 0, leave=False):
+        if found := files.header_problems(stem, tokens):
             bad[stem] = found
-    if world > 1:
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, bad)
-        bad = {k: v for part in gathered for k, v in part.items()}
+        else:
+            stat = files.video_path(stem).stat()
+            stats[stem] = (stat.st_size, stat.st_mtime_ns)
+    bad, stats = gathered(bad, world), gathered(stats, world)
+    passed = [item for item in items if item[0] in stats]
+    bad |= scan_values_once(files, passed, stats, memo_path, recheck, rank, world)
     n_files, seconds = len(items) * (2 if tokens else 1), time.time() - t0
     if not bad:
         print0(f"checked the {n_files} files of {len(items)} clips in {seconds:.1f} s: all good")
@@ -550,6 +567,47 @@ def check_split_files(files, items, tokens, skip_bad, rank=0, world=1):
                  f"in {seconds:.1f} s): fix or remove them, or leave those clips out with --skip_bad_files=true")
     print0(f"left out {len(bad)} of {len(items)} clips with bad files (listed above; checked {n_files} files in {seconds:.1f} s)")
     return [item for item in items if item[0] not in bad]
+
+
+def gathered(part, world):
+    """One dict from every DDP rank's `part` (its share of the clips), the same on every rank."""
+    if world == 1:
+        return part
+    parts = [None] * world
+    torch.distributed.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}
+
+
+def scan_values_once(files, passed, stats, memo_path, recheck, rank, world):
+    """The value scan (FeatureFiles.value_problems) reads every byte of every features file: minutes
+    over network storage for 200 k clips, too long to repeat at every start and resume. After a scan,
+    memo_path (the run's checked_files.json) keeps the digest of the files found clean, so a start
+    that finds the same files (path, size, mtime) skips it; a changed, added or removed file changes
+    the digest. `passed`: the clips whose headers passed. Returns {stem: problems} for bad values."""
+    memo = json.loads(memo_path.read_text(encoding="utf-8")) if rank == 0 and memo_path.exists() else {}
+    skip = [rank == 0 and not recheck and files_digest(files, passed, stats) in memo]
+    if world > 1:  # rank 0's memo decides for all, so that every rank joins the same gathers
+        torch.distributed.broadcast_object_list(skip, src=0)
+    if skip[0]:
+        print0(f"values of the {len(passed)} feature files checked before ({memo_path.name}): not scanned again; "
+               "--recheck_files=true scans them")
+        return {}
+    bad = {}
+    for stem, _ in tqdm(passed[rank::world], desc="checking values", disable=rank != 0, leave=False):
+        if found := files.value_problems(stem):
+            bad[stem] = found
+    bad = gathered(bad, world)
+    if rank == 0:  # the digest of the clean files alone: a file with NaNs is scanned again at every start
+        clean = [item for item in passed if item[0] not in bad]
+        memo[files_digest(files, clean, stats)] = {"clips": len(clean), "checked": time.strftime("%Y-%m-%d %H:%M:%S")}
+        save_json(memo, memo_path)
+    return bad
+
+
+def files_digest(files, items, stats):
+    """sha256 of the sorted (path in the features folder, size, mtime_ns) of the clips' features files."""
+    rows = sorted((str(files.video_path(stem).relative_to(files.folder)), *stats[stem]) for stem, _ in items)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:32]
 
 
 def train_val_split(cfg, tokens, rank=0, world=1):
@@ -565,7 +623,8 @@ def train_val_split(cfg, tokens, rank=0, world=1):
             sys.exit(f"error: --strict: {what}")
         print0(f"warning: {what}: left out")
     given = len(items) + n_missing
-    items = check_split_files(files, items, tokens=tokens, skip_bad=cfg.skip_bad_files, rank=rank, world=world)
+    items = check_split_files(files, items, tokens, cfg.skip_bad_files, Path(cfg.out_dir) / "checked_files.json",
+                              cfg.recheck_files, rank, world)
     n_val = max(1, int(len(items) * cfg.val_fraction))
     train, val = items[:-n_val], items[-n_val:]
     print0(f"{cfg.data_json}: {given} train clips, {n_missing} without files and {given - n_missing - len(items)} "
@@ -610,7 +669,7 @@ def main(argv=None):
             continue
         frames = torch.cat([x[0] for _, x in good])  # (B*N, 3, S, S)
         feats = encode_frames(model, frames, device).view(len(good), -1, feature_dim)  # (B, N, D)
-        with torch.no_grad():
+        with torch.no_grad():  # the codec stays in float32, out of autocast: bf16 would move its latents, so its tokens
             wavs = torch.stack([x[1] for _, x in good])[:, None].to(device)  # (B, 1, S)
             codes = codec.encode(wavs).cpu()  # (B, n_q, T)
         for (path, _), f, c in zip(good, feats, codes):

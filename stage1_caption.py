@@ -396,8 +396,8 @@ def build_converter(cfg, meta, device):
         # tell apart ("high" / "low") would be pulled onto one vector, and stage 2 could no longer
         # read them from the prompt (docs/toy-tuning.md).
         llm.get_input_embeddings().requires_grad_(False)
-    if cfg.grad_checkpointing:
-        llm.gradient_checkpointing_enable()
+    if cfg.grad_checkpointing:  # non-reentrant: PyTorch's recommended kind, which needs no input that requires grad
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return Converter(llm, tokenizer, meta["feature_dim"], cfg.video_tokens_per_second, cfg.max_text_tokens,
                      meta["fps"]).to(device)
 
@@ -435,7 +435,7 @@ def batch_loss(model, data, cfg, plan, world, device, backward=False):
     # the mean count per rank (DDP averages the ranks' gradients), as one process with the whole batch computes it
     conv = unwrap(model)
     n_per_rank = sum(len(conv.caption_ids(c)) for c in data["captions"]) / world
-    total, tokens = 0.0, 0
+    total = 0.0
     for m in range(accum):
         part = slice(m * micro, (m + 1) * micro)
         if backward and world > 1:  # sync gradients only on the last micro-step

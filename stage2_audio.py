@@ -346,6 +346,7 @@ def frozen(model, device):
     """VATT Audio for sampling: on CUDA its Linear weights cast to bf16 once, the very cast bf16 autocast
     would make in every forward (it caches casts only of weights that require grad); LayerNorms,
     codebooks and positions stay float32, as autocast keeps them."""
+    device = torch.device(device)
     for module in model.modules():
         if isinstance(module, nn.Linear):
             module.to(weights_dtype(device))
@@ -589,7 +590,7 @@ def batch_loss(model, converter, batch, generator, cfg, plan, rank, world, progr
 def train_step(ddp_model, converter, optimizer, data, cfg, plan, step, rank, world, device):
     """One optimizer step on step_data's `data`. Returns the training loss and the gradient norm."""
     torch.manual_seed(data["dropout_seed"] + rank)  # dropout: one stream per rank
-    masks = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(data["mask_seed"])
+    masks = draw_generator(data["mask_seed"], device)
     for group in optimizer.param_groups:
         group["lr"] = get_lr(step, cfg)
     train_loss = batch_loss(ddp_model, converter, data["batch"], masks, cfg, plan, rank, world, step / cfg.max_steps,
@@ -605,13 +606,32 @@ def train_step(ddp_model, converter, optimizer, data, cfg, plan, step, rank, wor
 def val_loss(model, converter, files, val, cfg, plan, step, rank, world, device):
     """The loss on fixed global batches, masked as this step's training batches are (mask_dist)."""
     model.eval()
-    r = np.random.default_rng(0)  # fixed validation batches and masks
-    g = torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(0)
+    r, g = np.random.default_rng(0), draw_generator(0, device)  # fixed validation batches and masks
     losses = [all_mean(batch_loss(model, converter, draw_batch(files, val, r, cfg, rank, world)[1], g, cfg, plan,
                                   rank, world, step / cfg.max_steps, device)).item()
               for _ in range(cfg.eval_batches)]
     model.train()
     return sum(losses) / len(losses)
+
+
+def train_flops(c, converter, n_video, n_cond, n_audio, condition="llm"):
+    """Model FLOPs of training on one sequence: VATT Audio's forward and backward (twice the
+    forward), and the frozen Converter's forward over the condition (none for VATT-V)."""
+    return 3 * forward_flops(c, n_cond, n_audio) + (converter.prefill_flops(n_video, n_cond) if condition == "llm" else 0)
+
+
+def step_cost(cfg, c, converter, files):
+    """A training step's tokens and model FLOPs, for the log: each sequence is the condition (the
+    video tokens and the prompt padded to max_text_tokens), then the audio tokens."""
+    n_video = converter.n_video_tokens(files.video_shape()[0])
+    n_cond, n_audio = n_video + converter.max_text_tokens, files.tokens_shape()[0 if files.layout == "authors" else 1]
+    return (cfg.batch_size * (n_cond + n_audio),
+            cfg.batch_size * train_flops(c, converter, n_video, n_cond, n_audio, cfg.condition))
+
+
+def draw_generator(seed, device):
+    """The generator of §3.2.2's training draw, on the GPU where the masks are used (the CPU elsewhere)."""
+    return torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(seed)
 
 
 def build_audio_model(cfg, converter, init, device):
@@ -676,13 +696,8 @@ def main(argv=None):
         print0(f"{ckpt_path} is at step {step}, {'stop_at' if end < cfg.max_steps else 'max_steps'} is {end}: nothing to train")
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     ddp_model = torch.compile(ddp_model) if cfg.compile else ddp_model
-    # each sequence: the condition (video tokens and the prompt padded to max_text_tokens), then the audio tokens
-    n_cond = converter.n_video_tokens(files.video_shape()[0]) + converter.max_text_tokens
-    n_audio = files.tokens_shape()[0 if files.layout == "authors" else 1]
-    print_plan(cfg, world, *plan, n_cond + n_audio, len(train))
-    n_video = converter.n_video_tokens(files.video_shape()[0])
-    flops = cfg.batch_size * (3 * forward_flops(model.config, n_cond, n_audio)  # forward + backward (2x)
-                              + (converter.prefill_flops(n_video, n_cond) if cfg.condition == "llm" else 0))
+    tokens, flops = step_cost(cfg, model.config, converter, files)
+    print_plan(cfg, world, *plan, tokens / cfg.batch_size, len(train))
     batches = step_batches(functools.partial(step_data, files, train, cfg, rank, world), step, end, cfg.workers, device)
     log = TrainingLog(cfg, device, rank)
 
@@ -701,7 +716,7 @@ def main(argv=None):
         train_loss, grad_norm = train_step(ddp_model, converter, optimizer, log.next(batches), cfg, plan, step, rank,
                                            world, device)
         step += 1
-        log.add(cfg.batch_size, cfg.batch_size * (n_cond + n_audio), flops)
+        log.add(cfg.batch_size, tokens, flops)
         if step % cfg.log_interval == 0:  # on every rank: all_mean is a collective
             log.write(step, all_mean(train_loss).item(), get_lr(step - 1, cfg), grad_norm.item(), world)
     print(f"rank {rank}: weights {weights_digest(model.parameters())}", flush=True)  # the same on every rank

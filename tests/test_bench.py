@@ -1,8 +1,9 @@
 """
 Tests of the speed benchmark (`tools/bench.py`) and of what makes the sampler fast:
 one batched forward per decoding step (the conditional and null passes together, paper §3.2.2
-guidance), the Converter once per batch, the analytic FLOP counts, and (on a GPU only) no host
-synchronisation inside the step loop. Timings are measured, never asserted.
+guidance), the Converter once per batch, the analytic FLOP counts (the stages' own, which the
+bench and training's MFU use), and (on a GPU only) no host synchronisation inside the step loop.
+Timings are measured, never asserted.
 """
 import json
 import sys
@@ -94,25 +95,37 @@ def test_count_params_prints_vatt_audio_at_the_preset_size_in_every_option_form(
         assert capsys.readouterr().out == "toy: 1,106,304 parameters (1.1 M), plus the frozen codebooks\n"
 
 
+def test_fast_mode_times_vatt_audio_as_sampling_loads_it(monkeypatch):
+    """The fast rows' VATT Audio is stage2_audio.frozen's, as load_vatt_audio gives sampling: its
+    Linear weights in the dtype a GPU gets (bf16, here forced on the CPU), the rest float32, frozen."""
+    monkeypatch.setattr(stage2_audio, "weights_dtype", lambda device: torch.bfloat16)
+    audio, _ = bench.random_audio("toy", 128, torch.device("cpu"))
+    linears = [m for m in audio.modules() if isinstance(m, nn.Linear)]
+    assert linears and {m.weight.dtype for m in linears} == {torch.bfloat16}
+    assert {m.weight.dtype for m in audio.modules() if isinstance(m, nn.LayerNorm)} == {torch.float32}
+    assert audio.codebooks.dtype == torch.float32 and not audio.training
+    assert not any(p.requires_grad for p in audio.parameters())
+
+
 # -----------------------------------------------------------------------------
-# the analytic FLOP counts against torch's counter
+# the analytic FLOP counts (stage2_audio.forward_flops, Converter.prefill_flops) against torch's counter
 
 
-def test_audio_flops_match_torch_counter():
+def test_vatt_audio_forward_flops_match_torch_counter():
     model = tiny_model()
     B, Lc, T = 3, 6, 10
     cond, cond_mask = conditions(B, Lc)
     counted = counted_flops(lambda: model(all_mask(B, T), cond, cond_mask))
-    assert counted == B * bench.audio_flops(model.config, Lc, T) == B * 901_120
+    assert counted == B * stage2_audio.forward_flops(model.config, Lc, T) == B * 901_120
 
 
-def test_llm_flops_match_torch_counter():
+def test_converter_prefill_flops_match_torch_counter():
     conv = bench.random_converter("toy", 0, torch.float32, torch.device("cpu"))
     feats = torch.randn(2, 10, 256)  # 2 s of 5 fps toy-ViT features
     n_video = conv.n_video_tokens(10)
     n_tokens = n_video + conv.max_text_tokens
     counted = counted_flops(lambda: conv.condition(feats, [TEMPLATE] * 2))
-    assert counted == 2 * bench.llm_flops(conv, n_video, n_tokens) == 2 * 34_148_352
+    assert counted == 2 * conv.prefill_flops(n_video, n_tokens) == 2 * 34_148_352
 
 
 def test_codec_flops_match_torch_counter_and_lstm_closed_form():

@@ -22,7 +22,8 @@ peak memory) and writes <out_dir>/bench.json:
 
 Two modes, same models. fast is what sample.generate() does: the whole batch at once, one
 Converter prefill per batch, one VATT Audio forward per step for both guidance conditions, bf16
-autocast on a GPU. naive (--naive) is the baseline: one clip at a time, guidance as two forwards
+autocast on a GPU with VATT Audio's Linear weights cast to bf16 once (stage2_audio.frozen, as
+sampling loads it). naive (--naive) is the baseline: one clip at a time, guidance as two forwards
 per step, float32, no compile.
 """
 import os
@@ -44,7 +45,7 @@ import stage2_audio as s2  # noqa: E402
 from codec import build_audiogen_codec, load_codec  # noqa: E402
 from data.toy.llm import Config as ToyLLMConfig, toy_llm_config, toy_tokenizer  # noqa: E402
 from extract_features import Config as FeatureConfig  # noqa: E402  (the features' frame rate: 5 fps for every preset)
-from utils import autocast, parse_config, pick_device, save_json, weights_dtype  # noqa: E402
+from utils import autocast, parse_config, peak_tflops, pick_device, save_json, weights_dtype  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # config
@@ -95,8 +96,6 @@ LLAMA_2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=3
 MODELS = {"toy": dict(llm=("toy", None), feature_dim=256, seconds=2.0),
           "gemma-2b": dict(llm=("gemma", GEMMA_2B), feature_dim=768, seconds=10.0),
           "llama-2-7b": dict(llm=("llama", LLAMA_2_7B), feature_dim=768, seconds=10.0)}
-# dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets); the first key in the device's name wins
-PEAK_BF16 = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
 def llm_config(preset, tokenizer):
@@ -126,13 +125,14 @@ def random_converter(preset, n_layers, dtype, device):
 
 
 def random_audio(preset, cond_dim, device):
-    """VATT Audio at the preset's size (float32; the sampler autocasts it) and the codec whose tokens
-    it models, random weights: AudioGen's EnCodec (codec.py) at paper size, the toy's DSP codec."""
+    """VATT Audio at the preset's size as sampling runs it (stage2_audio.frozen: its Linear weights
+    bf16 on CUDA, float32 elsewhere) and the codec whose tokens it models, random weights: AudioGen's
+    EnCodec (codec.py) at paper size, the toy's DSP codec."""
     torch.manual_seed(0)
     codec = load_codec(FeatureConfig.codec) if preset == "toy" else build_audiogen_codec()  # data.toy.codec:ToyCodec
     stage2 = parse_config(s2.Config, s2.PRESETS, [f"--preset={preset}"])
     audio = s2.VATTAudio(s2.model_config(stage2, cond_dim, codec), codec.codebooks.float())
-    return audio.to(device).eval().requires_grad_(False), codec.to(device)
+    return s2.frozen(audio, device), codec.to(device)
 
 
 def print_size(preset):
@@ -161,31 +161,12 @@ class SeparateGuidance(nn.Module):
 
 # -----------------------------------------------------------------------------
 # FLOPs, counted analytically, 2 per multiply-add; norms, activations, softmax and the sampling
-# arithmetic are left out (as in nanoGPT's MFU estimate):
-#   Linear     2 * weights * tokens through it (the multiway layers: each token its own modality's FFN)
-#   attention  4 * L^2 * heads * head_dim per layer and sequence (QK^T and AV over all L x L pairs)
+# arithmetic are left out (as in nanoGPT's MFU estimate). The Converter's prefill
+# (Converter.prefill_flops) and VATT Audio's forward (stage2_audio.forward_flops) are the stages'
+# own counts, which training's MFU uses too; the codec's is read off its layers here:
 #   conv       2 * weights * output positions (input positions for a transposed conv)
 #   LSTM       2 * weights * frames, per layer
 # Guidance makes every decoder step 2 sequences (conditional and null): steps * 2 forwards per clip.
-
-
-def llm_flops(conv, n_video, n_tokens):
-    """FLOPs of one clip's Converter prefill: the projector on its n_video video tokens, then every
-    Linear of the LLM's layers and their attention on all n_tokens (the LM head is not run)."""
-    c = conv.llm.config
-    linear = sum(m.weight.numel() for m in conv.llm.get_decoder().modules() if isinstance(m, nn.Linear))
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return (2 * (conv.proj.weight.numel() * n_video + linear * n_tokens)
-            + c.num_hidden_layers * 4 * n_tokens ** 2 * c.num_attention_heads * head_dim)
-
-
-def audio_flops(c, n_cond, n_audio):
-    """FLOPs of one VATT Audio forward of one sequence (n_cond condition + n_audio audio tokens)."""
-    L, inner, layers = n_cond + n_audio, c.n_head * c.head_dim, c.n_multiway + c.n_plain
-    per_token = layers * (4 * c.dim * inner + 8 * c.dim ** 2)  # q, k, v, out; the FFN's two Linears (dim <-> 4 dim)
-    linear = (L * per_token + n_cond * c.cond_dim * c.dim  # + cond_proj on the condition tokens,
-              + n_audio * (c.codebook_dim * c.dim + c.n_q * c.dim * c.bins))  # audio_proj and the heads on the audio
-    return 2 * linear + layers * 4 * L * L * inner
 
 
 def codec_flops(codec, codes):
@@ -225,7 +206,7 @@ def main(argv=None):
     sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [1, 8, 32] if cuda else [1, 4]
     fast_dtype = weights_dtype(device)  # the LLM as load_llm loads it
     full_llm = llm_config(args.preset, toy_tokenizer(s1.INSTRUCTIONS))
-    audio, codec = random_audio(args.preset, full_llm.hidden_size, device)
+    audio, codec = random_audio(args.preset, full_llm.hidden_size, device)  # as sampling runs it (fast mode)
     fast_audio = torch.compile(audio) if args.compile else audio  # --naive never compiles
     naive_audio = SeparateGuidance(audio)
     forwards = {"decoder": [], "llm": []}  # the batch size of every forward, counted as they happen
@@ -264,6 +245,8 @@ def main(argv=None):
     rows, conv = [], None
     for mode in ("fast", "naive") if args.naive else ("fast",):
         dtype = torch.float32 if mode == "naive" else fast_dtype
+        if mode == "naive":  # float32 throughout (on a GPU the weights are the bf16-rounded ones: the same timing)
+            audio.float()
         if conv is None or conv.llm.dtype != dtype:
             conv = None  # the other precision's copy goes first
             conv = random_converter(args.preset, args.llm_layers, dtype, device)
@@ -274,8 +257,8 @@ def main(argv=None):
             n_video = conv.n_video_tokens(n_frames)
             n_cond, n_audio = n_video + conv.max_text_tokens, round(spec["seconds"] * codec.frame_rate)
             silence = torch.zeros(1, codec.n_q, n_audio, dtype=torch.long, device=device)
-            flops = dict(prefill=llm_flops(conv, n_video, n_cond),
-                         decoder=args.steps * 2 * audio_flops(audio.config, n_cond, n_audio),
+            flops = dict(prefill=conv.prefill_flops(n_video, n_cond),
+                         decoder=args.steps * 2 * s2.forward_flops(audio.config, n_cond, n_audio),
                          codec=codec_flops(codec, silence))
             flops["total"] = sum(flops.values())
             params = dict(llm=sum(p.numel() for p in conv.llm.parameters()),
@@ -307,7 +290,7 @@ def main(argv=None):
                 **{f"{part}_forwards": dict(calls=len(b) // args.repeats, batch=sorted(set(b)))
                    for part, b in forwards.items()}))
     name = torch.cuda.get_device_name(device) if cuda else f"{device.type} ({torch.get_num_threads()} threads)"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if cuda else None
+    peak = peak_tflops(device)
     naive = next((r for r in rows if r["mode"] == "naive"), None)
     for r in rows:
         r["percent_of_peak"] = 100 * r["tflops"]["total"] / peak if peak and r["dtype"] != "float32" else None

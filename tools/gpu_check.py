@@ -353,17 +353,15 @@ def tables(result):
     return {"sampling": sampling_table(result), "toy": toy_table(result), "summary": summary_table(result)}
 
 
-MARKER = re.compile(r"<!-- gpu-check:([\w-]+) -->")
-
-
-def fill_markers(text, md):
-    """`text` with each <!-- gpu-check:NAME --> ... <!-- /gpu-check:NAME --> region's content replaced by
-    md[NAME]; returns (text, names filled, problems: a name md lacks, a marker without its end)."""
+def fill_markers(text, md, tool="gpu-check"):
+    """`text` with each <!-- TOOL:NAME --> ... <!-- /TOOL:NAME --> region's content replaced by
+    md[NAME] (tool: this check's, or tools/train_check.py's "train-check"); returns (text, names
+    filled, problems: a name md lacks, a marker without its end)."""
     filled, problems = [], []
-    for name in dict.fromkeys(MARKER.findall(text)):
-        pattern = re.compile(rf"(<!-- gpu-check:{name} -->).*?(<!-- /gpu-check:{name} -->)", re.S)
+    for name in dict.fromkeys(re.findall(rf"<!-- {tool}:([\w-]+) -->", text)):
+        pattern = re.compile(rf"(<!-- {tool}:{name} -->).*?(<!-- /{tool}:{name} -->)", re.S)
         if not pattern.search(text):
-            problems.append(f"{name} (no <!-- /gpu-check:{name} --> after it)")
+            problems.append(f"{name} (no <!-- /{tool}:{name} --> after it)")
         elif name not in md:
             problems.append(f"{name} (no such table; gpu_check.tables makes {', '.join(md)})")
         else:

@@ -12,9 +12,8 @@ The step is stage2_audio.py's at the toy preset's size and batch, on one CPU thr
 twice: wall clock, and this process's CPU time, which on one thread stays close to the phase's own
 cost when other jobs share the machine. Needs the toy data and a stage-1 model (make demo's).
 
-Stage 1 (--stage=1): data (the batch's feature files and instructions), sequences (tokenizing
-the prompts and captions, embedding, padding: Converter._sequences), forward (the LLM and eq. 1),
-backward, optimizer; its LLM is the one make demo built (out/toy/base_llm).
+Stage 1 (--stage=1): data (the batch's feature files and instructions), forward (tokenizing,
+embedding and padding the sequences, the LLM and eq. 1), backward, optimizer; its LLM is the one make demo built (out/toy/base_llm).
 
     python tools/toy/step_time.py                                   # VATT Audio, 40 timed steps
     python tools/toy/step_time.py --architecture=cross-attn --steps=20
@@ -91,13 +90,10 @@ def stage1_steps(cfg):
     all_marks = []
     for step in range(cfg.warmup + cfg.steps):
         marks = [mark()]
-        _, (feats, prompts, captions) = s1.draw_batch(files, train, np.random.default_rng([0, step]), s1cfg, 0, 1, device)
+        feats, prompts, captions = s1.draw_batch(files, train, np.random.default_rng([0, step]), s1cfg, 0, 1)["batch"]
         marks.append(mark())
-        x, mask, positions, labels = model._sequences(feats, prompts, captions)
-        marks.append(mark())
-        logits = model.llm(inputs_embeds=x, attention_mask=mask, position_ids=positions).logits[:, :-1]
-        caption = labels[:, 1:] != -100
-        loss = torch.nn.functional.cross_entropy(logits[caption].float(), labels[:, 1:][caption])
+        loss_sum, n_tokens = model(feats, prompts, captions)
+        loss = loss_sum / n_tokens
         marks.append(mark())
         loss.backward()
         marks.append(mark())
@@ -107,7 +103,7 @@ def stage1_steps(cfg):
         marks.append(mark())
         all_marks.append(marks)
     report(f"stage-1 step, toy preset: batch {s1cfg.batch_size}, {sum(p.numel() for p in params):,} trainable "
-           "parameters", all_marks, ("data", "sequences", "forward", "backward", "optimizer"), cfg, s1cfg.max_steps)
+           "parameters", all_marks, ("data", "forward", "backward", "optimizer"), cfg, s1cfg.max_steps)
 
 
 def main(argv=None):
