@@ -79,12 +79,12 @@ gpu-check: .venv/installed
 
 # `make train-check` (one GPU, at most 5 minutes): both training stages at the paper's size with random
 # weights through their own code (gemma-2b presets timed, overfits, 1-rank NCCL DDP, FLOPs against torch's
-# counter); out/train-check/result.json and docs/real-scale.md's <!-- gpu-check:training --> table.
+# counter); out/train-check/result.json and docs/real-scale.md's <!-- train-check:training --> table.
 # Refuses (exit 2) without a GPU.
 train-check: .venv/installed
 	$(PY) tools/train_check.py --size=full
 
-# `make full-size-check` (a CPU, minutes, ~20 GB of memory): the same code paths at the paper's size, one
+# `make full-size-check` (a CPU, about 6 minutes and 16 GB here): the same code paths at the paper's size, one
 # training step of each stage (Gemma-2B with LoRA, VATT Audio over the reloaded Converter) in float32
 full-size-check: .venv/installed
 	$(PY) tools/train_check.py --size=full --device=cpu

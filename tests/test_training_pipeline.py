@@ -7,6 +7,7 @@ The training path at any size and GPU count, on the tiny toy world of conftest.p
   on the caption positions only (§3.1), VATT Audio's Linears cast once for sampling;
 - the log a long run is steered by.
 """
+import importlib.util
 import re
 
 import pytest
@@ -140,3 +141,21 @@ def test_sampling_casts_linears_once_as_autocast_would(monkeypatch):
     assert cast.heads[0].weight.dtype == torch.bfloat16 and cast.encoder[0].norm1[0].weight.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(cast(codes, cond, cond_mask), want)
+
+
+def test_tensorboard_flag_writes_events_or_says_what_is_missing(tmp_path):
+    """--tensorboard: the log's rows as TensorBoard scalars in out_dir/tensorboard, or, without the
+    optional tensorboard package, one line saying how to install it."""
+    from types import SimpleNamespace
+
+    from utils import TrainingLog
+
+    cfg = SimpleNamespace(tensorboard=True, out_dir=str(tmp_path), max_steps=10)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(SystemExit, match="pip install tensorboard"):
+            TrainingLog(cfg, torch.device("cpu"), rank=0)
+        return
+    log = TrainingLog(cfg, torch.device("cpu"), rank=0)
+    log.add(samples=4, tokens=100, flops=1e9)
+    log.write(1, loss=2.0, lr=1e-3, grad_norm=0.5, world=1)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
