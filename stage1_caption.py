@@ -157,8 +157,8 @@ def add_lora(llm, lora):
         return llm
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(llm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=["q_proj", "v_proj"],
-                                          bias="none", task_type="CAUSAL_LM"))
+    return get_peft_model(llm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                                          target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
 
 
 # -----------------------------------------------------------------------------
@@ -447,7 +447,8 @@ def batch_loss(model, data, cfg, plan, world, device, backward=False):
             loss.backward()
         total += loss.detach()
     caption_tokens = sum(len(conv.caption_ids(c)) for c in captions)
-    tokens = caption_tokens + sum(len(conv.prompt_ids(p)[0]) for p in prompts) + len(feats) * conv.n_video_tokens(feats.shape[1])
+    video_tokens = len(feats) * conv.n_video_tokens(feats.shape[1])
+    tokens = video_tokens + sum(len(conv.prompt_ids(p)[0]) for p in prompts) + caption_tokens
     return total, (tokens, caption_tokens)
 
 

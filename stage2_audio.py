@@ -111,7 +111,7 @@ class Config:
     log_interval: int = 25  # print the training loss, speed and memory every this many steps
     tensorboard: bool = False  # also log to out_dir/tensorboard (pip install tensorboard)
     workers: int = 0  # DataLoader processes reading clips ahead of the GPU (0: the main process, the toy's)
-    compile: bool = False  # torch.compile VATT Audio for training (static shapes; pays off on a GPU, minutes to compile)
+    compile: bool = False  # torch.compile VATT Audio for training (static shapes; for a GPU: minutes to compile)
     resume: bool = True  # continue from out_dir/stage2.pt if it exists
     # fine-tuning: start from this trained stage2.pt (ours, or the authors' converted by tools/official.py)
     # with a fresh optimizer at step 0; the network comes from it. A run that has saved its own
@@ -408,8 +408,9 @@ class CrossAttnAudio(VATTAudio):
         bias = self.alibi(Lc + T, codes.device)  # (H, Lc+T, Lc+T): VATT Audio's
         dtype = torch.get_autocast_dtype(a.device.type) if torch.is_autocast_enabled(a.device.type) else a.dtype
         self_bias = aligned(bias[None, :, Lc:, Lc:], dtype)  # (1, H, T, T)
-        cross_bias = aligned(bias[None, :, Lc:, :Lc].masked_fill((cond_mask == 0)[:, None, None, :],
-                                                                 -torch.finfo(torch.float32).max / 2), dtype)  # (B, H, T, Lc)
+        shut = (cond_mask == 0)[:, None, None, :]  # padded condition keys
+        cross_bias = aligned(bias[None, :, Lc:, :Lc].masked_fill(shut, -torch.finfo(torch.float32).max / 2),
+                             dtype)  # (B, H, T, Lc)
         no_pad = torch.zeros(B, T, dtype=torch.bool, device=codes.device)
         for block in self.blocks:
             a = block(a, memory, self_bias, cross_bias, no_pad)
@@ -458,7 +459,8 @@ def random_mask(ratios, shape, generator=None):
     zero tokens, which would make the loss 0/0."""
     B, N = shape[0], shape[1] * shape[2]
     n_masked = (ratios * N).round().clamp(min=1)  # (B,)
-    rank = torch.rand(B, N, generator=generator, device=on(generator)).argsort(-1).argsort(-1)  # a random permutation per row
+    noise = torch.rand(B, N, generator=generator, device=on(generator))
+    rank = noise.argsort(-1).argsort(-1)  # a random permutation per row
     return (rank < n_masked[:, None]).view(shape)
 
 
@@ -617,7 +619,8 @@ def val_loss(model, converter, files, val, cfg, plan, step, rank, world, device)
 def train_flops(c, converter, n_video, n_cond, n_audio, condition="llm"):
     """Model FLOPs of training on one sequence: VATT Audio's forward and backward (twice the
     forward), and the frozen Converter's forward over the condition (none for VATT-V)."""
-    return 3 * forward_flops(c, n_cond, n_audio) + (converter.prefill_flops(n_video, n_cond) if condition == "llm" else 0)
+    converter_flops = converter.prefill_flops(n_video, n_cond) if condition == "llm" else 0
+    return 3 * forward_flops(c, n_cond, n_audio) + converter_flops
 
 
 def step_cost(cfg, c, converter, files):

@@ -148,8 +148,9 @@ def print_plan(cfg, world, micro, accum, tokens_per_sample, n_train):
     and the epochs over the training clips that max_steps makes."""
     epochs = cfg.max_steps * cfg.batch_size / max(1, n_train)
     print0(f"each step: a global batch of {cfg.batch_size} = {world} process{'es' if world > 1 else ''} x "
-           f"{accum} accumulated micro-batch{'es' if accum > 1 else ''} x {micro} | ~{cfg.batch_size * tokens_per_sample:,.0f} "
-           f"tokens | {cfg.max_steps:,} steps = {epochs:,.1f} epochs over {n_train:,} training clips")
+           f"{accum} accumulated micro-batch{'es' if accum > 1 else ''} x {micro} | "
+           f"~{cfg.batch_size * tokens_per_sample:,.0f} tokens | {cfg.max_steps:,} steps = {epochs:,.1f} epochs "
+           f"over {n_train:,} training clips")
 
 
 class _Steps(torch.utils.data.Dataset):

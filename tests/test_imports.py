@@ -19,8 +19,8 @@ LAYERS = [
     # captioner, the benchmark, the report page, the ablations, the GPU check, the training check at
     # the paper's size; then the toy's measurement instruments (tools/toy)
     "tools.sample_split", "tools.official", "tools.caption_audio", "tools.bench", "tools.report", "tools.ablations",
-    "tools.gpu_check", "tools.train_check", "tools.toy.text_gain", "tools.toy.negative_check", "tools.toy.masking_curves",
-    "tools.toy.step_time", "tools.toy.video_memory",
+    "tools.gpu_check", "tools.train_check", "tools.toy.text_gain", "tools.toy.negative_check",
+    "tools.toy.masking_curves", "tools.toy.step_time", "tools.toy.video_memory",
 ]
 CORE = LAYERS[: LAYERS.index("eval") + 1]
 

@@ -26,7 +26,8 @@ STEP = re.compile(r"step (\d+)/\d+ \| loss (\d+\.\d{4})")
 
 def run(stage, world, tmp_path, name, *extra):
     """A short training run of `stage` on the tiny world; returns its log and the trained weights."""
-    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features", f"--out_dir={tmp_path}/{name}"]
+    data = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
+            f"--out_dir={tmp_path}/{name}"]
     tiny = TINY_STAGE1 if stage is stage1_caption else TINY_STAGE2
     source = f"--llm={world}/out/toy_llm" if stage is stage1_caption else f"--converter={world}/out/stage1.pt"
     stage.main(data + [source] + tiny + ["--max_steps=3", "--eval_interval=3", "--log_interval=1", *extra])
@@ -52,7 +53,8 @@ def test_dataloader_workers_change_nothing(world, tmp_path, capsys):
     log_main = capsys.readouterr().out
     workers = run(stage2_audio, world, tmp_path, "workers", "--dropout=0.1", "--workers=2")
     assert STEP.findall(capsys.readouterr().out) == STEP.findall(log_main)
-    assert all(torch.equal(main[k], workers[k]) for k in main)  # bit for bit: each step's data is a function of (seed, step)
+    # bit for bit: each step's data is a function of (seed, step)
+    assert all(torch.equal(main[k], workers[k]) for k in main)
 
 
 def test_a_batch_that_does_not_split_is_refused():
@@ -106,7 +108,8 @@ def test_caption_loss_runs_the_lm_head_on_caption_positions_only(world, monkeypa
     equals eq. 1 over every position's logits."""
     conv = load_converter(world / "out" / "stage1.pt", torch.device("cpu"))
     feats = torch.stack([load_features(world / "features", f"test_0000{i}") for i in range(2)])
-    prompts, captions = [TEMPLATE, "a much longer instruction than the template is"], ["a drum", "a high whistle blows twice"]
+    prompts = [TEMPLATE, "a much longer instruction than the template is"]
+    captions = ["a drum", "a high whistle blows twice"]
     kept, forward = [], conv.llm.forward
 
     def spy(*args, **kwargs):

@@ -13,7 +13,8 @@ twice: wall clock, and this process's CPU time, which on one thread stays close 
 cost when other jobs share the machine. Needs the toy data and a stage-1 model (make demo's).
 
 Stage 1 (--stage=1): data (the batch's feature files and instructions), forward (tokenizing,
-embedding and padding the sequences, the LLM and eq. 1), backward, optimizer; its LLM is the one make demo built (out/toy/base_llm).
+embedding and padding the sequences, the LLM and eq. 1), backward, optimizer; its LLM is the one
+make demo built (out/toy/base_llm).
 
     python tools/toy/step_time.py                                   # VATT Audio, 40 timed steps
     python tools/toy/step_time.py --architecture=cross-attn --steps=20
