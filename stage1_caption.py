@@ -483,6 +483,26 @@ def mean_text_tokens(model, items):
     return prompt + sum(len(model.caption_ids(c)) for _, c in items) / max(1, len(items))
 
 
+def starting_step(model, optimizer, cfg, init, files, train, ckpt_path):
+    """Where training starts: the run's own checkpoint resumed (weights, optimizer, step), or a
+    fine-tuning run's --init_from weights at step 0, or the data-dependent projector init."""
+    step = 0
+    if cfg.resume and ckpt_path.exists():
+        ckpt = read_checkpoint(ckpt_path, "vatt-converter")
+        load_trained_weights(model, ckpt, ckpt_path, cfg.llm)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        print0(f"resuming from {ckpt_path} at step {step}")
+    elif init is not None:
+        load_trained_weights(model, init, cfg.init_from, cfg.llm)
+        print0(f"fine-tuning from {cfg.init_from} (trained {init['step']} steps): fresh optimizer, step 0")
+    else:
+        init_projector(model, torch.stack([files.load_clip(s) for s, _ in train[:256]]))
+    if step >= cfg.max_steps:
+        print0(f"{ckpt_path} is at step {step}, max_steps is {cfg.max_steps}: nothing to train")
+    return step
+
+
 def save(model, optimizer, cfg, step, meta, path):
     """stage1.pt: the projector and the LLM's trained weights (LoRA, or all but the embeddings),
     the config (which names the base LLM) and the features' meta.json, from which
@@ -513,20 +533,7 @@ def main(argv=None):
     optimizer = adamw(params, cfg, device)
     print0(f"trainable parameters: {sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,}")
 
-    step = 0
-    if cfg.resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path, "vatt-converter")
-        load_trained_weights(model, ckpt, ckpt_path, cfg.llm)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        print0(f"resuming from {ckpt_path} at step {step}")
-    elif init is not None:
-        load_trained_weights(model, init, cfg.init_from, cfg.llm)
-        print0(f"fine-tuning from {cfg.init_from} (trained {init['step']} steps): fresh optimizer, step 0")
-    else:
-        init_projector(model, torch.stack([files.load_clip(s) for s, _ in train[:256]]))
-    if step >= cfg.max_steps:
-        print0(f"{ckpt_path} is at step {step}, max_steps is {cfg.max_steps}: nothing to train")
+    step = starting_step(model, optimizer, cfg, init, files, train, ckpt_path)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     n_video = model.n_video_tokens(files.video_shape()[0])
     print_plan(cfg, world, *plan, n_video + mean_text_tokens(model, train[:256]), len(train))
