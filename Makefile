@@ -9,7 +9,7 @@ SEED ?= 0
 OUT ?= out/toy
 SAMPLE := $(PY) tools/sample_split.py --preset=toy --data_json=$(DATA) --split=test --ckpt_dir=$(OUT) --seed=$(SEED)
 
-.PHONY: demo test clean ablations gpu-check samples train-check full-size-check
+.PHONY: demo test clean ablations gpu-check samples train-check full-size-check app
 
 # --no-compile: compiling every file of every package at install time was half the install's CPU
 # time. Python compiles a module when it is first imported and caches the bytecode, unless
@@ -66,8 +66,20 @@ ablations: .venv/installed | $(OUT)/stage1.pt
 	$(PY) tools/ablations.py --stage1=$(OUT)/stage1.pt --out_dir=$(OUT)-ablations --table=$(OUT)/ablations.json \
 		--seed=$(SEED) --jobs=$(JOBS) --variants=$(VARIANTS)
 
-# the browser test's Chromium (Debian's package) is installed when missing, where we may (as root)
-test: .venv/installed
+# `make app`: the browser app (app/app.py) over $(OUT)'s checkpoints, on http://127.0.0.1:7860 (the
+# address is printed); Ctrl-C stops it. Its own requirements (Gradio) install on first use; the demo and
+# the stages never need them. More flags: make app ARGS="--port 8000 --steps 24"
+.venv/app-installed: .venv/installed app/requirements.txt constraints.txt
+	$(PY) -m pip install -q --no-compile -r app/requirements.txt -c constraints.txt
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -c "import gradio, gradio_client"
+	touch $@
+
+app: .venv/app-installed
+	$(PY) app/app.py --ckpt_dir=$(OUT) --seed=$(SEED) $(ARGS)
+
+# the browser tests' Chromium (Debian's package) is installed when missing, where we may (as root); the
+# app's test needs its requirements
+test: .venv/installed .venv/app-installed
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "could not install chromium: the browser tests will skip"
 	$(PY) -m pytest -q tests
 

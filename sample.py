@@ -222,7 +222,8 @@ def revealed_at(history, mask_id):
 
 
 def load_models(ckpt_dir, device):
-    """stage1.pt and stage2.pt of a checkpoint folder -> (converter, audio, codec, meta)."""
+    """stage1.pt and stage2.pt of a checkpoint folder -> (converter, audio, codec, meta, files: the
+    checkpoint files, named in every output's record)."""
     ckpt_dir = Path(ckpt_dir)
     converter = load_converter(ckpt_dir / "stage1.pt", device)
     audio, ckpt = load_vatt_audio(ckpt_dir / "stage2.pt", device)
@@ -230,7 +231,8 @@ def load_models(ckpt_dir, device):
         sys.exit(f"error: {ckpt_dir}: stage2.pt expects {audio.config.cond_dim}-d LLM states, "
                  f"stage1.pt gives {converter.hidden_size}-d")
     return SimpleNamespace(converter=converter, audio=audio, codec=load_codec(ckpt["codec"]).to(device),
-                           meta=converter.features_meta)
+                           meta=converter.features_meta,
+                           files={"converter": str(ckpt_dir / "stage1.pt"), "audio": str(ckpt_dir / "stage2.pt")})
 
 
 def clip_seed(seed, sample_index, key):
@@ -496,13 +498,17 @@ def report(tally, n_jobs, caption_max_tokens):
     return 1 if tally["failed"] else 0
 
 
-def video_jobs(args, models, device):
-    """--video: a file, or a folder or .txt list of them -> [(path, load)], each video decoded and
-    encoded when its batch comes; and the output folder (None: beside each video)."""
-    # a folder or a .txt list of paths; anything else is one video (a missing one fails as such)
-    paths = list_videos(args.video) if Path(args.video).is_dir() or args.video.endswith(".txt") else [args.video]
+def video_paths(video):
+    """--video: a folder or a .txt list of videos, or else one video (a missing one fails as such)."""
+    paths = list_videos(video) if Path(video).is_dir() or video.endswith(".txt") else [video]
     if not paths:
-        sys.exit(f"error: {args.video}: no videos in it")
+        sys.exit(f"error: {video}: no videos in it")
+    return paths
+
+
+def video_jobs(args, paths, encoder):
+    """The videos -> [(path, load)], each video decoded and encoded (by `encoder`, a
+    VideoFeatures) when its batch comes; and the output folder (None: beside each video)."""
     out = Path(args.out_dir) if args.out_dir else None
     bases = {}  # two videos whose outputs would overwrite each other are refused before any work
     for p in paths:
@@ -511,16 +517,17 @@ def video_jobs(args, models, device):
             sys.exit(f"error: {bases[base]} and {p} would both write {base}.*: rename one, or sample them "
                      "into different --out_dir folders")
         bases[base] = p
-    encoder = VideoFeatures(models.meta, device)
     return [(p, lambda p=p: (*encoder(p), args.prompt or None, args.negative_prompt or None)) for p in paths], out
 
 
-def run(args, models, device, checkpoints):
-    """A sampling run of args.video with these models (sample.py's own checkpoints, or
-    tools/official.py's, the authors'); `checkpoints` names their files in every record. Returns
-    the exit status."""
+def sample_videos(args, models, device, paths, encoder=None):
+    """A sampling run of the videos at `paths` with these models (sample.py's own checkpoints, or
+    tools/official.py's, the authors'; every record names models.files); `encoder`: a
+    VideoFeatures to reuse (loaded here when None). Returns sample_clips' tally, the number of
+    videos and the settings every output records."""
+    checkpoints = models.files
     settings = start_run(args, models, checkpoints.get("audio", "the model"))
-    jobs, out = video_jobs(args, models, device)
+    jobs, out = video_jobs(args, paths, encoder or VideoFeatures(models.meta, device))
 
     def write(clip, result, k, info):  # <video>.vatt.wav, .mp4 (or .mkv), .json (and .steps.json)
         path, sr = Path(clip.key), models.codec.sample_rate
@@ -541,8 +548,13 @@ def run(args, models, device, checkpoints):
                 save_steps(base + ".steps.json", result, args.steps)
         save_json(record, base + ".json")
 
-    tally = sample_clips(args, models, device, jobs, write)
-    return report(tally, len(jobs), settings["caption_max_tokens"])
+    return sample_clips(args, models, device, jobs, write), len(jobs), settings
+
+
+def run(args, models, device):
+    """sample_videos of --video, then its report. Returns the exit status."""
+    tally, n_videos, settings = sample_videos(args, models, device, video_paths(args.video))
+    return report(tally, n_videos, settings["caption_max_tokens"])
 
 
 def main(argv=None):
@@ -550,9 +562,7 @@ def main(argv=None):
     if not args.video:
         sys.exit("error: give --video FILE|FOLDER|LIST (see --help)")
     device = pick_device(args.device)
-    models = load_models(args.ckpt_dir, device)
-    checkpoints = {"converter": str(Path(args.ckpt_dir) / "stage1.pt"), "audio": str(Path(args.ckpt_dir) / "stage2.pt")}
-    return run(args, models, device, checkpoints)
+    return run(args, load_models(args.ckpt_dir, device), device)
 
 
 if __name__ == "__main__":

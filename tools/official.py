@@ -599,7 +599,7 @@ def sample_with_theirs(argv):
         sys.exit("error: give --video FILE|FOLDER|LIST or --data_json FILE (see --help)")
     device = pick_device(args.device)
     models = load_official_models(args.official_ckpt, device, vatt=args.official_model, trust_pickle=args.trust_pickle)
-    return (sample_split.run if args.data_json else sample.run)(args, models, device, models.files)
+    return (sample_split.run if args.data_json else sample.run)(args, models, device)
 
 
 USAGE = """usage:

@@ -117,12 +117,12 @@ def write_captions(out, run_settings, clips):
 # the run
 
 
-def run(args, models, device, checkpoints):
+def run(args, models, device):
     """A sampling run over the split of args.data_json with these models (sample.py's own
-    checkpoints, or tools/official.py's, the authors'); `checkpoints` names their files in
-    captions.json. Prints what it was given, did, kept and skipped. Returns the exit status."""
+    checkpoints, or tools/official.py's, the authors'; captions.json names models.files). Prints
+    what it was given, did, kept and skipped. Returns the exit status."""
     t0 = time.time()
-    conv = models.converter
+    conv, checkpoints = models.converter, models.files
     settings = sample.start_run(args, models, checkpoints.get("audio", "the model"),
                                 sample.TEXT_OPTIONS + ("prompt_field", "negative_field"))
     jobs, out = split_jobs(args, models)
@@ -169,9 +169,7 @@ def main(argv=None):
     args = parse_config(Config, sample.PRESETS, argv)
     check_options(args)
     device = pick_device(args.device)
-    models = sample.load_models(args.ckpt_dir, device)
-    checkpoints = {"converter": str(Path(args.ckpt_dir) / "stage1.pt"), "audio": str(Path(args.ckpt_dir) / "stage2.pt")}
-    return run(args, models, device, checkpoints)
+    return run(args, sample.load_models(args.ckpt_dir, device), device)
 
 
 if __name__ == "__main__":
