@@ -84,6 +84,18 @@ def generate(client, video, prompt="", negative_prompt="", steps=16, guidance_sc
     return client.predict(file, prompt, negative_prompt, steps, guidance_scale, seed, api_name="/generate")
 
 
+def test_help_and_a_missing_gradio_are_one_answer_each():
+    """--help prints the docstring (the commands, the API call) and the options; without Gradio
+    installed the app says how to install it, in one line."""
+    usage = subprocess.run([sys.executable, "app/app.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert usage.returncode == 0 and 'api_name="/generate"' in usage.stdout and "host: str" in usage.stdout
+    without = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.modules['gradio'] = None; "
+                              "runpy.run_path('app/app.py', run_name='__main__')"], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert without.returncode == 1 and without.stderr == (
+        "error: the app needs Gradio: pip install -r app/requirements.txt -c constraints.txt (make app does it)\n")
+
+
 def test_3_2_listens_on_localhost_only(app):
     listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == app.port}
     assert listening == {"127.0.0.1"}

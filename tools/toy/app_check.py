@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradio_client import Client, handle_file  # the app's requirements (app/requirements.txt)
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repo root
 import sample  # noqa: E402
 from data.toy.world import analyze, parse_caption, swap_pitch  # noqa: E402
@@ -35,8 +37,6 @@ class Config:
 
 
 def main(argv=None):
-    from gradio_client import Client, handle_file
-
     args = parse_config(Config, {"toy": {}}, argv)
     data = Path(args.data_json)
     test = [e for e in json.loads(data.read_text(encoding="utf-8")) if e["split"] == "test"][: args.n_clips]
