@@ -27,7 +27,8 @@ import sample
 from browser import Chromium, find_chromium
 from test_sample_videos import _audio_only
 
-gradio_client = pytest.importorskip("gradio_client", reason="the app's requirements: pip install -r app/requirements.txt")
+gradio_client = pytest.importorskip("gradio_client",
+                                    reason="the app's requirements: pip install -r app/requirements.txt")
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG_PROMPT = ("the sound of a bright and high bell ringing three times " * 40)[:2000]
@@ -203,7 +204,8 @@ def test_3_2_page_in_chromium(app, world, tmp_path):
         wait_for(browser, page, "!!document.querySelector('#video video')")
         browser.evaluate(page, "document.querySelector('#generate').click()")
         caption = wait_for(browser, page, "document.querySelector('#caption textarea').value")
-        wait_for(browser, page, "!!document.querySelector('#audio a[download]') && !!document.querySelector('#grid img')")
+        wait_for(browser, page,
+                 "!!document.querySelector('#audio a[download]') && !!document.querySelector('#grid img')")
         name, kind, seconds = browser.evaluate(page, AUDIO_HELD)
         meta = json.loads((world / "features" / "meta.json").read_text())
         assert name == "test_00000.vatt.wav" and kind == "audio/wav"
