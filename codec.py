@@ -43,6 +43,7 @@ What does differ is only configuration, bridged in AudioGenCodec.__init__:
     are training-time EMA state that we load (strict) and ignore. The package lays codes out as
     (n_q, B, T); audiocraft and this file use (B, n_q, T), hence the transposes.
 """
+import importlib
 import math
 import re
 import warnings
@@ -52,7 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from utils import load_error, resolve
+from utils import load_error
 
 CKPT_NAME = "compression_state_dict.bin"
 DEFAULT_REPO = "facebook/audiogen-medium"
@@ -290,6 +291,13 @@ def load_audiogen_codec(path_or_repo=DEFAULT_REPO, revision=None, device="cpu", 
     codec = build_audiogen_codec(**{**config_from_xp_cfg(pkg.get("xp.cfg")), **overrides})
     codec.load_state_dict(pkg["best_state"], strict=True)  # every key incl. the 4 quantizer buffers per level
     return codec.to(device)
+
+
+def resolve(name):
+    """"module:attribute" -> that attribute, imported by its name: what a config names to be built
+    (the toy's codec, codec.load_codec), so that no stage imports it."""
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def load_codec(name: str):

@@ -1,32 +1,21 @@
 """
-Stage 0 of VATT: turn videos into the two arrays the models train on.
+Stage 0 of VATT: turn videos into the two arrays the models train on (paper §4, §3.2.1).
 
   video -> frames at 5 fps -> CLIP image embeddings   features/video/<stem>.npy  float16 (T*5, D)
   audio -> 16 kHz mono     -> codec tokens (4 x 50 Hz) features/audio/<stem>.npy  int16   (4, T*50)
 
-The encoders are the authors' (EVA02-CLIP-L/14-336, 50 x 768 per 10 s clip, paper §4; AudioGen's
-16 kHz EnCodec, 4 codebooks, 500 frames per 10 s, paper §3.2.1). Their released VGGSound files
-use another layout (two folders, tokens stored time-first as (500, 4), no meta.json); the trainers
-read that layout as it is (--features_dir=the folder they are unzipped in; see authors_meta and
-FeatureFiles below), so they need no extraction. Every clip is cut or padded to one fixed window
-(`seconds`): frames past the end of a short video repeat its last frame, audio is padded with
-silence, longer clips are cropped from their start.
+The encoders are the authors' (EVA02-CLIP-L/14-336, 50 x 768 per 10 s clip; AudioGen's 16 kHz
+EnCodec, 4 codebooks, 500 frames per 10 s). Every clip is cut or padded to one fixed window
+(`seconds`: 10 s for VGGSound, as the released features): frames past the end of a short video
+repeat its last frame, audio is padded with silence, longer clips are cropped from their start.
+The trainers also read the authors' released VGGSound files as they are (FeatureFiles), and
+sample.py takes this file's video encoder (VideoFeatures) and writers (write_wav, mux).
 
-This file is also the project's one PyAV module and the home of the feature layout: sample.py
-imports its video encoder (VideoFeatures) and writers (write_wav, mux), the trainers its reader
-(train_val_split, FeatureFiles.load_clip).
-
-Where this file differs from the paper and from the released code: the clip window is fixed
-per preset (10 s for VGGSound, as the released features); a video is read at its frames'
-timestamps, so any container and (variable) frame rate works.
-
-Toy world (CPU, ~80 s):
-    python extract_features.py --preset=toy
-Real scale, one GPU (EVA02-CLIP and AudioGen weights are fetched from the Hugging Face hub, or
-point --clip_pretrained / --codec at local files):
+    python extract_features.py --preset=toy                 # the toy world (CPU, ~80 s)
+    # one GPU (EVA02-CLIP and AudioGen weights from the Hugging Face hub, or local files:
+    # --clip_pretrained, --codec)
     python extract_features.py --preset=vggsound --input=vggsound/videos --out_dir=vggsound/features
-Many GPUs (each rank takes every WORLD_SIZE-th clip; finished clips are skipped, so a killed job
-simply resumes):
+    # many GPUs: each rank takes every WORLD_SIZE-th clip; finished clips are skipped, so a killed job resumes
     torchrun --nproc_per_node=8 extract_features.py --preset=vggsound --input=list.txt
 """
 import functools
@@ -50,59 +39,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from codec import AudioGenCodecConfig, load_codec
-from utils import (atomic_path, autocast, check_npy, parse_config, pick_device, print0, record_timing, save_json,
-                   shape_fits, shape_str)
+from utils import atomic_path, autocast, parse_config, pick_device, print0, record_timing, save_json
 
 # -----------------------------------------------------------------------------
-# config
-
-
-@dataclass
-class Config:
-    preset: str = "toy"
-    # a V2A-Instruction JSON (its `video_path`s are relative to the JSON), a folder of videos,
-    # or a .txt list of video paths (one per line)
-    input: str = "data/toy/v2a_instruction.json"
-    out_dir: str = "data/toy/features"
-    fps: float = 5.0  # frame rate of the visual features (the authors extract at 5 fps)
-    seconds: float = 2.0  # fixed window per clip: 10 s for VGGSound, 2 s for the toy world
-    # open_clip model name and pretrained tag (or a local checkpoint file). A path to an open_clip
-    # model config (.json) registers that architecture under its file name: the toy preset's tiny
-    # ViT, with random weights (no download possible)
-    clip_model: str = "data/toy/toy-vit.json"
-    clip_pretrained: str = ""
-    clip_seed: int = 0  # seeds the random toy ViT, so features are reproducible
-    # a hub id or local path of AudioGen's compression_state_dict.bin, or "module:Class" for a codec
-    # with EnCodec's interface (the toy world's DSP codec); see codec.load_codec
-    codec: str = "data.toy.codec:ToyCodec"
-    batch_size: int = 16  # clips per forward pass
-    num_workers: int = 2  # DataLoader processes that decode videos with PyAV
-    strict: bool = False  # a video that cannot be read stops the run (default: skipped, listed at the end, exit 1)
-    device: str = "auto"
-
-
-PRESETS = {
-    "toy": {},
-    "vggsound": dict(input="vggsound/videos", out_dir="vggsound/features", seconds=10.0,
-                     clip_model="EVA02-L-14-336", clip_pretrained="merged2b_s6b_b61k",
-                     codec="facebook/audiogen-medium", batch_size=32, num_workers=8),
-}
-
-# -----------------------------------------------------------------------------
-# reading videos with PyAV. Each problem becomes one VideoError line naming the file.
-
-
-class VideoError(ValueError):
-    pass
-
-
-def _open(path):
-    if not os.path.isfile(path):
-        raise VideoError(f"{path}: no such file")
-    try:
-        return av.open(str(path))
-    except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise VideoError(f"{path}: not a readable video ({e})") from None
+# the two inputs of §4: frames at 5 fps and their CLIP embeddings; the audio and its codec tokens
 
 
 class Frames:
@@ -163,13 +103,6 @@ class Frames:
                 yield rgb(last if last is not None else prev)
 
 
-def load_frames(path, fps, seconds=None):
-    """Frames (see Frames) all at once: (frames uint8 (N, H, W, 3), duration). For a fixed window
-    (`seconds`); a whole video is read a chunk at a time (VideoFeatures)."""
-    frames = Frames(path, fps, seconds)
-    return np.stack(list(frames)), frames.duration
-
-
 def load_audio(path, sr, seconds=None):
     """The first audio track as float32 mono at `sr` Hz (FFmpeg's resampler), aligned to the
     container's start so it stays in sync with load_frames; cut or zero-padded to `seconds`."""
@@ -203,8 +136,82 @@ def stream_origin(container):
     return container.start_time / 1e6 if container.start_time is not None else 0.0
 
 
+def preprocess_frames(preprocess, frames):
+    """uint8 (N, H, W, 3) -> (N, 3, S, S) with open_clip's own resize, crop and normalisation."""
+    return torch.stack([preprocess(Image.fromarray(f)) for f in frames])
+
+
+@torch.no_grad()
+def encode_frames(model, frames, device):
+    """frames: preprocessed images (N, 3, S, S) -> (N, D) float32 image embeddings (open_clip's
+    encode_image: the projected image embedding, 768-d for EVA02-L) on the CPU."""
+    return model.encode_image(frames.to(device)).float().cpu()  # (N, D)
+
+
+@torch.no_grad()
+def audio_tokens(codec, wavs):
+    """(B, S) mono audio at the codec's rate -> (B, L, T) codec tokens (L = 4 levels at 50 Hz)."""
+    return codec.encode(wavs[:, None]).cpu()
+
+
+# =============================================================================
+# Running it: the configuration, reading videos and their errors, the encoders, writing, the layout
+
+
+@dataclass
+class Config:
+    preset: str = "toy"
+    # a V2A-Instruction JSON (its `video_path`s are relative to the JSON), a folder of videos,
+    # or a .txt list of video paths (one per line)
+    input: str = "data/toy/v2a_instruction.json"
+    out_dir: str = "data/toy/features"
+    fps: float = 5.0  # frame rate of the visual features (the authors extract at 5 fps)
+    seconds: float = 2.0  # fixed window per clip: 10 s for VGGSound, 2 s for the toy world
+    # open_clip model name and pretrained tag (or a local checkpoint file). A path to an open_clip
+    # model config (.json) registers that architecture under its file name: the toy preset's tiny
+    # ViT, with random weights (no download possible)
+    clip_model: str = "data/toy/toy-vit.json"
+    clip_pretrained: str = ""
+    clip_seed: int = 0  # seeds the random toy ViT, so features are reproducible
+    # a hub id or local path of AudioGen's compression_state_dict.bin, or "module:Class" for a codec
+    # with EnCodec's interface (the toy world's DSP codec); see codec.load_codec
+    codec: str = "data.toy.codec:ToyCodec"
+    batch_size: int = 16  # clips per forward pass
+    num_workers: int = 2  # DataLoader processes that decode videos with PyAV
+    strict: bool = False  # a video that cannot be read stops the run (default: skipped, listed at the end, exit 1)
+    device: str = "auto"
+
+
+PRESETS = {
+    "toy": {},
+    "vggsound": dict(input="vggsound/videos", out_dir="vggsound/features", seconds=10.0,
+                     clip_model="EVA02-L-14-336", clip_pretrained="merged2b_s6b_b61k",
+                     codec="facebook/audiogen-medium", batch_size=32, num_workers=8),
+}
+
+
 # -----------------------------------------------------------------------------
-# the two encoders
+# reading videos with PyAV (each problem one VideoError line naming the file); the visual encoder
+
+
+class VideoError(ValueError):
+    pass
+
+
+def _open(path):
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: no such file")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise VideoError(f"{path}: not a readable video ({e})") from None
+
+
+def load_frames(path, fps, seconds=None):
+    """Frames (see Frames) all at once: (frames uint8 (N, H, W, 3), duration). For a fixed window
+    (`seconds`); a whole video is read a chunk at a time (VideoFeatures)."""
+    frames = Frames(path, fps, seconds)
+    return np.stack(list(frames)), frames.duration
 
 
 def build_visual_encoder(cfg, device):
@@ -232,20 +239,6 @@ def build_visual_encoder(cfg, device):
     return model.eval().to(device), preprocess
 
 
-@torch.no_grad()
-def encode_frames(model, frames, device):
-    """frames: preprocessed images (N, 3, S, S) -> (N, D) float32 image embeddings on the CPU, under
-    bf16 autocast on CUDA: EVA02-CLIP-L/14-336 is ~19 TFLOP per 10-s clip (50 frames of 577 tokens),
-    which float32 would run at a fraction of the tensor cores' rate (utils.autocast: float32 elsewhere)."""
-    with autocast(device):
-        return model.encode_image(frames.to(device)).float().cpu()  # (N, D)
-
-
-def preprocess_frames(preprocess, frames):
-    """uint8 (N, H, W, 3) -> (N, 3, S, S) with open_clip's own resize, crop and normalisation."""
-    return torch.stack([preprocess(Image.fromarray(f)) for f in frames])
-
-
 class VideoFeatures:
     """Sampling's encoder: a video file -> (features (N, D) at the extraction's frame rate, its
     duration), with the visual encoder the Converter was trained on (rebuilt from the extraction
@@ -262,11 +255,15 @@ class VideoFeatures:
         for frame in frames:
             chunk.append(frame)
             if len(chunk) == 64:
-                feats.append(encode_frames(self.model, preprocess_frames(self.preprocess, chunk), self.device))
+                feats.append(self.encode(chunk))
                 chunk = []
         if chunk:
-            feats.append(encode_frames(self.model, preprocess_frames(self.preprocess, chunk), self.device))
+            feats.append(self.encode(chunk))
         return torch.cat(feats), frames.duration
+
+    def encode(self, frames):
+        with autocast(self.device):  # bf16 on a GPU (main says why), float32 elsewhere
+            return encode_frames(self.model, preprocess_frames(self.preprocess, frames), self.device)
 
 
 # -----------------------------------------------------------------------------
@@ -633,6 +630,48 @@ def train_val_split(cfg, tokens, rank=0, world=1):
 
 
 # -----------------------------------------------------------------------------
+# .npy files checked by their header alone, so that a bad file among 200 k is found in seconds
+# before training starts rather than hours into it
+
+
+def check_npy(path, shape, kinds):
+    """What is wrong with the .npy file at `path`, in a few words, or None when it holds an array of
+    exactly `shape` (None on an axis: any length) whose dtype kind is one of `kinds` ("f" float,
+    "iu" integer) and whose data is all there. Reads only the header (np.lib.format) and the file
+    size, never the data."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            file_shape, _, dtype = read_header(f)
+            data_start = f.tell()
+    except FileNotFoundError:
+        return "no such file"
+    except (ValueError, OSError, EOFError) as e:  # numpy's errors for a wrong magic string or header
+        return "empty file" if os.path.getsize(path) == 0 else f"not a .npy file ({str(e).splitlines()[0][:80]})"
+    if dtype.hasobject:
+        return f"holds pickled Python objects ({dtype}), not numbers"
+    if dtype.kind not in kinds:
+        return f"dtype {dtype}, expected {'integers' if kinds == 'iu' else 'floats'}"
+    if not shape_fits(shape, file_shape):
+        return f"shape {file_shape}, expected {shape_str(shape)}"
+    n_bytes = math.prod(file_shape) * dtype.itemsize
+    if os.path.getsize(path) < data_start + n_bytes:
+        return f"truncated: {os.path.getsize(path) - data_start} of its {n_bytes} data bytes"
+    return None
+
+
+def shape_fits(expected, shape):
+    """Whether `shape` is `expected`, where None in `expected` is any length on that axis."""
+    return len(shape) == len(expected) and all(n is None or n == m for n, m in zip(expected, shape))
+
+
+def shape_str(shape, free="frames"):
+    """(None, 768) -> '(frames, 768)': an expected shape with its free axes named."""
+    return "(" + ", ".join(free if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -668,10 +707,11 @@ def main(argv=None):
         if not good:
             continue
         frames = torch.cat([x[0] for _, x in good])  # (B*N, 3, S, S)
-        feats = encode_frames(model, frames, device).view(len(good), -1, feature_dim)  # (B, N, D)
-        with torch.no_grad():  # the codec stays in float32, out of autocast: bf16 would move its latents, so its tokens
-            wavs = torch.stack([x[1] for _, x in good])[:, None].to(device)  # (B, 1, S)
-            codes = codec.encode(wavs).cpu()  # (B, n_q, T)
+        # EVA02-CLIP-L/14-336 is ~19 TFLOP per 10-s clip (50 frames of 577 tokens): bf16 autocast on a
+        # GPU. The codec stays in float32, out of autocast: bf16 would move its latents, so its tokens
+        with autocast(device):
+            feats = encode_frames(model, frames, device).view(len(good), -1, feature_dim)  # (B, N, D)
+        codes = audio_tokens(codec, torch.stack([x[1] for _, x in good]).to(device))  # (B, n_q, T)
         for (path, _), f, c in zip(good, feats, codes):
             stem = Path(path).stem
             for sub, arr in (("video", f.numpy().astype(np.float16)), ("audio", c.numpy().astype(np.int16))):

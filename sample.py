@@ -6,7 +6,8 @@ Sampling from VATT: silent video (+ optional text) -> audio caption + audio (pap
 
 Without a prompt the Converter captions the video and the audio is generated with the standard
 template prompt (the paper's "no text" mode); with --prompt the text steers the audio;
---self_prompt generates with the Converter's own caption (paper appendix A).
+--self_prompt generates with the Converter's own caption (paper appendix A). Where this file
+departs from the paper and from the released code: the README's "Paper notes".
 
     python sample.py --video clip.mp4                       # toy checkpoints in out/toy
     python sample.py --video clip.mp4 --prompt "a low bell rings twice"
@@ -15,26 +16,11 @@ template prompt (the paper's "no text" mode); with --prompt the text steers the 
     python sample.py --video clip.mp4 --caption_only        # video-to-audio captioning (Table 3)
     python sample.py --preset gemma-2b --video clip.mp4 --ckpt_dir out/gemma-2b
 
-Options take either form, --key value or --key=value; a boolean alone (--caption_only) means true.
-Every clip of a split of a V2A-Instruction JSON (evaluation runs): tools/sample_split.py.
-
 For each video it writes <video>.vatt.wav, <video>.vatt.mp4 (the video stream copied, the new audio
 muxed in; .vatt.mkv when mp4 cannot hold the video codec, e.g. VP8) and <video>.vatt.json (caption,
 prompt, seed, every setting); with --save_steps also <video>.vatt.steps.json, the step at which
-each token was revealed (tools/report.py draws it).
-
-Where this file differs from the paper and from the released code (README, "Paper notes"):
-1. Classifier-free guidance u + w (c - u) is the released sampler's (the paper has none); a
-   negative prompt in place of the null condition, n + w (c - n), is this project's own.
-2. Any batch size: reveal counts per sample and one forward for the conditional and null halves
-   (the released sampler takes one clip, and sums its counts over the batch).
-3. Every clip draws its own noise, seeded from (seed, sample index, the clip's name): a clip's
-   audio does not depend on its batch, and no two clips share a noise stream (released: unseeded).
-4. Videos longer than the model's window (neither the paper nor the released code has them) are
-   generated window by window: each window's first `overlap` seconds (at least) of tokens are
-   fixed to the previous window's last ones (in-painting), so the audio runs on continuously;
-   every window starts its video frames and its audio tokens at the same instant, and the output
-   lasts exactly as long as the video.
+each token was revealed (tools/report.py draws it). Every clip of a split of a V2A-Instruction
+JSON (evaluation runs): tools/sample_split.py.
 """
 import hashlib
 import json
@@ -56,7 +42,146 @@ from stage2_audio import audio_condition, load_vatt_audio
 from utils import atomic_path, autocast, parse_config, pick_device, save_json
 
 # -----------------------------------------------------------------------------
-# config
+# iterative parallel decoding (MaskGIT, Chang et al. 2022; VATT §3.2.2)
+
+
+def cosine_n_masked(n_start, remaining, t, steps):
+    """How many tokens stay masked after step t of `steps` (§3.2.2's cosine schedule,
+    r_t = cos(pi/2 t/T)), in the released sampler's arithmetic: t/T as a float32, floor(N0 cos(pi/2
+    t/T)) in float32, and at least one token kept masked (and at least one revealed) until the
+    last step, which reveals the rest. n_start, remaining: (B,) per sample (never summed over the
+    batch, as the released sampler does for its one clip); tests/test_masked_modelling.py checks
+    every N0 up to 8000 and 4 to 64 steps against their formula."""
+    if t == steps:
+        return torch.zeros_like(remaining)
+    gamma = (torch.tensor(t / steps) * torch.pi / 2).cos().clamp(1e-10, 1.0)  # float32, their order
+    n = torch.floor(gamma * n_start).long()
+    return torch.minimum(torch.minimum(remaining - 1, n).clamp(min=1), remaining)
+
+
+def reveal_counts(n_tokens, steps):
+    """The number of tokens newly revealed at each step for N0 = n_tokens."""
+    n0 = remaining = torch.tensor([n_tokens])
+    counts = []
+    for t in range(1, steps + 1):
+        after = cosine_n_masked(n0, remaining, t, steps)
+        counts.append(int(remaining - after))
+        remaining = after
+    return counts
+
+
+def noise(generators, shape, device):
+    """Uniform noise drawn from each sample's own generator, so a sample's randomness does not
+    depend on which other samples share its batch. The generators live on `device`: drawing on
+    the host and copying would stall the GPU at every step."""
+    return torch.stack([torch.rand(shape, generator=g, device=device) for g in generators])
+
+
+def gumbel(u):
+    """Standard Gumbel noise -log(-log u) from uniform u; both logs are kept away from 0."""
+    return -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp(min=1e-20))
+
+
+def remask_least_confident(confidence, unknown, n_masked):
+    """The new mask (Gumbel-top-k's remasking step): per sample, the n_masked least confident of the still-unknown tokens.
+    confidence (B, N); unknown (B, N) bool; n_masked (B,). Known tokens count as infinitely
+    confident, so they are never masked again."""
+    rank = confidence.masked_fill(~unknown, float("inf")).argsort(-1).argsort(-1)  # 0 = least confident
+    return rank < n_masked[:, None].to(rank.device)
+
+
+def classifier_free_guidance(cond_logits, null_logits, guidance_scale):
+    """u + w (c - u) (Ho & Salimans 2022): w = 1 is the conditional model, w > 1 moves further from
+    the null condition. A negative prompt's logits n in place of u give n + w (c - n): the sample
+    is steered away from that text."""
+    return null_logits + guidance_scale * (cond_logits - null_logits)
+
+
+@torch.no_grad()
+def decode_tokens(model, cond, cond_mask, null_cond, codes, generators, steps, guidance_scale, temperature, top_k,
+                  mask_temperature, history=None):
+    """codes (B, L, T): known tokens, MASK (= bins) where unknown. Returns codes with every MASK
+    filled. cond (2B, Lc, d), cond_mask (2B, Lc), null_cond (2B,): guidance's batch, each sample's
+    condition then its null (or negative prompt's) condition (guidance_batch). Each step (t = 1..T):
+    one forward for both halves, guidance, sample every masked token (top-k, temperature) in
+    parallel, score it by log p + tau G with tau = tau0 (1 - t/T) and G ~ Gumbel(0, 1) (Gumbel-top-k
+    = keeping the most confident without replacement), and keep the best so that exactly
+    cosine_n_masked(t) stay masked. A revealed token never changes again. `history`, a list,
+    collects the codes after every step. (How the loop keeps a GPU busy: docs/sampling-speed.md.)"""
+    B, L, T = codes.shape
+    mask_id = model.config.bins
+    unknown = codes == mask_id  # (B, L, T)
+    n_start = unknown.flatten(1).sum(-1)  # (B,) per sample
+    for t in range(1, steps + 1):
+        # guidance: the conditional and the null (or negative) passes in one forward
+        c, u = model(torch.cat([codes, codes]), cond, cond_mask, null_cond).float().chunk(2)  # (B, L, T, V) each
+        logits = classifier_free_guidance(c, u, guidance_scale)
+        # sampling: every masked token in parallel, among its top_k, at `temperature`
+        k = min(top_k, logits.shape[-1])
+        kth = logits.topk(k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf")) / temperature
+        logp = logits.log_softmax(-1)
+        sampled = (logp + gumbel(noise(generators, (L, T, logp.shape[-1]), codes.device))).argmax(-1)  # Gumbel-max = a draw
+        sampled = torch.where(unknown, sampled, codes)
+        # masking: keep the most confident draws (plus annealed Gumbel noise), remask the rest
+        confidence = logp.gather(-1, sampled[..., None])[..., 0]  # (B, L, T) log p of the draw
+        tau = mask_temperature * (1 - t / steps)
+        # log p + tau G, as the released sampler: tau times the paper's log p / tau + G, the same ranking for tau > 0
+        confidence = confidence + tau * gumbel(noise(generators, (L, T), codes.device))
+        n_masked = cosine_n_masked(n_start, unknown.flatten(1).sum(-1), t, steps)  # (B,)
+        unknown = remask_least_confident(confidence.flatten(1), unknown.flatten(1), n_masked).view(B, L, T)
+        codes = torch.where(unknown, torch.full_like(codes, mask_id), sampled)
+        if history is not None:
+            history.append(codes.clone())
+    return codes
+
+
+# -----------------------------------------------------------------------------
+# §3.2's two generation modes: a window's prompt, and the conditions guidance compares
+
+
+def window_prompt(prompt, caption, self_prompt):
+    """The text a window is generated with. Without text (prompt None), the standard template;
+    with text, the user's prompt; with self_prompt (appendix A), the Converter's own caption of
+    the window."""
+    if self_prompt:
+        return caption
+    return TEMPLATE if prompt is None else prompt
+
+
+def guidance_batch(cond, cond_mask, negative=None):
+    """Guidance's batch for decode_tokens: each sample's condition (B, Lc, d) and mask (B, Lc), then
+    its null condition (its own rows, which VATT Audio zeroes for null_cond) or, where `negative` =
+    (cond, mask, has) has[b], its negative prompt's. Returns cond (2B, Lc, d), cond_mask (2B, Lc),
+    null_cond (2B,) bool."""
+    other, other_mask, null = cond, cond_mask, torch.ones(len(cond), dtype=torch.bool, device=cond.device)
+    if negative is not None:
+        n_cond, n_mask, has = negative
+        has = torch.as_tensor(has, dtype=torch.bool, device=cond.device)  # (B,)
+        other = torch.where(has[:, None, None], n_cond.to(cond.dtype), cond)
+        other_mask, null = torch.where(has[:, None], n_mask, cond_mask), ~has
+    return torch.cat([cond, other]), torch.cat([cond_mask, other_mask]), torch.cat([torch.zeros_like(null), null])
+
+
+def text_conditions(conv, condition, x, prompts, negatives):
+    """VATT Audio's conditions (§3.2.1) for guidance: for the videos x (B, frames, D), each with its
+    prompt and its negative prompt (None = none), computed in one LLM batch, once per window and
+    never per step; the guidance_batch they make."""
+    has = [n is not None for n in negatives]
+    texts = prompts + [n for n in negatives if n is not None]
+    # the Converter's own caption is cut as training cuts long captions (prompts were checked)
+    cond, cond_mask = audio_condition(conv, torch.cat([x, x[has]]), texts, condition)
+    B = len(prompts)
+    negative = None
+    if any(has):  # a negative prompt's condition in place of its sample's null one
+        n_cond, n_mask = cond[:B].clone(), cond_mask[:B].clone()
+        n_cond[has], n_mask[has] = cond[B:], cond_mask[B:]
+        negative = (n_cond, n_mask, has)
+    return guidance_batch(cond[:B], cond_mask[:B], negative)
+
+
+# =============================================================================
+# Running it: the configuration, the models, long videos window by window, a run's clips and outputs
 
 
 @dataclass
@@ -101,124 +226,9 @@ class Config:
 TOY_SAMPLING = dict(guidance_scale=2.0, temperature=0.5, mask_temperature=0.5, overlap=0.4)
 PRESETS = {"toy": TOY_SAMPLING, "gemma-2b": dict(ckpt_dir="out/gemma-2b"), "llama-2-7b": dict(ckpt_dir="out/llama-2-7b")}
 
-# -----------------------------------------------------------------------------
-# iterative parallel decoding (MaskGIT, Chang et al. 2022; VATT §3.2.2)
-
-
-def cosine_n_masked(n_start, remaining, t, steps):
-    """How many tokens stay masked after step t of `steps` (§3.2.2's cosine schedule,
-    r_t = cos(pi/2 t/T)), in the released sampler's arithmetic: t/T as a float32, floor(N0 cos(pi/2
-    t/T)) in float32, and at least one token kept masked (and at least one revealed) until the
-    last step, which reveals the rest. n_start, remaining: (B,) per sample (never summed over the
-    batch, as the released sampler does for its one clip); tests/test_masked_modelling.py checks
-    every N0 up to 8000 and 4 to 64 steps against their formula."""
-    if t == steps:
-        return torch.zeros_like(remaining)
-    gamma = (torch.tensor(t / steps) * torch.pi / 2).cos().clamp(1e-10, 1.0)  # float32, their order
-    n = torch.floor(gamma * n_start).long()
-    return torch.minimum(torch.minimum(remaining - 1, n).clamp(min=1), remaining)
-
-
-def reveal_counts(n_tokens, steps):
-    """The number of tokens newly revealed at each step for N0 = n_tokens."""
-    n0 = remaining = torch.tensor([n_tokens])
-    counts = []
-    for t in range(1, steps + 1):
-        after = cosine_n_masked(n0, remaining, t, steps)
-        counts.append(int(remaining - after))
-        remaining = after
-    return counts
-
-
-def noise(generators, shape, device):
-    """Uniform noise drawn from each sample's own generator, so a sample's randomness does not
-    depend on which other samples share its batch. The generators live on `device` (generate()
-    makes them there): drawing on the host and copying would stall the GPU at every step, and at
-    paper size each step needs 4 x 500 x 2048 numbers per clip."""
-    return torch.stack([torch.rand(shape, generator=g, device=device) for g in generators])
-
-
-def gumbel(u):
-    """Standard Gumbel noise -log(-log u) from uniform u; both logs are kept away from 0."""
-    return -torch.log((-torch.log(u.clamp(1e-20, 1.0))).clamp(min=1e-20))
-
-
-def remask_least_confident(confidence, unknown, n_masked):
-    """The new mask (Gumbel-top-k's remasking step): per sample, the n_masked least confident of the still-unknown tokens.
-    confidence (B, N); unknown (B, N) bool; n_masked (B,). Known tokens count as infinitely
-    confident, so they are never masked again."""
-    rank = confidence.masked_fill(~unknown, float("inf")).argsort(-1).argsort(-1)  # 0 = least confident
-    return rank < n_masked[:, None].to(rank.device)
-
-
-def classifier_free_guidance(cond_logits, null_logits, guidance_scale):
-    """u + w (c - u) (Ho & Salimans 2022): w = 1 is the conditional model, w > 1 moves further from
-    the null condition. A negative prompt's logits n in place of u give n + w (c - n): the sample
-    is steered away from that text."""
-    return null_logits + guidance_scale * (cond_logits - null_logits)
-
-
-@torch.no_grad()
-def decode_tokens(model, cond, cond_mask, codes, generators, steps, guidance_scale, temperature, top_k,
-                  mask_temperature, negative=None, history=None):
-    """codes (B, L, T): known tokens, MASK (= bins) where unknown. Returns codes with every MASK
-    filled. Each step (t = 1..T): one batched forward for the conditional and null conditions
-    together, guidance u + w (c - u), sample every masked token (top-k, temperature) in parallel,
-    score it by log p + tau G with tau = tau0 (1 - t/T) and G ~ Gumbel(0, 1) (Gumbel-top-k = keeping
-    the most confident without replacement), and keep the best so that exactly cosine_n_masked(t)
-    stay masked. A revealed token never changes again. `negative` = (cond, cond_mask, has) gives
-    the samples with has[b] a negative prompt's condition in place of the null one: guidance
-    n + w (c - n), in the same forward. `history`, a list, collects the codes after every step.
-    (How the loop keeps a GPU busy: docs/sampling-speed.md.)"""
-    B, L, T = codes.shape
-    mask_id = model.config.bins
-    unknown = codes == mask_id  # (B, L, T)
-    n_start = unknown.flatten(1).sum(-1)  # (B,) per sample
-    # the second half of the guidance batch: the null condition, or the negative prompt's
-    if negative is None:
-        neg_cond, neg_mask, null = cond, cond_mask, torch.ones(B, dtype=torch.bool, device=codes.device)
-    else:
-        n_cond, n_mask, has = negative
-        has = torch.as_tensor(has, dtype=torch.bool, device=codes.device)  # (B,)
-        neg_cond = torch.where(has[:, None, None], n_cond.to(cond.dtype), cond)
-        neg_mask, null = torch.where(has[:, None], n_mask, cond_mask), ~has
-    drop = torch.cat([torch.zeros_like(null), null])  # (2B,) the first B conditional, the rest null or negative
-    cond2, mask2 = torch.cat([cond, neg_cond]), torch.cat([cond_mask, neg_mask])
-    for t in range(1, steps + 1):
-        # guidance: the conditional and the null (or negative) passes in one forward
-        c, u = model(torch.cat([codes, codes]), cond2, mask2, drop).float().chunk(2)  # (B, L, T, V) each
-        logits = classifier_free_guidance(c, u, guidance_scale)
-        # sampling: every masked token in parallel, among its top_k, at `temperature`
-        k = min(top_k, logits.shape[-1])
-        kth = logits.topk(k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf")) / temperature
-        logp = logits.log_softmax(-1)
-        sampled = (logp + gumbel(noise(generators, (L, T, logp.shape[-1]), codes.device))).argmax(-1)  # Gumbel-max = a draw
-        sampled = torch.where(unknown, sampled, codes)
-        # masking: keep the most confident draws (plus annealed Gumbel noise), remask the rest
-        confidence = logp.gather(-1, sampled[..., None])[..., 0]  # (B, L, T) log p of the draw
-        tau = mask_temperature * (1 - t / steps)
-        # log p + tau G, as the released sampler: tau times the paper's log p / tau + G, the same ranking for tau > 0
-        confidence = confidence + tau * gumbel(noise(generators, (L, T), codes.device))
-        n_masked = cosine_n_masked(n_start, unknown.flatten(1).sum(-1), t, steps)  # (B,)
-        unknown = remask_least_confident(confidence.flatten(1), unknown.flatten(1), n_masked).view(B, L, T)
-        codes = torch.where(unknown, torch.full_like(codes, mask_id), sampled)
-        if history is not None:
-            history.append(codes.clone())
-    return codes
-
-
-def revealed_at(history, mask_id):
-    """history: [the codes before step 1, after step 1, ..., after step T] (decode_tokens' `history`
-    with the start prepended), each (B, L, T). Returns (B, L, T) the step at which each token was
-    revealed, 0 for the tokens given before decoding (in-painting): a revealed token never
-    changes again, so a token revealed at step s is MASK in the s entries before it."""
-    start_unknown = history[0] == mask_id
-    return torch.where(start_unknown, sum((h == mask_id).long() for h in history), 0)
-
 
 # -----------------------------------------------------------------------------
-# the pipeline: models from the checkpoint folder, windows, captions, audio
+# the models from the checkpoint folder, each clip's noise, and the windows of a long video
 
 
 def load_models(ckpt_dir, device):
@@ -282,6 +292,28 @@ def plan_windows(duration, window, overlap, fps, rate):
     return [(int(s * frames_per_token), s) for s in starts]
 
 
+def window_frames(feats, start, n):
+    """Features [start, start + n) of a video, holding its last frame past the end."""
+    x = feats[start: start + n]
+    return torch.cat([x, x[-1:].expand(n - len(x), -1)]) if len(x) < n else x
+
+
+def inpainting_start(so_far, starts, config, win_tokens, device):
+    """The start codes of a window, (B, L, T): all MASK, but for in-painting (MaskGIT's: known
+    tokens stay, the rest is decoded): a window after the first begins with the tokens already
+    generated from its first audio token on, so the audio runs on continuously. so_far: per item,
+    the codes generated so far (a list of (L, t) pieces, empty in the first window); starts: the
+    window's first audio token. Returns the codes and each item's count of given tokens."""
+    codes = torch.full((len(so_far), config.n_q, win_tokens), config.bins, dtype=torch.long, device=device)
+    n_given = [0] * len(so_far)
+    for j, (pieces, start) in enumerate(zip(so_far, starts)):
+        if pieces:
+            given = torch.cat(pieces, -1)[:, start:]  # (L, n_given)
+            n_given[j] = given.shape[-1]
+            codes[j, :, : n_given[j]] = given
+    return codes, n_given
+
+
 def generate(models, feats, durations, prompts, seeds, args, device, negatives=None, cut_prompts=False):
     """Each window of each item: caption, prompt, start codes, condition, decode_tokens. feats: (N_i, D)
     features at the rate of models.meta; durations in seconds; prompts and negatives: str or None
@@ -307,7 +339,7 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
                unit="step", leave=False, disable=None)
     for w in range(n_windows):
         active = [i for i, plan in enumerate(windows) if w < len(plan)]
-        x = torch.stack([_window(feats[i], windows[i][w][0], win_frames) for i in active]).to(device)
+        x = torch.stack([window_frames(feats[i], windows[i][w][0], win_frames) for i in active]).to(device)
         # the caption (Table 3): the output of "no text" mode, and --self_prompt's prompt
         captions = at_limit = [None] * len(active)
         if args.caption_only or args.self_prompt or any(prompts[i] is None for i in active):
@@ -317,24 +349,22 @@ def generate(models, feats, durations, prompts, seeds, args, device, negatives=N
             results[i]["captions_at_limit"].append(at_limit[j])
         if args.caption_only:
             continue
-        # the prompt: the user's, the Converter's own caption, or the standard template (no text)
-        used = [captions[j] if args.self_prompt else prompts[i] if prompts[i] is not None else TEMPLATE
-                for j, i in enumerate(active)]
-        codes, keep = inpainting_start([results[i]["codes"] for i in active], [windows[i][w][1] for i in active],
-                                       audio.config, win_tokens, device)
+        used = [window_prompt(prompts[i], captions[j], args.self_prompt) for j, i in enumerate(active)]
+        codes, n_given = inpainting_start([results[i]["codes"] for i in active], [windows[i][w][1] for i in active],
+                                          audio.config, win_tokens, device)
         history = [codes] if args.save_steps else None
         with autocast(device):  # bf16 on a GPU, float32 elsewhere
-            cond, cond_mask, negative = text_conditions(conv, audio.config.condition, x, used,
-                                                        [negatives[i] for i in active])
-            codes = decode_tokens(audio, cond, cond_mask, codes, [generators[i] for i in active], args.steps,
+            cond, cond_mask, null_cond = text_conditions(conv, audio.config.condition, x, used,
+                                                         [negatives[i] for i in active])
+            codes = decode_tokens(audio, cond, cond_mask, null_cond, codes, [generators[i] for i in active], args.steps,
                                   args.guidance_scale, args.temperature, args.top_k, args.mask_temperature,
-                                  negative=negative, history=history)
+                                  history=history)
         steps = None if history is None else revealed_at(history, audio.config.bins)  # (B, L, T)
         for j, i in enumerate(active):  # each window's new tokens, joined after the last window
             results[i]["prompts"].append(used[j])
-            results[i]["codes"].append(codes[j, :, keep[j]:])
+            results[i]["codes"].append(codes[j, :, n_given[j]:])
             if steps is not None:
-                results[i].setdefault("revealed_at", []).append(steps[j, :, keep[j]:])
+                results[i].setdefault("revealed_at", []).append(steps[j, :, n_given[j]:])
         bar.update(args.steps)
     bar.close()
     for r, d in zip(results, durations):
@@ -351,44 +381,13 @@ def too_long(conv, texts):
     return None
 
 
-def _window(feats, start, n):
-    """Features [start, start + n) of a video, holding its last frame past the end."""
-    x = feats[start: start + n]
-    return torch.cat([x, x[-1:].expand(n - len(x), -1)]) if len(x) < n else x
-
-
-def inpainting_start(so_far, starts, config, win_tokens, device):
-    """The start codes of a window, (B, L, T): all MASK, but for in-painting (difference 4 above):
-    a window after the first begins with the tokens already generated from its first audio token
-    on. so_far: per item, the codes generated so far (a list of (L, t) pieces, empty in the first
-    window); starts: the window's first audio token. Returns the codes and each item's count of
-    given tokens."""
-    codes = torch.full((len(so_far), config.n_q, win_tokens), config.bins, dtype=torch.long, device=device)
-    keep = [0] * len(so_far)
-    for j, (pieces, start) in enumerate(zip(so_far, starts)):
-        if pieces:
-            given = torch.cat(pieces, -1)[:, start:]  # (L, keep)
-            keep[j] = given.shape[-1]
-            codes[j, :, : keep[j]] = given
-    return codes, keep
-
-
-def text_conditions(conv, condition, x, prompts, negatives):
-    """The condition of VATT Audio (§3.2.1) for each window x (B, frames, D) with its prompt, and
-    the condition of each negative prompt (None = none), in one LLM batch: once per window, never
-    per step. Returns cond, cond_mask and `negative` for decode_tokens: None, or (cond, mask, has)
-    with has[b] whether item b has a negative prompt (its null condition is then that one's)."""
-    has = [n is not None for n in negatives]
-    texts = prompts + [n for n in negatives if n is not None]
-    # the Converter's own caption is cut as training cuts long captions (prompts were checked)
-    cond, cond_mask = audio_condition(conv, torch.cat([x, x[has]]), texts, condition)
-    B = len(prompts)
-    negative = None
-    if any(has):
-        n_cond, n_mask = cond[:B].clone(), cond_mask[:B].clone()
-        n_cond[has], n_mask[has] = cond[B:], cond_mask[B:]
-        negative = (n_cond, n_mask, has)
-    return cond[:B], cond_mask[:B], negative
+def revealed_at(history, mask_id):
+    """history: [the codes before step 1, after step 1, ..., after step T] (decode_tokens' `history`
+    with the start prepended), each (B, L, T). Returns (B, L, T) the step at which each token was
+    revealed, 0 for the tokens given before decoding (in-painting): a revealed token never
+    changes again, so a token revealed at step s is MASK in the s entries before it."""
+    start_unknown = history[0] == mask_id
+    return torch.where(start_unknown, sum((h == mask_id).long() for h in history), 0)
 
 
 def save_steps(path, result, steps):

@@ -6,7 +6,8 @@ Stage 1 of VATT: the VATT Converter (paper §3.1), a video-to-audio-caption LLM.
     loss: next-token cross-entropy on the caption tokens only (eq. 1)
 
 The trained Converter has two jobs later: it writes audio captions for silent videos, and its
-frozen last-layer hidden states are the condition of VATT Audio (stage2_audio.py).
+frozen last-layer hidden states are the condition of VATT Audio (stage2_audio.py). Where this
+file departs from the paper and from the released code: the README's "Paper notes".
 
     python data/toy/llm.py && python stage1_caption.py --preset=toy       # the toy world (CPU): its LLM first
     # one GPU, Gemma-2B (gated on the hub: accept its licence and `huggingface-cli login`, or
@@ -14,15 +15,6 @@ frozen last-layer hidden states are the condition of VATT Audio (stage2_audio.py
     python stage1_caption.py --preset=gemma-2b --data_json=vggsound/v2a_instruction.json --features_dir=vggsound/features
     torchrun --nproc_per_node=8 stage1_caption.py --preset=llama-2-7b      # many GPUs
     python stage1_caption.py --preset=gemma-2b --init_from=out/gemma-2b/stage1.pt --out_dir=out/mine  # fine-tune
-
-Where this file differs from the paper and from the released code (README, "Paper notes"):
-1. Video tokens: the released code average-pools 50 frames (10 s at 5 fps) to 10 tokens; so do
-   the paper presets, while the toy keeps 5 a second (Config.video_tokens_per_second).
-2. The sequence [video ; left padding ; prompt ; caption]: the released code counts positions
-   over the padding too; here they count real tokens only, so a sample never depends on its batch.
-3. The projector starts from a data-dependent init (init_projector); the released code's is PyTorch's.
-4. LoRA dropout 0.1 as the paper says (the released scripts: 0.05), and none once frozen for stage 2.
-5. Captions are decoded greedily (Converter.caption); the released scripts sample.
 """
 import functools
 import math
@@ -43,67 +35,8 @@ from utils import (TrainingLog, adamw, all_mean, autocast, get_lr, parse_config,
                    step_batches, stop_if_not_finite, to_device, unwrap, weights_digest, weights_dtype)
 
 # -----------------------------------------------------------------------------
-# config
+# the instructions: the ten of V2A Instruction's training, §3.2's standard template, Table 3's
 
-
-@dataclass
-class Config:
-    preset: str = "toy"
-    data_json: str = "data/toy/v2a_instruction.json"  # V2A-Instruction JSON (video_path, output, split)
-    features_dir: str = "data/toy/features"  # written by extract_features.py
-    out_dir: str = "out/toy"  # stage1.pt lands here
-    llm: str = "out/toy/base_llm"  # a hub id or a folder in the hub's format; the toy's: data/toy/llm.py writes it
-    # video tokens per second fed to the LLM (difference 1 above): 5 keeps the toy's strikes, 0.2 s
-    # apart, which one token a second would average away
-    video_tokens_per_second: int = 5
-    # LoRA on q_proj / v_proj (§3.1 and appendix: r 16, alpha 32, dropout 0.1). lora_r=0 trains
-    # the whole LLM but its input embeddings (the toy: its LLM starts random; see build_converter)
-    lora_r: int = 0
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    max_text_tokens: int = 24  # prompt and caption are each cut to this many tokens
-    # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
-    batch_size: int = 32  # the global batch: samples per optimizer step, all processes together
-    micro_batch: int = 0  # the most samples a process runs at once (0: its whole share); gradients accumulate
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    max_steps: int = 6000  # the toy's budget: docs/toy-tuning.md
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    grad_checkpointing: bool = False  # trade compute for memory on large LLMs
-    val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
-    eval_interval: int = 500  # validate and save stage1.pt every this many steps
-    eval_batches: int = 4
-    log_interval: int = 20  # print the training loss, speed and memory every this many steps
-    tensorboard: bool = False  # also log to out_dir/tensorboard (pip install tensorboard)
-    workers: int = 0  # DataLoader processes reading clips ahead of the GPU (0: the main process, the toy's)
-    resume: bool = True  # continue from out_dir/stage1.pt if it exists
-    # fine-tuning: start from this trained stage1.pt (its projector and trained LLM weights; the
-    # architecture settings come from it, the base LLM is --llm, or its own when --llm is left at
-    # the default) with a fresh optimizer at step 0. A run that has saved its own out_dir/stage1.pt
-    # resumes from that instead.
-    init_from: str = ""
-    features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
-    skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
-    recheck_files: bool = False  # scan every feature value again, even for a training set that passed before
-    strict: bool = False  # a train clip without its files stops the run (default: left out, with a warning)
-    seed: int = 1337
-    device: str = "auto"
-
-
-PRESETS = {
-    "toy": {},
-    "gemma-2b": dict(llm="google/gemma-2b-it", video_tokens_per_second=1, lora_r=16, lr=1e-4,
-                     batch_size=32, micro_batch=8, workers=4, warmup_steps=100, max_steps=30000,
-                     weight_decay=0.0, eval_interval=1000, max_text_tokens=108,
-                     data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features",
-                     out_dir="out/gemma-2b"),
-    "llama-2-7b": dict(llm="meta-llama/Llama-2-7b-chat-hf", video_tokens_per_second=1, lora_r=16,
-                       lr=1e-4, batch_size=32, micro_batch=4, workers=4, warmup_steps=100, max_steps=30000,
-                       eval_interval=1000, max_text_tokens=108, grad_checkpointing=True,
-                       data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features",
-                       out_dir="out/llama-2-7b"),
-}
 
 # The ten V2A instructions of the released code (drawn at random per training sample), and the
 # "standard template" used when the user gives no text (paper §3.2; released code: index 2).
@@ -123,30 +56,10 @@ TEMPLATE = INSTRUCTIONS[2]
 # The caption instruction of the paper's Table 3 (§4, video-to-audio captioning); sample.py's
 # --caption_prompt takes it, the template stays the default (the instruction training saw)
 TABLE3_INSTRUCTION = "Describe the possible audio for this video:"
-# How the released caption scripts decode (eval_v2a_caption*.py: sampling, up to 400 new tokens);
-# the paper does not say, and the default here is greedy decoding
-RELEASED_CAPTION_SAMPLING = dict(temperature=0.1, top_p=0.95, top_k=500, repetition_penalty=1.1)
+
 
 # -----------------------------------------------------------------------------
-# the LLM: a hub id or a local folder in the hub's format
-
-
-def load_llm(path, lora, device):
-    """from_pretrained a causal LM + tokenizer, straight onto `device` (each DDP rank its own GPU,
-    no copy in host memory first); `lora` = (r, alpha, dropout) as add_lora."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        llm = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype(device),
-                                                   device_map={"": device} if device.type == "cuda" else None)
-    except OSError as e:
-        sys.exit(f"error: could not load the LLM {path!r} ({str(e).splitlines()[0]}). Gemma and "
-                 "LLaMA-2 are gated on the Hugging Face hub: accept the licence and run "
-                 "`huggingface-cli login`, or download the model and pass --llm=/local/folder.")
-    if tokenizer.pad_token is None:  # LLaMA has none; left padding makes any token safe
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return add_lora(llm, lora).to(device), tokenizer
+# the VATT Converter (§3.1): the VATT Projector, then the LLM with LoRA
 
 
 def add_lora(llm, lora):
@@ -161,11 +74,10 @@ def add_lora(llm, lora):
                                           target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
 
 
-# -----------------------------------------------------------------------------
-# the Converter
-
-
 class Converter(nn.Module):
+    """The VATT Projector (video_embeds) and the LLM over [video tokens ; prompt (; caption)]:
+    trained by eq. 1 (forward), then read for its states (condition) and captions (caption)."""
+
     def __init__(self, llm, tokenizer, feature_dim, video_tokens_per_second, max_text_tokens, fps):
         super().__init__()
         self.llm, self.tokenizer = llm, tokenizer
@@ -174,12 +86,12 @@ class Converter(nn.Module):
         self.fps = fps  # the frame rate of the features (extract_features.py's meta.json)
         self.max_text_tokens = max_text_tokens
         self.hidden_size = llm.config.hidden_size
-        # The same instructions and captions come back at every training step: each is tokenized
-        # once (docs/toy-tuning.md, "Where a stage-1 step's time goes")
+        # the same instructions and captions come back at every training step: each is tokenized once
         self._prompt_cache = functools.lru_cache(maxsize=1 << 18)(self._tokenize_prompt)
         self._caption_cache = functools.lru_cache(maxsize=1 << 18)(self._tokenize_caption)
 
     def n_video_tokens(self, n_frames):
+        """Video tokens for n_frames frames: video_tokens_per_second of them a second."""
         return max(1, round(n_frames / self.fps * self.video_tokens_per_second))
 
     def video_embeds(self, feats):
@@ -239,38 +151,17 @@ class Converter(nn.Module):
         return x, mask, positions, labels
 
     def forward(self, feats, prompts, captions):
-        """The caption loss (eq. 1) SUMMED over the batch's caption tokens, and their number: the
-        training loop divides by the count over the global batch (see train_step)."""
+        """Eq. 1, the next-token cross-entropy on the caption tokens only: its sum over the batch's
+        caption tokens, and their number (the training loop divides by the whole batch's count)."""
         x, mask, positions, labels = self._sequences(feats, prompts, captions)
         # The text is left-padded, so every caption ends the sequence: the LM head (a 256 k
-        # vocabulary for Gemma) runs on the last `keep` positions only, the longest caption's and
+        # vocabulary for Gemma) runs on the last n_last positions only, the longest caption's and
         # the one before it, which predicts its first token
-        keep = int((labels != -100).sum(1).max()) + 1
-        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-        logits, targets = logits[:, :-1], labels[:, -(keep - 1):]  # token t predicts token t + 1
+        n_last = int((labels != -100).sum(1).max()) + 1
+        logits = self.llm(inputs_embeds=x, attention_mask=mask, position_ids=positions, logits_to_keep=n_last).logits
+        logits, targets = logits[:, :-1], labels[:, -(n_last - 1):]  # token t predicts token t + 1
         caption = targets != -100  # (float32 logits of these rows only)
         return F.cross_entropy(logits[caption].float(), targets[caption], reduction="sum"), caption.sum()
-
-    @functools.cached_property
-    def n_linear(self):
-        """The weights of the LLM's layers' Linears, each used once per token."""
-        return sum(m.weight.numel() for m in self.llm.get_decoder().modules() if isinstance(m, nn.Linear))
-
-    def prefill_flops(self, n_video, n_tokens):
-        """FLOPs of the LLM over one sequence of n_tokens (n_video of them projected video tokens):
-        every Linear of its layers, and their attention (not the LM head)."""
-        c = self.llm.config
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        return (2 * (self.proj.weight.numel() * n_video + self.n_linear * n_tokens)
-                + c.num_hidden_layers * 4 * n_tokens ** 2 * c.num_attention_heads * head_dim)
-
-    def train_flops(self, tokens, caption_tokens, all_trained):
-        """Model FLOPs of training on `tokens` tokens, caption_tokens of them scored: the forward
-        through the LLM's Linears and the LM head on the captions (attention's quadratic term, under
-        1 % at ~100 tokens a sequence, is left out), and the backward: as much again through the
-        activations, and once more into the weights when every weight is trained."""
-        forward = 2 * (self.n_linear * tokens + self.hidden_size * self.llm.config.vocab_size * caption_tokens)
-        return forward * (3 if all_trained else 2)
 
     @torch.no_grad()
     def condition(self, feats, prompts, cut=False):
@@ -291,7 +182,7 @@ class Converter(nn.Module):
     @torch.no_grad()
     def caption(self, feats, instruction=TEMPLATE, max_new_tokens=0, sampling=None):
         """Audio captions for a batch of videos (paper Table 3's task): greedy, or sampled with the
-        generate() settings in `sampling` (e.g. RELEASED_CAPTION_SAMPLING). At most max_new_tokens
+        generate() settings in `sampling` (e.g. the released scripts'). At most max_new_tokens
         new tokens; 0 = max_text_tokens + 1, the longest caption training saw and its end.
         Returns the captions and, per caption, whether it reached that limit without ending."""
         x, mask, _, _ = self._sequences(feats, [instruction] * len(feats))
@@ -302,6 +193,123 @@ class Converter(nn.Module):
                                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)  # (B, new tokens)
         at_limit = ~(out == eos).any(-1)
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)], at_limit.tolist()
+
+
+# =============================================================================
+# Running it: the configuration, loading the LLM, the log's FLOPs, checkpoints, data, the training loop
+
+
+@dataclass
+class Config:
+    preset: str = "toy"
+    data_json: str = "data/toy/v2a_instruction.json"  # V2A-Instruction JSON (video_path, output, split)
+    features_dir: str = "data/toy/features"  # written by extract_features.py
+    out_dir: str = "out/toy"  # stage1.pt lands here
+    llm: str = "out/toy/base_llm"  # a hub id or a folder in the hub's format; the toy's: data/toy/llm.py writes it
+    # video tokens per second fed to the LLM: 5 keeps the toy's strikes, 0.2 s apart, which one token
+    # a second would average away (the released code pools 10 s to 10 tokens: the paper presets)
+    video_tokens_per_second: int = 5
+    # LoRA on q_proj / v_proj (§3.1 and appendix: r 16, alpha 32, dropout 0.1). lora_r=0 trains
+    # the whole LLM but its input embeddings (the toy: its LLM starts random; see build_converter)
+    lora_r: int = 0
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    max_text_tokens: int = 24  # prompt and caption are each cut to this many tokens
+    # optimisation (AdamW, linear warm-up then cosine decay to lr/10)
+    batch_size: int = 32  # the global batch: samples per optimizer step, all processes together
+    micro_batch: int = 0  # the most samples a process runs at once (0: its whole share); gradients accumulate
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    max_steps: int = 6000  # the toy's budget: docs/toy-tuning.md
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_checkpointing: bool = False  # trade compute for memory on large LLMs
+    val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
+    eval_interval: int = 500  # validate and save stage1.pt every this many steps
+    eval_batches: int = 4
+    log_interval: int = 20  # print the training loss, speed and memory every this many steps
+    tensorboard: bool = False  # also log to out_dir/tensorboard (pip install tensorboard)
+    workers: int = 0  # DataLoader processes reading clips ahead of the GPU (0: the main process, the toy's)
+    resume: bool = True  # continue from out_dir/stage1.pt if it exists
+    # fine-tuning: start from this trained stage1.pt (its projector and trained LLM weights; the
+    # architecture settings come from it, the base LLM is --llm, or its own when --llm is left at
+    # the default) with a fresh optimizer at step 0. A run that has saved its own out_dir/stage1.pt
+    # resumes from that instead.
+    init_from: str = ""
+    features_layout: str = "auto"  # "ours" (extract_features.py), "authors" (their VGGSound download), or auto
+    skip_bad_files: bool = False  # leave out (and list) clips whose files fail the check before step 0, instead of stopping
+    recheck_files: bool = False  # scan every feature value again, even for a training set that passed before
+    strict: bool = False  # a train clip without its files stops the run (default: left out, with a warning)
+    seed: int = 1337
+    device: str = "auto"
+
+
+PRESETS = {
+    "toy": {},
+    "gemma-2b": dict(llm="google/gemma-2b-it", video_tokens_per_second=1, lora_r=16, lr=1e-4,
+                     batch_size=32, micro_batch=8, workers=4, warmup_steps=100, max_steps=30000,
+                     weight_decay=0.0, eval_interval=1000, max_text_tokens=108,
+                     data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features",
+                     out_dir="out/gemma-2b"),
+    "llama-2-7b": dict(llm="meta-llama/Llama-2-7b-chat-hf", video_tokens_per_second=1, lora_r=16,
+                       lr=1e-4, batch_size=32, micro_batch=4, workers=4, warmup_steps=100, max_steps=30000,
+                       eval_interval=1000, max_text_tokens=108, grad_checkpointing=True,
+                       data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features",
+                       out_dir="out/llama-2-7b"),
+}
+
+# How the released caption scripts decode (eval_v2a_caption*.py: sampling, up to 400 new tokens);
+# the paper does not say, and the default here is greedy decoding
+RELEASED_CAPTION_SAMPLING = dict(temperature=0.1, top_p=0.95, top_k=500, repetition_penalty=1.1)
+
+
+# -----------------------------------------------------------------------------
+# the LLM from the hub (or a local folder in the hub's format), and its FLOPs for the log
+
+
+def load_llm(path, lora, device):
+    """from_pretrained a causal LM + tokenizer, straight onto `device` (each DDP rank its own GPU,
+    no copy in host memory first); `lora` = (r, alpha, dropout) as add_lora."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        llm = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype(device),
+                                                   device_map={"": device} if device.type == "cuda" else None)
+    except OSError as e:
+        sys.exit(f"error: could not load the LLM {path!r} ({str(e).splitlines()[0]}). Gemma and "
+                 "LLaMA-2 are gated on the Hugging Face hub: accept the licence and run "
+                 "`huggingface-cli login`, or download the model and pass --llm=/local/folder.")
+    if tokenizer.pad_token is None:  # LLaMA has none; left padding makes any token safe
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return add_lora(llm, lora).to(device), tokenizer
+
+
+def n_linear(converter):
+    """The weights of the LLM's layers' Linears, each used once per token."""
+    return sum(m.weight.numel() for m in converter.llm.get_decoder().modules() if isinstance(m, nn.Linear))
+
+
+def prefill_flops(converter, n_video, n_tokens):
+    """FLOPs of the Converter's LLM over one sequence of n_tokens (n_video of them projected video
+    tokens): every Linear of its layers, and their attention (not the LM head)."""
+    c = converter.llm.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return (2 * (converter.proj.weight.numel() * n_video + n_linear(converter) * n_tokens)
+            + c.num_hidden_layers * 4 * n_tokens ** 2 * c.num_attention_heads * head_dim)
+
+
+def train_flops(converter, tokens, caption_tokens, all_trained):
+    """Model FLOPs of training on `tokens` tokens, caption_tokens of them scored: the forward
+    through the LLM's Linears and the LM head on the captions (attention's quadratic term, under
+    1 % at ~100 tokens a sequence, is left out), and the backward: as much again through the
+    activations, and once more into the weights when every weight is trained."""
+    forward = 2 * (n_linear(converter) * tokens + converter.hidden_size * converter.llm.config.vocab_size * caption_tokens)
+    return forward * (3 if all_trained else 2)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: a trained Converter rebuilt from stage1.pt alone
 
 
 def base_llm_of(ckpt, ckpt_path):
@@ -361,6 +369,10 @@ def load_trained_weights(model, ckpt, source, llm_name):
 ARCHITECTURE = ("video_tokens_per_second", "lora_r", "lora_alpha", "max_text_tokens")
 
 
+# -----------------------------------------------------------------------------
+# training: the model and its starting point, a batch, one step; main() keeps the data, DDP and checkpoints
+
+
 @torch.no_grad()
 def init_projector(model, feats):
     """Data-dependent init of the projector (as in weight-norm init, Salimans & Kingma 2016):
@@ -376,10 +388,6 @@ def init_projector(model, feats):
     w = torch.randn_like(model.proj.weight) / math.sqrt(x.shape[1]) / std * target
     model.proj.weight.copy_(w)
     model.proj.bias.copy_(-w @ mean)
-
-
-# -----------------------------------------------------------------------------
-# training: the model, a batch, one step; main() keeps the data, DDP and checkpoints
 
 
 def build_converter(cfg, meta, device):
@@ -431,8 +439,8 @@ def batch_loss(model, data, cfg, plan, world, device, backward=False):
     tokens it ran: (all, caption)."""
     micro, accum = plan
     feats, prompts, captions = data["batch"]
-    # The loss is the mean over the caption tokens of the GLOBAL batch: each micro-batch's sum over
-    # the mean count per rank (DDP averages the ranks' gradients), as one process with the whole batch computes it
+    # eq. 1's mean over the caption tokens of the GLOBAL batch: each micro-batch's sum over the count
+    # per rank, as DDP averages the ranks' gradients (one process with the whole batch computes the same)
     conv = unwrap(model)
     n_per_rank = sum(len(conv.caption_ids(c)) for c in data["captions"]) / world
     total = 0.0
@@ -556,7 +564,7 @@ def main(argv=None):
         train_loss, grad_norm, tokens = train_step(ddp_model, optimizer, params, data, cfg, plan, step, rank, world,
                                                    device)
         step += 1
-        log.add(cfg.batch_size, tokens[0] * world, world * model.train_flops(*tokens, all_trained=cfg.lora_r == 0))
+        log.add(cfg.batch_size, tokens[0] * world, world * train_flops(model, *tokens, all_trained=cfg.lora_r == 0))
         if step % cfg.log_interval == 0:  # on every rank: all_mean is a collective
             log.write(step, all_mean(train_loss).item(), get_lr(step - 1, cfg), grad_norm.item(), world)
 

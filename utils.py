@@ -5,7 +5,6 @@ checks. Everything model- or stage-specific lives in its own script.
 import dataclasses
 import fcntl
 import hashlib
-import importlib
 import inspect
 import json
 import math
@@ -18,14 +17,13 @@ import zipfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 # -----------------------------------------------------------------------------
 # config: a dataclass of commented defaults, a preset, then --key value / --key=value overrides
 
-BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
+_BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def parse_config(cfg_cls, presets, argv=None):
@@ -53,7 +51,7 @@ def parse_config(cfg_cls, presets, argv=None):
             sys.exit(f"error: unknown option --{key} (see --help)")
         if not eq:
             is_bool = isinstance(fields[key].default, bool)
-            if is_bool and not (i < len(argv) and argv[i].lower() in BOOL_WORDS):
+            if is_bool and not (i < len(argv) and argv[i].lower() in _BOOL_WORDS):
                 value = "true"  # a bare --flag
             elif i < len(argv) and not (argv[i].startswith("--") and len(argv[i]) > 2):
                 value, i = argv[i], i + 1
@@ -72,20 +70,13 @@ def parse_config(cfg_cls, presets, argv=None):
 
 def _cast(key, value, typ):
     if typ is bool:
-        if value.lower() not in BOOL_WORDS:
+        if value.lower() not in _BOOL_WORDS:
             sys.exit(f"error: --{key} expects true or false, got {value!r}")
-        return BOOL_WORDS[value.lower()]
+        return _BOOL_WORDS[value.lower()]
     try:
         return typ(value)
     except ValueError:
         sys.exit(f"error: --{key} expects a{'n' if typ is int else ''} {typ.__name__}, got {value!r}")
-
-
-def resolve(name):
-    """"module:attribute" -> that attribute, imported by its name: what a config names to be built
-    (the toy's codec, codec.load_codec), so that no stage imports it."""
-    module, _, attribute = name.partition(":")
-    return getattr(importlib.import_module(module), attribute)
 
 
 # -----------------------------------------------------------------------------
@@ -186,33 +177,32 @@ def adamw(params, cfg, device):
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
 
 
-# dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets); the first key in the device's name wins
-PEAK_BF16 = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
-
-
-def peak_tflops(device):
-    """The device's dense bf16 peak (PEAK_BF16), None where unknown (a CPU, another GPU)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
-
-
-def peak_memory_gb(device):
-    """The most memory this process has held: allocated on CUDA, the peak resident set elsewhere."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
-
-
 class TrainingLog:
     """What a day-long run is steered by, every log_interval steps: loss, lr, gradient norm, the
     step time split into data wait and compute, samples and tokens per second (all processes),
     MFU (model FLOPs per second over the device's bf16 peak) and peak memory; with
     cfg.tensorboard, the same into out_dir/tensorboard."""
 
+    # dense bf16 tensor-core peaks in TFLOP/s (NVIDIA data sheets); the first key in the device's name wins
+    PEAK_BF16 = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+    @staticmethod
+    def peak_tflops(device):
+        """The device's dense bf16 peak (PEAK_BF16), None where unknown (a CPU, another GPU)."""
+        if device.type != "cuda":
+            return None
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in TrainingLog.PEAK_BF16.items() if k in name), None)
+
+    @staticmethod
+    def peak_memory_gb(device):
+        """The most memory this process has held: allocated on CUDA, the peak resident set elsewhere."""
+        if device.type == "cuda":
+            return torch.cuda.max_memory_allocated(device) / 1e9
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
+
     def __init__(self, cfg, device, rank):
-        self.cfg, self.device, self.peak = cfg, device, peak_tflops(device)
+        self.cfg, self.device, self.peak = cfg, device, self.peak_tflops(device)
         self.writer = None
         if cfg.tensorboard and rank == 0:
             try:
@@ -244,7 +234,7 @@ class TrainingLog:
         mfu = self.flops / world / wall / (self.peak * 1e12) if self.peak else None
         row = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_ms": 1000 * wall / self.steps,
                "data_wait": self.wait / wall, "samples_per_s": self.samples / wall,
-               "tokens_per_s": self.tokens / wall, "peak_memory_gb": peak_memory_gb(self.device)}
+               "tokens_per_s": self.tokens / wall, "peak_memory_gb": self.peak_memory_gb(self.device)}
         print0(f"step {step}/{self.cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
                f"{row['step_ms']:.0f} ms/step ({100 * row['data_wait']:.0f}% data wait) | "
                f"{row['samples_per_s']:.1f} samples/s | {row['tokens_per_s']:,.0f} tok/s | "
@@ -316,7 +306,7 @@ def _file_mode():
     return 0o666 & ~umask
 
 
-FILE_MODE = _file_mode()
+_FILE_MODE = _file_mode()
 
 
 @contextmanager
@@ -329,7 +319,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -341,36 +331,26 @@ def save_checkpoint(obj, path):
         torch.save(obj, tmp)
 
 
-def save_safetensors(obj, path):
-    """A checkpoint as two files that no loader runs code from: path (.safetensors) holds
-    obj["model"]'s tensors, path with .json everything else (config, hashes). read_checkpoint
-    reads the pair back into the same dict."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in obj["model"].items()}, tmp)
-    save_json({k: v for k, v in obj.items() if k != "model"}, path.with_suffix(".json"))
-
-
-def read_safetensors(path):
+def _read_safetensors(path):
     """The pair save_safetensors wrote -> one dict ("model": the tensors)."""
     return {**json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8")), "model": load_file(path)}
 
 
 # the two kinds of checkpoint this project writes, as their error messages name them
-CHECKPOINT_KINDS = {"vatt-converter": "stage-1 (Converter)", "vatt-audio": "stage-2 (VATT Audio)"}
+_CHECKPOINT_KINDS = {"vatt-converter": "stage-1 (Converter)", "vatt-audio": "stage-2 (VATT Audio)"}
 
 
 def read_checkpoint(path, kind, hint=""):
-    """A checkpoint this project wrote, of `kind` (CHECKPOINT_KINDS): a .pt loaded with
+    """A checkpoint this project wrote, of `kind` (_CHECKPOINT_KINDS): a .pt loaded with
     weights_only=True (tensors and plain Python values only, so a file whose pickle would run code
     is refused, never run), or a save_safetensors pair. A missing, unreadable or other file stops
     the run with one line (`hint` says how to make it)."""
-    what = CHECKPOINT_KINDS[kind]
+    what = _CHECKPOINT_KINDS[kind]
     if not os.path.isfile(path):
         sys.exit(f"error: {path}: no such checkpoint{hint}")
     try:
         if str(path).endswith(".safetensors"):
-            ckpt = read_safetensors(path)
+            ckpt = _read_safetensors(path)
         else:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (garbage, a truncated or empty file, pickled objects, no .json)
@@ -423,45 +403,3 @@ def record_timing(out_dir, name, t0):
         timing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         timing[name] = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(cpu, 1)}
         save_json(timing, path)
-
-
-# -----------------------------------------------------------------------------
-# .npy files checked by their header alone, so that a bad file among 200 k is found in seconds
-# before training starts rather than hours into it
-
-
-def check_npy(path, shape, kinds):
-    """What is wrong with the .npy file at `path`, in a few words, or None when it holds an array of
-    exactly `shape` (None on an axis: any length) whose dtype kind is one of `kinds` ("f" float,
-    "iu" integer) and whose data is all there. Reads only the header (np.lib.format) and the file
-    size, never the data."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            file_shape, _, dtype = read_header(f)
-            data_start = f.tell()
-    except FileNotFoundError:
-        return "no such file"
-    except (ValueError, OSError, EOFError) as e:  # numpy's errors for a wrong magic string or header
-        return "empty file" if os.path.getsize(path) == 0 else f"not a .npy file ({str(e).splitlines()[0][:80]})"
-    if dtype.hasobject:
-        return f"holds pickled Python objects ({dtype}), not numbers"
-    if dtype.kind not in kinds:
-        return f"dtype {dtype}, expected {'integers' if kinds == 'iu' else 'floats'}"
-    if not shape_fits(shape, file_shape):
-        return f"shape {file_shape}, expected {shape_str(shape)}"
-    n_bytes = math.prod(file_shape) * dtype.itemsize
-    if os.path.getsize(path) < data_start + n_bytes:
-        return f"truncated: {os.path.getsize(path) - data_start} of its {n_bytes} data bytes"
-    return None
-
-
-def shape_fits(expected, shape):
-    """Whether `shape` is `expected`, where None in `expected` is any length on that axis."""
-    return len(shape) == len(expected) and all(n is None or n == m for n, m in zip(expected, shape))
-
-
-def shape_str(shape, free="frames"):
-    """(None, 768) -> '(frames, 768)': an expected shape with its free axes named."""
-    return "(" + ", ".join(free if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"

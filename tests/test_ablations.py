@@ -45,40 +45,40 @@ def sine_mean(progress):
     ("sine", 0.75, 0.25, 1.0, truncnorm_mean(sine_mean(1.0), 0.25), (0.5, 1.0)),  # ends at 0.95
 ])
 def test_appendix_a_mask_ratio_distribution_means(dist, mean, std, progress, want, support):
-    r = s2.mask_ratios(dist, N, torch.Generator().manual_seed(0), mean, std, progress).double()
+    r = s2.training_ratios(dist, N, torch.Generator().manual_seed(0), mean, std, progress).double()
     assert r.shape == (N,) and support[0] <= r.min() and r.max() <= support[1]
     se = r.std().item() / math.sqrt(N)
     assert abs(r.mean().item() - want) < 4 * se, (dist, progress, r.mean().item(), want, 4 * se)
 
 
 def test_appendix_a_sine_mean_moves_with_training():
-    draws = [s2.mask_ratios("sine", N, torch.Generator().manual_seed(0), 0.75, 0.25, p).mean().item()
+    draws = [s2.training_ratios("sine", N, torch.Generator().manual_seed(0), 0.75, 0.25, p).mean().item()
              for p in (0.0, 0.5, 1.0)]
     assert draws[0] < draws[1] < draws[2]
 
 
 def test_appendix_a_arccos_is_cos_of_a_uniform():
     u = torch.rand(1000, generator=torch.Generator().manual_seed(3))
-    r = s2.mask_ratios("arccos", 1000, torch.Generator().manual_seed(3), 0.75, 0.25)
+    r = s2.training_ratios("arccos", 1000, torch.Generator().manual_seed(3), 0.75, 0.25)
     assert torch.equal(r, torch.cos(math.pi / 2 * u))
 
 
 def test_3_2_2_default_draw_bit_identical():
     """The default draw is §3.2.2's, unchanged: TN ratios, exact-count masks, then the null conditions."""
     shape = (4, 25)
-    mask, drop = s2.training_draw(16, shape, torch.Generator().manual_seed(5), 0.75, 0.25, 0.1)
+    mask, null_cond = s2.training_draw(16, shape, torch.Generator().manual_seed(5), 0.75, 0.25, 0.1)
     g = torch.Generator().manual_seed(5)
-    ratios = s2.sample_mask_ratios(16, g, 0.75, 0.25)
+    ratios = s2.truncnorm_ratios(16, g, 0.75, 0.25)
     want_mask = s2.random_mask(ratios, (16,) + shape, g)
-    want_drop = torch.rand(16, generator=g) < 0.1
-    assert torch.equal(mask, want_mask) and torch.equal(drop, want_drop)
+    want_null = torch.rand(16, generator=g) < 0.1
+    assert torch.equal(mask, want_mask) and torch.equal(null_cond, want_null)
     again = s2.training_draw(16, shape, torch.Generator().manual_seed(5), 0.75, 0.25, 0.1, "truncnorm", 0.7)
-    assert torch.equal(again[0], mask) and torch.equal(again[1], drop)
+    assert torch.equal(again[0], mask) and torch.equal(again[1], null_cond)
     # every distribution keeps one ratio per sample and an exact masked count
     for dist in s2.CHOICES["mask_dist"]:
         g = torch.Generator().manual_seed(1)
         m, _ = s2.training_draw(16, shape, g, 0.75, 0.25, 0.1, dist, 0.3)
-        r = s2.mask_ratios(dist, 16, torch.Generator().manual_seed(1), 0.75, 0.25, 0.3)
+        r = s2.training_ratios(dist, 16, torch.Generator().manual_seed(1), 0.75, 0.25, 0.3)
         assert m.flatten(1).sum(-1).tolist() == (r * 100).round().clamp(min=1).long().tolist()
 
 
@@ -145,10 +145,11 @@ def test_table_4_cross_attn_budget_and_interface():
     def n_linear(modules):
         return sum(m.weight.numel() for m in modules.modules() if isinstance(m, torch.nn.Linear))
 
-    assert n_linear(cross.blocks) == n_linear(vatt.encoder) + n_linear(vatt.decoder)
+    assert n_linear(cross.blocks) == n_linear(vatt.multiway_layers) + n_linear(vatt.plain_layers)
     model = s2.CrossAttnAudio(tiny_config(architecture="cross-attn"), torch.randn(4, 16, 8)).eval()
     codes = torch.full((2, 4, 10), 16)
-    out = sample.decode_tokens(model, torch.randn(2, 6, 12), torch.ones(2, 6, dtype=torch.long), codes,
+    guidance = sample.guidance_batch(torch.randn(2, 6, 12), torch.ones(2, 6, dtype=torch.long))
+    out = sample.decode_tokens(model, *guidance, codes,
                                [torch.Generator().manual_seed(i) for i in range(2)], **{**PAPER, "steps": 4})
     assert out.shape == codes.shape and (out < 16).all()
 

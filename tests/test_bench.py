@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from tools import bench  # noqa: E402
 import sample as S  # noqa: E402
 import stage2_audio  # noqa: E402
-from stage1_caption import TEMPLATE  # noqa: E402
+from stage1_caption import TEMPLATE, prefill_flops  # noqa: E402
 from test_masked_modelling import BINS, COND_DIM, N_Q, PAPER, all_mask, conditions, gens, tiny_model  # noqa: E402
 
 
@@ -108,7 +108,7 @@ def test_fast_mode_times_vatt_audio_as_sampling_loads_it(monkeypatch):
 
 
 # -----------------------------------------------------------------------------
-# the analytic FLOP counts (stage2_audio.forward_flops, Converter.prefill_flops) against torch's counter
+# the analytic FLOP counts (stage2_audio.forward_flops, stage1_caption.prefill_flops) against torch's counter
 
 
 def test_vatt_audio_forward_flops_match_torch_counter():
@@ -125,7 +125,7 @@ def test_converter_prefill_flops_match_torch_counter():
     n_video = conv.n_video_tokens(10)
     n_tokens = n_video + conv.max_text_tokens
     counted = counted_flops(lambda: conv.condition(feats, [TEMPLATE] * 2))
-    assert counted == 2 * conv.prefill_flops(n_video, n_tokens) == 2 * 34_148_352
+    assert counted == 2 * prefill_flops(conv, n_video, n_tokens) == 2 * 34_148_352
 
 
 def test_codec_flops_match_torch_counter_and_lstm_closed_form():
@@ -147,17 +147,17 @@ def test_codec_flops_match_torch_counter_and_lstm_closed_form():
 
 class IndexedStub(nn.Module):
     """Fixed logits per sample (its index is cond[:, 0, 0]): C on a conditional row, U on a null row;
-    records every call's drop_cond."""
+    records every call's null_cond."""
 
     def __init__(self, C, U):
         super().__init__()
         self.config = SimpleNamespace(bins=BINS)
         self.C, self.U, self.calls = C, U, []
 
-    def forward(self, codes, cond, cond_mask, drop_cond=None):
-        self.calls.append(drop_cond.tolist())
+    def forward(self, codes, cond, cond_mask, null_cond=None):
+        self.calls.append(null_cond.tolist())
         i = cond[:, 0, 0].long()
-        return torch.where(drop_cond[:, None, None, None], self.U[i], self.C[i])
+        return torch.where(null_cond[:, None, None, None], self.U[i], self.C[i])
 
 
 def test_naive_guidance_draws_the_same_tokens_with_two_forwards_per_step():
@@ -172,8 +172,8 @@ def test_naive_guidance_draws_the_same_tokens_with_two_forwards_per_step():
     for separate in (False, True):
         stub = IndexedStub(C, U)
         model = bench.SeparateGuidance(stub) if separate else stub
-        outs.append(S.decode_tokens(model, cond, cond_mask, all_mask(B, T), gens([1, 2, 3]), steps=steps, guidance_scale=3.0,
-                                    temperature=1.0, top_k=BINS, mask_temperature=2.0))
+        outs.append(S.decode_tokens(model, *S.guidance_batch(cond, cond_mask), all_mask(B, T), gens([1, 2, 3]),
+                                    steps=steps, guidance_scale=3.0, temperature=1.0, top_k=BINS, mask_temperature=2.0))
         if separate:
             assert stub.calls == [[False] * B, [True] * B] * steps
         else:
@@ -199,7 +199,7 @@ def test_decode_tokens_never_waits_for_the_gpu():
     torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
     try:
         with S.autocast(device):
-            out = S.decode_tokens(model, cond, cond_mask, codes, generators, **{**PAPER, "steps": 8})
+            out = S.decode_tokens(model, *S.guidance_batch(cond, cond_mask), codes, generators, **{**PAPER, "steps": 8})
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert not (out == BINS).any()

@@ -84,18 +84,22 @@ def assert_identical(a, b, where="checkpoint"):
 @pytest.mark.parametrize("stage", [stage1_caption, stage2_audio], ids=["stage1", "stage2"])
 def test_two_processes_train_as_one(world, tmp_path, capsys, stage):
     # the same command: --batch_size is the global batch, each process takes half. Stage 1's
-    # processes also accumulate gradients over 2 micro-steps of 1 (DDP syncs only on the last one)
+    # processes also accumulate gradients over 2 micro-steps of 1 (DDP syncs only on the last one).
+    # Stage 2 draws its masks per micro-batch: one process accumulates the two micro-batches of 2
+    # that the two processes run
+    micro = [] if stage is stage1_caption else ["--micro_batch=2"]
     args = stage_args(stage, world) + ["--max_steps=3", "--eval_interval=3", "--log_interval=1", "--batch_size=4"]
-    stage.main(args + [f"--out_dir={tmp_path}/one"])
+    stage.main(args + micro + [f"--out_dir={tmp_path}/one"])
     one = capsys.readouterr().out
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           Path(stage.__file__).name, *args, f"--out_dir={tmp_path}/two",
-                          *(["--micro_batch=1"] if stage is stage1_caption else [])],
+                          *(["--micro_batch=1"] if stage is stage1_caption else micro)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     two = run.stdout
-    assert "a global batch of 4 = 1 process x 1 accumulated micro-batch x 4" in one
+    assert ("a global batch of 4 = 1 process x 1 accumulated micro-batch x 4" if stage is stage1_caption
+            else "a global batch of 4 = 1 process x 2 accumulated micro-batches x 2") in one
     assert f"a global batch of 4 = 2 processes x {2 if stage is stage1_caption else 1}" in two
 
     # the same global batches, and the loss a mean over the global batch's tokens: the same

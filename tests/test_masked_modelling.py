@@ -20,7 +20,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # so `import sample` works however pytest is started
 import sample as S  # noqa: E402
-from stage2_audio import ModelConfig, VATTAudio, masked_loss, random_mask, sample_mask_ratios  # noqa: E402
+from stage2_audio import ModelConfig, VATTAudio, masked_loss, random_mask, truncnorm_ratios  # noqa: E402
 
 BINS, N_Q, COND_DIM = 16, 4, 8
 MASK = BINS
@@ -67,9 +67,10 @@ def n_masked(codes):
 PAPER = {k: getattr(S.Config(), k) for k in ("steps", "guidance_scale", "temperature", "top_k", "mask_temperature")}
 
 
-def decode(model, cond, cond_mask, codes, seeds, **kw):
+def decode(model, cond, cond_mask, codes, seeds, negative=None, **kw):
     history = []
-    out = S.decode_tokens(model, cond, cond_mask, codes, gens(seeds), **{**PAPER, **kw}, history=history)
+    out = S.decode_tokens(model, *S.guidance_batch(cond, cond_mask, negative), codes, gens(seeds), **{**PAPER, **kw},
+                          history=history)
     return out, history
 
 
@@ -87,7 +88,7 @@ def phi(z):
 
 def test_3_2_2_mask_ratio_truncated_normal():
     n, mu, sigma = 50_000, 0.75, 0.25
-    r = sample_mask_ratios(n, torch.Generator().manual_seed(0)).double()
+    r = truncnorm_ratios(n, torch.Generator().manual_seed(0), 0.75, 0.25).double()
     assert r.shape == (n,)
     assert r.min() >= 0.5 and r.max() <= 1.0
     # a normal truncated symmetrically at +-1 sigma (standardised moments of Z | |Z| < 1)
@@ -231,9 +232,9 @@ def test_3_2_2_one_batched_forward_per_step(model, monkeypatch):
     calls = []
     forward = model.forward
 
-    def counting_forward(codes, c, cm, drop_cond=None):
-        calls.append((codes.clone(), c.clone(), cm.clone(), drop_cond.clone()))
-        return forward(codes, c, cm, drop_cond)
+    def counting_forward(codes, c, cm, null_cond=None):
+        calls.append((codes.clone(), c.clone(), cm.clone(), null_cond.clone()))
+        return forward(codes, c, cm, null_cond)
 
     monkeypatch.setattr(model, "forward", counting_forward)
     decode(model, cond, cond_mask, all_mask(B, T), [1, 2, 3], steps=steps)
@@ -345,8 +346,8 @@ def test_3_2_1_head_l_predicts_level_l():
     model = tiny_model()
     target = torch.tensor([3, 7, 11, 14])  # one class per level
     with torch.no_grad():
-        model.decoder_norm.weight.zero_()
-        model.decoder_norm.bias.fill_(1.0)  # every audio position -> the all-ones vector
+        model.final_norm.weight.zero_()
+        model.final_norm.bias.fill_(1.0)  # every audio position -> the all-ones vector
         for l, head in enumerate(model.heads):
             head.weight.zero_()
             head.weight[target[l]] = 1.0
@@ -391,16 +392,16 @@ def test_3_2_1_overfit_one_example_level_time_order():
 
 
 class StubModel(nn.Module):
-    """Returns fixed logits: C for the conditional rows (drop_cond False), U for the null rows."""
+    """Returns fixed logits: C for the conditional rows (null_cond False), U for the null rows."""
 
     def __init__(self, C, U):
         super().__init__()
         self.config = SimpleNamespace(bins=C.shape[-1])
         self.C, self.U = C, U
 
-    def forward(self, codes, cond, cond_mask, drop_cond=None):
+    def forward(self, codes, cond, cond_mask, null_cond=None):
         B = codes.shape[0] // 2
-        assert drop_cond.tolist() == [False] * B + [True] * B
+        assert null_cond.tolist() == [False] * B + [True] * B
         return torch.cat([self.C, self.U])
 
 
@@ -442,9 +443,9 @@ def test_3_2_2_negative_prompt_guidance_is_n_plus_w_c_minus_n(model, monkeypatch
     calls = []
     forward = model.forward
 
-    def counting_forward(codes, c, cm, drop_cond=None):
-        calls.append((c.clone(), cm.clone(), drop_cond.clone()))
-        return forward(codes, c, cm, drop_cond)
+    def counting_forward(codes, c, cm, null_cond=None):
+        calls.append((c.clone(), cm.clone(), null_cond.clone()))
+        return forward(codes, c, cm, null_cond)
 
     monkeypatch.setattr(model, "forward", counting_forward)
     # one step, top_k = 1: every token is the argmax of the guided logits
@@ -495,7 +496,7 @@ def test_3_2_2_confidence_is_log_p_plus_linearly_decayed_gumbel(monkeypatch, mas
 
 
 # -----------------------------------------------------------------------------
-# the condition: null condition (drop_cond) and padded rows
+# the condition: null condition (null_cond) and padded rows
 
 
 def test_3_2_1_null_condition_ignores_cond(model):
@@ -510,7 +511,7 @@ def test_3_2_1_null_condition_ignores_cond(model):
         la, lb = model(codes, cond_a, cond_mask, mixed), model(codes, cond_b, cond_mask, mixed)
         assert torch.equal(la[0], lb[0]) and not torch.allclose(la[1], lb[1])
         keep = model(codes, cond_a, cond_mask, torch.zeros(B, dtype=torch.bool))
-        assert torch.equal(keep, model(codes, cond_a, cond_mask))  # drop_cond all False == None
+        assert torch.equal(keep, model(codes, cond_a, cond_mask))  # null_cond all False == None
 
 
 def test_3_2_1_padded_condition_rows_change_nothing(model):
@@ -543,7 +544,7 @@ def test_3_2_2_same_seeds_bit_identical(model):
     c, _ = decode(model, cond, cond_mask, all_mask(B, T), [6, 7], steps=8)
     assert not torch.equal(a, c)
     # the training-side draws too
-    r1, r2 = (sample_mask_ratios(8, torch.Generator().manual_seed(9)) for _ in range(2))
+    r1, r2 = (truncnorm_ratios(8, torch.Generator().manual_seed(9), 0.75, 0.25) for _ in range(2))
     assert torch.equal(r1, r2)
     m1, m2 = (random_mask(r1, (8, N_Q, 10), torch.Generator().manual_seed(9)) for _ in range(2))
     assert torch.equal(m1, m2)

@@ -2,7 +2,7 @@
 Training on data this project did not make, on the tiny toy world of conftest.py:
 - the authors' released VGGSound layout (paper §4 features, §3.2.1 tokens) read as it is by both
   trainers: two folders, tokens stored time-first (500, 4), no meta.json;
-- every file of the train split checked by its header before step 0 (utils.check_npy against
+- every file of the train split checked by its header before step 0 (extract_features.check_npy against
   np.load as the reference): a bad file is named, and the run stops or leaves the clip out;
 - the V2A-Instruction step (paper §4, appendix C, tools/caption_audio.py): the toy analyzer's captions
   against the generator's, and a tiny random Qwen2-Audio saved with save_pretrained through the
@@ -32,8 +32,8 @@ import stage2_audio
 from conftest import TINY_LLM, TINY_STAGE1, TINY_STAGE2, fixture
 from data.toy import llm as toy_llm, prepare, world as toy_world
 from tools import caption_audio
-from extract_features import BadFileError, FeatureFiles
-from utils import check_npy, read_safetensors
+from extract_features import BadFileError, FeatureFiles, check_npy
+from utils import read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("offline")  # no test here may reach the hub
 YTIDS = ["-3b9gwBYXp8_000503", "0aZ9v8kQ_bQ_000030", "Zz_top-9xk4_000120", "a1b2c3d4e5f_000000",
@@ -454,7 +454,7 @@ def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
     torch.save(ToyCodec().codebooks, tmp_path / "toy_codebooks.pt")
     assert official.main(["convert", str(ckpt), str(tmp_path / "released"), f"--codebooks={tmp_path}/toy_codebooks.pt"]) == 0
     assert not (tmp_path / "released" / "converter.safetensors").exists()  # no Converter weights in this .ckpt
-    converted = read_safetensors(tmp_path / "released" / "stage2.safetensors")
+    converted = read_checkpoint(tmp_path / "released" / "stage2.safetensors", "vatt-audio")
     assert converted["kind"] == "vatt-audio" and converted["codec"] is None and converted["step"] == 0
     assert converted["model_config"]["head_order"] == "released" and "head_order" not in converted
     # on the toy: the converted files and the .ckpt sample the same tokens and audio, bit for bit
@@ -467,7 +467,7 @@ def test_stage2_init_from_the_authors_checkpoint(world, tmp_path):
     for model in (stage2_audio.load_vatt_audio(tmp_path / "released" / "stage2.safetensors", torch.device("cpu"))[0],
                   official.load_official_vatt_audio(ckpt, tmp_path / "toy_codebooks.pt")):
         start = torch.full((2, 4, 100), model.config.bins)
-        codes = sample.decode_tokens(model, cond, cond_mask, start, [torch.Generator().manual_seed(i) for i in range(2)],
+        codes = sample.decode_tokens(model, *sample.guidance_batch(cond, cond_mask), start, [torch.Generator().manual_seed(i) for i in range(2)],
                                      8, 2.0, 0.5, 256, 0.5)
         pieces.append((codes, ToyCodec().decode(codes)))
     assert torch.equal(pieces[0][0], pieces[1][0]) and torch.equal(pieces[0][1], pieces[1][1])

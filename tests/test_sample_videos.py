@@ -193,8 +193,8 @@ def test_clip_shorter_than_the_window_with_an_audio_track(world, tmp_path):
 def test_clip_longer_than_the_window_is_inpainted_window_by_window(world, tmp_path, monkeypatch):
     calls = []
 
-    def spy(model, cond, cond_mask, codes, *args, **kwargs):
-        out = decode_tokens(model, cond, cond_mask, codes, *args, **kwargs)
+    def spy(model, cond, cond_mask, null_cond, codes, *args, **kwargs):
+        out = decode_tokens(model, cond, cond_mask, null_cond, codes, *args, **kwargs)
         calls.append((codes.clone(), out.clone()))
         return out
 

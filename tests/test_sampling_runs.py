@@ -143,10 +143,10 @@ def spy_decoding(monkeypatch):
     calls = []
     decode_tokens = sample.decode_tokens
 
-    def spy(model, cond, cond_mask, codes, generators, *args, **kwargs):
+    def spy(model, cond, cond_mask, null_cond, codes, generators, *args, **kwargs):
         states = [g.get_state() for g in generators]
         kwargs["history"] = history = []
-        out = decode_tokens(model, cond, cond_mask, codes, generators, *args, **kwargs)
+        out = decode_tokens(model, cond, cond_mask, null_cond, codes, generators, *args, **kwargs)
         calls.append((states, history[0]))
         return out
 
@@ -339,18 +339,18 @@ def test_generate_windows_in_sync_at_paper_timing(models, monkeypatch, overlap):
     assert tiny.meta["fps"] == 5 and tiny.codec.frame_rate == 50
     feats = torch.randn(125, models.meta["feature_dim"])  # 25 s at 5 fps
     frame_starts, windows = [], []
-    cut, decode_tokens = sample._window, sample.decode_tokens
+    cut, decode_tokens = sample.window_frames, sample.decode_tokens
 
     def window_spy(x, start, n):
         frame_starts.append(start)
         return cut(x, start, n)
 
-    def decode_spy(model, cond, cond_mask, codes, *args, **kwargs):
-        out = decode_tokens(model, cond, cond_mask, codes, *args, **kwargs)
+    def decode_spy(model, cond, cond_mask, null_cond, codes, *args, **kwargs):
+        out = decode_tokens(model, cond, cond_mask, null_cond, codes, *args, **kwargs)
         windows.append((codes[0].clone(), out[0].clone()))
         return out
 
-    monkeypatch.setattr(sample, "_window", window_spy)
+    monkeypatch.setattr(sample, "window_frames", window_spy)
     monkeypatch.setattr(sample, "decode_tokens", decode_spy)
     args = dataclasses.replace(sample.Config(), steps=1, overlap=overlap)
     codes = sample.generate(tiny, [feats], [25.0], ["a low bell rings twice"], [0], args, CPU)[0]["codes"]

@@ -27,7 +27,6 @@ sampling loads it). naive (--naive) is the baseline: one clip at a time, guidanc
 per step, float32, no compile.
 """
 import os
-import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -45,7 +44,7 @@ import stage2_audio as s2  # noqa: E402
 from codec import build_audiogen_codec, load_codec  # noqa: E402
 from data.toy.llm import Config as ToyLLMConfig, toy_llm_config, toy_tokenizer  # noqa: E402
 from extract_features import Config as FeatureConfig  # noqa: E402  (the features' frame rate: 5 fps for every preset)
-from utils import autocast, parse_config, peak_tflops, pick_device, save_json, weights_dtype  # noqa: E402
+from utils import TrainingLog, autocast, parse_config, pick_device, save_json, weights_dtype  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # config
@@ -154,15 +153,15 @@ class SeparateGuidance(nn.Module):
         super().__init__()
         self.audio, self.config = audio, audio.config
 
-    def forward(self, codes, cond, cond_mask, drop_cond):  # each (2B, ...): conditional half, null half
-        halves = zip(codes.chunk(2), cond.chunk(2), cond_mask.chunk(2), drop_cond.chunk(2))
+    def forward(self, codes, cond, cond_mask, null_cond):  # each (2B, ...): conditional half, null half
+        halves = zip(codes.chunk(2), cond.chunk(2), cond_mask.chunk(2), null_cond.chunk(2))
         return torch.cat([self.audio(*half) for half in halves])  # (2B, L, T, V)
 
 
 # -----------------------------------------------------------------------------
 # FLOPs, counted analytically, 2 per multiply-add; norms, activations, softmax and the sampling
 # arithmetic are left out (as in nanoGPT's MFU estimate). The Converter's prefill
-# (Converter.prefill_flops) and VATT Audio's forward (stage2_audio.forward_flops) are the stages'
+# (stage1_caption.prefill_flops) and VATT Audio's forward (stage2_audio.forward_flops) are the stages'
 # own counts, which training's MFU uses too; the codec's is read off its layers here:
 #   conv       2 * weights * output positions (input positions for a transposed conv)
 #   LSTM       2 * weights * frames, per layer
@@ -237,8 +236,8 @@ def main(argv=None):
             with nullcontext() if naive else autocast(device):
                 cond, cond_mask = timed("prefill", lambda: conv.condition(x, [s1.TEMPLATE] * len(x)))
                 codes = timed("decoder", lambda: sample.decode_tokens(
-                    naive_audio if naive else fast_audio, cond, cond_mask, codes, g, args.steps, args.guidance_scale,
-                    args.temperature, args.top_k, args.mask_temperature))
+                    naive_audio if naive else fast_audio, *sample.guidance_batch(cond, cond_mask), codes, g, args.steps,
+                    args.guidance_scale, args.temperature, args.top_k, args.mask_temperature))
             timed("codec", lambda: codec.decode(codes))
         return seconds
 
@@ -257,7 +256,7 @@ def main(argv=None):
             n_video = conv.n_video_tokens(n_frames)
             n_cond, n_audio = n_video + conv.max_text_tokens, round(spec["seconds"] * codec.frame_rate)
             silence = torch.zeros(1, codec.n_q, n_audio, dtype=torch.long, device=device)
-            flops = dict(prefill=conv.prefill_flops(n_video, n_cond),
+            flops = dict(prefill=s1.prefill_flops(conv, n_video, n_cond),
                          decoder=args.steps * 2 * s2.forward_flops(audio.config, n_cond, n_audio),
                          codec=codec_flops(codec, silence))
             flops["total"] = sum(flops.values())
@@ -285,12 +284,12 @@ def main(argv=None):
                 clips_per_s=B / seconds["total"],
                 tflops={k: flops[k] * B / v / 1e12 for k, v in seconds.items()},
                 # on a CPU the process's high-water mark so far (it cannot be reset), model weights included
-                peak_memory_gb=(torch.cuda.max_memory_allocated(device) if cuda else _max_rss()) / 1e9,
+                peak_memory_gb=TrainingLog.peak_memory_gb(device),
                 # the forwards of one timed pass: how many, and with how many sequences each
                 **{f"{part}_forwards": dict(calls=len(b) // args.repeats, batch=sorted(set(b)))
                    for part, b in forwards.items()}))
     name = torch.cuda.get_device_name(device) if cuda else f"{device.type} ({torch.get_num_threads()} threads)"
-    peak = peak_tflops(device)
+    peak = TrainingLog.peak_tflops(device)
     naive = next((r for r in rows if r["mode"] == "naive"), None)
     for r in rows:
         r["percent_of_peak"] = 100 * r["tflops"]["total"] / peak if peak and r["dtype"] != "float32" else None
@@ -323,11 +322,6 @@ def print_table(r):
               f"| {ms['codec']:.1f} | {ms['total']:.1f} | {x['clips_per_s']:.3g} | {x['tflops']['total']:.3g} "
               f"| {'' if peak is None else f'{peak:.1f}'} | {x['peak_memory_gb']:.2f} "
               f"| {'' if ratio is None else f'{ratio:.2f}x'} |")
-
-
-def _max_rss():
-    """The process's peak resident memory in bytes (Linux counts ru_maxrss in KiB, macOS in bytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 if __name__ == "__main__":

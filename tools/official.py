@@ -6,7 +6,7 @@ four stage-2 Lightning checkpoints (`vatt_models.zip`, e.g. `vatt_llama_T_final.
 stage-1 Converter weights (`checkpoint-117000/pytorch_model.bin` for Vicuna). This file maps
 them onto our code without bending it:
 
-    their VT2AModel (stage 2, `audio_token_decoder.*`)  ->  stage2_audio.VATTAudio, head_order "released"
+    their VT2AModel (stage 2, `audio_token_decoder.*`)  ->  stage2_audio.ReleasedHeadOrder (VATT Audio)
     their LoRA + `video_proj` (stage 1, peft key names)  ->  stage1_caption.Converter (OfficialConverter)
     AudioGen's EnCodec                                  ->  codec.py (already loads their codec as is)
 
@@ -41,8 +41,9 @@ and where each one is handled:
    position j mod T, yet it is trained and sampled as codebook j mod K at time floor(j/K).
    Their network never predicts "codebook k at time t with head k"; it learned that permutation.
    Our VATTAudio stays in the natural order (models trained here are unaffected); THEIR weights
-   are loaded with ModelConfig.head_order = "released", whose forward re-indexes the natural
-   logits into what they mean (stage2_audio.released_order), so sample.py's sampler sees
+   are loaded with ModelConfig.head_order = "released" (stage2_audio.ReleasedHeadOrder), whose
+   forward re-indexes the natural logits into what they mean (stage2_audio.released_order), so
+   sample.py's sampler sees
    logits[b, c, t] = "codebook c at time t" exactly as the official sampler does. The order is
    saved with the model (`convert`), and a model fine-tuned from their weights keeps it.
 3. pos_embed (README §4): a frozen parameter in their state_dict, the `pos` buffer in ours.
@@ -89,16 +90,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 from einops import rearrange
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
 import sample  # noqa: E402
 from codec import load_codec  # noqa: E402
 from extract_features import PRESETS as FEATURE_PRESETS, Config as FeatureConfig  # noqa: E402
 from stage1_caption import Converter, load_llm  # noqa: E402
-from stage2_audio import PAPER_SIZE, ModelConfig, VATTAudio, load_vatt_audio, sincos_table  # noqa: E402
+from stage2_audio import PAPER_SIZE, ModelConfig, audio_model, load_vatt_audio, sincos_table  # noqa: E402
 from tools import sample_split  # noqa: E402
-from utils import load_error, parse_config, pick_device, save_safetensors  # noqa: E402
+from utils import atomic_path, load_error, parse_config, pick_device, save_json  # noqa: E402
 
 PREFIX = "audio_token_decoder."  # where both Lightning wrappers keep VT2AModel (fixtures README §3)
 HEAD_DIM = 64  # dim_head is hard-coded to 64 in the official code, whatever the width
@@ -222,6 +223,10 @@ def official_config(state_dict):
                        head_dim=HEAD_DIM, max_len=sd["pos_embed"].shape[1], dropout=PAPER_SIZE["dropout"])
 
 
+# their two stacks (x-transformers' encoder and decoder) -> ours, named for what they are
+OUR_STACK = {"encoder": "multiway_layers", "decoder": "plain_layers"}
+
+
 def official_to_ours(state_dict, codebooks=None, report=None):
     """Maps the official VT2AModel state_dict (with or without the `audio_token_decoder.` prefix)
     to VATTAudio's keys. Returns a dict that VATTAudio.load_state_dict(strict=True) accepts when
@@ -257,20 +262,20 @@ def official_to_ours(state_dict, codebooks=None, report=None):
             stack, n, rest = m[1], int(m[2]), m[3]
             i = n // 2
             if stack == "decoder" and (mm := re.fullmatch(r"0\.0\.(weight|bias)", rest)):  # its own LNs
-                out[f"decoder.{i}.norm{1 + n % 2}.0.{mm[1]}"] = v
+                out[f"plain_layers.{i}.norm{1 + n % 2}.0.{mm[1]}"] = v
             elif mm := re.fullmatch(r"1\.(to_q|to_k|to_v|to_out)\.weight", rest):
-                out[f"{stack}.{i}.attn.{mm[1]}.weight"] = v
+                out[f"{OUR_STACK[stack]}.{i}.attn.{mm[1]}.weight"] = v
             elif mm := re.fullmatch(r"1\.(?:([AB])\.)?ff\.(0\.0|2)\.weight", rest):
                 j = "AB".index(mm[1]) if mm[1] else 0  # A = condition expert, B = audio expert
-                out[f"{stack}.{i}.ff.{j}.{0 if mm[2] == '0.0' else 3}.weight"] = v
+                out[f"{OUR_STACK[stack]}.{i}.ff.{j}.{0 if mm[2] == '0.0' else 3}.weight"] = v
             else:
                 raise KeyError(f"unknown official key {k!r}")
         elif m := re.fullmatch(r"decoder\.attn_layers\.final_norm\.(weight|bias)", k):
-            out[f"decoder_norm.{m[1]}"] = v
+            out[f"final_norm.{m[1]}"] = v
         else:  # e.g. quantizer.* if their codebook file held a module (README §3): not a weight of ours
             ignored.append(k)
     # quirk 1: one (A, B) LayerNorm pair -> every encoder norm of ours
-    n_layers = 1 + max((int(k.split(".")[1]) for k in out if k.startswith("encoder.")), default=-1)
+    n_layers = 1 + max((int(k.split(".")[1]) for k in out if k.startswith("multiway_layers.")), default=-1)
     for (ab, p), entries in shared.items():
         k0, v0 = entries[0]
         for k, v in entries[1:]:
@@ -279,8 +284,8 @@ def official_to_ours(state_dict, codebooks=None, report=None):
                                  "so a checkpoint of it holds equal copies")
         j = "AB".index(ab)
         for i in range(n_layers):
-            out[f"encoder.{i}.norm1.{j}.{p}"] = out[f"encoder.{i}.norm2.{j}.{p}"] = v0
-        out[f"encoder_norm.{j}.{p}"] = v0
+            out[f"multiway_layers.{i}.norm1.{j}.{p}"] = out[f"multiway_layers.{i}.norm2.{j}.{p}"] = v0
+        out[f"multiway_norm.{j}.{p}"] = v0
     if codebooks is not None:
         out["codebooks"] = codebooks
     if pos_embed is not None:  # quirk 3: their exact table is our `pos` buffer (the caller checks it)
@@ -327,7 +332,7 @@ def build_official_vatt_audio(state_dict, codebooks=None, device="cpu", head_ord
     if diff > 1e-4:
         raise ValueError(f"pos_embed differs from the sin-cos table by {diff:.2e}: not the released model")
     with torch.device(device):  # random init straight on the device, overwritten just below
-        model = VATTAudio(cfg)
+        model = audio_model(cfg)
     model.load_state_dict(weights, strict=True)
     model.official_report = {k: v for k, v in report.items() if k != "pos_embed"}
     return model.eval().requires_grad_(False)
@@ -548,6 +553,16 @@ def sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def save_safetensors(obj, path):
+    """A checkpoint as two files that no loader runs code from: path (.safetensors) holds
+    obj["model"]'s tensors, path with .json everything else (config, hashes). read_checkpoint
+    reads the pair back into the same dict."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in obj["model"].items()}, tmp)
+    save_json({k: v for k, v in obj.items() if k != "model"}, path.with_suffix(".json"))
 
 
 def convert(path, out_dir, codebooks=None, trust_pickle=False):

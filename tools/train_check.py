@@ -12,19 +12,19 @@ stage's model is built once, and its parts run on it with their own configs and 
     s1-build    stage 1's gemma-2b preset over them: build_converter (from_pretrained, LoRA r16)
     s1-g        3 warm-up + 15 timed train_steps, the preset's micro-batch 8 x 4 accumulated
     s1-g32      the same global batch of 32 as one micro-batch
-    s1-flops    one micro-step counted by torch's FlopCounterMode against Converter.train_flops
+    s1-flops    one micro-step counted by torch's FlopCounterMode against stage1_caption.train_flops
     s1-ddp      3 steps under DistributedDataParallel on a process group of this process alone (NCCL)
     s1-fit      overfit 8 fixed clips (lr 1e-3, 40 steps): the loss must fall to 0.7 x its start
     stage1.pt   stage1_caption.save, then load_converter: a full-size checkpoint's round trip, LoRA merged
     s2-build    stage 2's gemma-2b preset (stage2_audio.PAPER_SIZE) over that reloaded Converter
     s2-g        2 warm-up + 8 timed train_steps, micro-batch 16 x 4 accumulated, dropout 0.1
-    s2-flops    one micro-step counted against stage2_audio.forward_flops + Converter.prefill_flops
+    s2-flops    one micro-step counted against stage2_audio.forward_flops + stage1_caption.prefill_flops
     s2-ddp      2 steps under 1-rank DDP
     s2-fit      overfit 16 fixed clips of structured tokens, no splice or roll (lr 5e-4, 40 steps): 0.7 x
     s2-compile  (--compile) s2-g with VATT Audio under torch.compile, as stage2_audio.py --compile trains
 
 A timed run reports its median and p90 step time, samples/s, tokens/s, MFU (the stages' analytic
-model FLOPs per step over the median step time and the GPU's dense bf16 peak, utils.peak_tflops)
+model FLOPs per step over the median step time and the GPU's dense bf16 peak, utils.TrainingLog.peak_tflops)
 and its peak memory allocated and reserved. The hard bars (failures(): any fails, exit status 1):
 no part fails or is left unrun (an OOM, an exception, a non-finite loss), the analytic FLOPs within
 10 % of the counted, both overfits at 0.7 x or less, and, at the paper's size on a GPU of known
@@ -78,7 +78,7 @@ from extract_features import PRESETS as FEATURE_PRESETS, Config as FeatureConfig
 from extract_features import FeatureFiles, train_val_split  # noqa: E402
 from tools.bench import llm_config  # noqa: E402
 from tools.gpu_check import cell, fill_markers, first_line, git_commit  # noqa: E402
-from utils import (adamw, atomic_path, autocast, parse_config, peak_memory_gb, peak_tflops, pick_device,  # noqa: E402
+from utils import (TrainingLog, adamw, atomic_path, autocast, parse_config, pick_device,  # noqa: E402
                    save_json, split_batch, step_batches, weights_dtype)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,20 +233,20 @@ class Stage1:
         self.model = s1.build_converter(cfg, self.files.meta, self.device)
         s1.init_projector(self.model, torch.stack([self.files.load_clip(s) for s, _ in self.items[:256]]))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.all_trained = cfg.lora_r == 0  # no LoRA: the backward into every weight too (Converter.train_flops)
+        self.all_trained = cfg.lora_r == 0  # no LoRA: the backward into every weight too (stage1_caption.train_flops)
         checkpointing = ", gradient checkpointing" if cfg.grad_checkpointing else ""
         return dict(kind="build", what=f"Converter, LoRA r{cfg.lora_r}{checkpointing}",
                     trainable=sum(p.numel() for p in self.params),
                     parameters=sum(p.numel() for p in self.model.parameters()))
 
     def step(self, model, cfg, plan, data, i):
-        """One optimizer step: (loss, tokens run, model FLOPs: Converter.train_flops on the real tokens)."""
+        """One optimizer step: (loss, tokens run, model FLOPs: stage1_caption.train_flops on the real tokens)."""
         loss, _, tokens = s1.train_step(model, self.optimizer, self.params, data, cfg, plan, i, 0, 1, self.device)
-        return loss, tokens[0], self.model.train_flops(*tokens, self.all_trained)
+        return loss, tokens[0], s1.train_flops(self.model, *tokens, self.all_trained)
 
     @contextmanager
     def as_run(self):
-        """Yields a function: Converter.train_flops on the rows the LLM ran meanwhile, read off its
+        """Yields a function: stage1_caption.train_flops on the rows the LLM ran meanwhile, read off its
         calls: every position of the padded sequences, and the LM head on the `logits_to_keep` last
         rows of each (Converter.forward), padding and prompt rows among them. The check then tests
         the formula's factors (the forward, and a backward through the activations alone, LoRA
@@ -255,7 +255,7 @@ class Stage1:
         hook = self.model.llm.register_forward_pre_hook(
             lambda m, args, kw: shapes.append((*kw["inputs_embeds"].shape[:2], kw["logits_to_keep"])), with_kwargs=True)
         try:
-            yield lambda: sum(self.model.train_flops(B * L, B * keep, self.all_trained) for B, L, keep in shapes)
+            yield lambda: sum(s1.train_flops(self.model, B * L, B * keep, self.all_trained) for B, L, keep in shapes)
         finally:
             hook.remove()
 
@@ -351,7 +351,7 @@ def memory(device):
     if device.type == "cuda":
         return dict(peak_gb=torch.cuda.max_memory_allocated(device) / 1e9,
                     reserved_gb=torch.cuda.max_memory_reserved(device) / 1e9)
-    return dict(peak_gb=peak_memory_gb(device), reserved_gb=None)
+    return dict(peak_gb=TrainingLog.peak_memory_gb(device), reserved_gb=None)
 
 
 def plan(stage, cfg, note=""):
@@ -665,7 +665,7 @@ def main(argv=None):
     where = torch.cuda.get_device_name(device) if gpu else f"{device.type} ({torch.get_num_threads()} threads)"
     result = dict(size=args.size, device=where, torch=torch.__version__, cuda=torch.version.cuda,
                   commit=args.commit or git_commit(), date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                  peak_tflops=peak_tflops(device), budget_s=None if wiring else args.budget_s, parts={})
+                  peak_tflops=TrainingLog.peak_tflops(device), budget_s=None if wiring else args.budget_s, parts={})
     print(f"[train-check] {result['device']} | torch {result['torch']} | CUDA {result['cuda']} | peak bf16 "
           f"{result['peak_tflops'] or 'unknown'} TFLOP/s | commit {result['commit']} | --size={args.size}", flush=True)
     if wiring:

@@ -133,12 +133,12 @@ def main(argv=None):
         prompts = [items[i][1] if c else INSTRUCTIONS[j] for i, c, j in zip(pick, use_caption, instr)]
         feats = torch.stack([files.load_video(items[i][0]) for i in pick])  # (B, N, D)
         codes = torch.stack([files.load_tokens(items[i][0]) for i in pick])  # (B, L, T)
-        mask, drop = s2.training_draw(n, codes.shape[1:], g, s2cfg.mask_mean, s2cfg.mask_std, s2cfg.cond_dropout,
+        mask, null_cond = s2.training_draw(n, codes.shape[1:], g, s2cfg.mask_mean, s2cfg.mask_std, s2cfg.cond_dropout,
                                       s2cfg.mask_dist, step / s2cfg.max_steps)
         marks.append(mark())
         cond, cond_mask = s2.audio_condition(converter, feats, prompts, s2cfg.condition)
         marks.append(mark())
-        logits = model(codes.masked_fill(mask, mcfg.bins), cond, cond_mask, drop)
+        logits = model(codes.masked_fill(mask, mcfg.bins), cond, cond_mask, null_cond)
         loss = s2.masked_loss(logits.float(), codes, mask, s2cfg.label_smoothing)
         marks.append(mark())
         loss.backward()

@@ -73,7 +73,7 @@ def attention_shares(model, codes, cond, cond_mask, text, pitch):
         w = w[:, :, cond.shape[1]:].mean((1, 2))  # (B, L): audio queries, mean over heads and queries
         shares.append([(w[:, :cond.shape[1]] * m).sum(1).mean().item() for m in (text, pitch)])
 
-    handles = [blk.attn.register_forward_hook(hook) for blk in list(model.encoder) + list(model.decoder)]
+    handles = [blk.attn.register_forward_hook(hook) for blk in list(model.multiway_layers) + list(model.plain_layers)]
     model(codes, cond, cond_mask)
     for h in handles:
         h.remove()
