@@ -613,7 +613,13 @@ def train_val_split(cfg, tokens, rank=0, world=1):
     stage 2 also needs each clip's codec tokens. Returns (files, train, val), [(stem, caption)] each."""
     files = feature_files(cfg.features_dir, cfg.features_layout)
     files.require_meta()
-    items, n_missing = load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout, tokens=tokens)
+    # rank 0 lists the clips and sends the list to the others, so that a features folder still being
+    # written cannot give two ranks two lists (and so two different "global" batches)
+    found = [load_split(cfg.data_json, cfg.features_dir, "train", cfg.features_layout, tokens=tokens) if rank == 0
+             else None]
+    if world > 1:
+        torch.distributed.broadcast_object_list(found, src=0)
+    items, n_missing = found[0]
     if n_missing:
         what = f"{n_missing} train clips have no features{' or tokens' if tokens else ''} in {cfg.features_dir}"
         if cfg.strict:

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from extract_features import train_val_split
-from utils import (TrainingLog, adamw, all_mean, autocast, get_lr, parse_config, pick_device, print0, print_plan,
-                   read_checkpoint, read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, split_batch,
-                   step_batches, stop_if_not_finite, to_device, unwrap, weights_digest, weights_dtype)
+from utils import (TrainingLog, adamw, all_mean, autocast, data_parallel, get_lr, optimizer_step, parse_config,
+                   pick_device, print0, print_plan, read_checkpoint, read_init_checkpoint, record_timing, setup_ddp,
+                   split_batch, start_checkpoints, step_batches, to_device, train_loop, unwrap, weights_digest,
+                   weights_dtype)
 
 # -----------------------------------------------------------------------------
 # the instructions: the ten of V2A Instruction's training, §3.2's standard template, Table 3's
@@ -224,8 +225,10 @@ class Config:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     grad_checkpointing: bool = False  # trade compute for memory on large LLMs
+    max_bad_steps: int = 10  # a step whose gradient is not finite is skipped; this many in a row stop the run
     val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
-    eval_interval: int = 500  # validate and save stage1.pt every this many steps
+    eval_interval: int = 500  # validate and save stage1.pt (the one before kept as stage1.prev.pt) every this many steps
+    save_every_min: float = 30.0  # also save every this many minutes between validations (0: only then)
     eval_batches: int = 4
     log_interval: int = 20  # print the training loss, speed and memory every this many steps
     tensorboard: bool = False  # also log to out_dir/tensorboard (pip install tensorboard)
@@ -461,17 +464,16 @@ def batch_loss(model, data, cfg, plan, world, device, backward=False):
 
 
 def train_step(ddp_model, optimizer, params, data, cfg, plan, step, rank, world, device):
-    """One optimizer step of eq. 1 on step_data's `data`. Returns the training loss, the gradient
-    norm and the tokens this rank ran (all, caption)."""
+    """One optimizer step of eq. 1 on step_data's `data` (optimizer_step: skipped when the gradient
+    is not finite). Returns the training loss, the gradient norm, whether the step was applied,
+    and the tokens and model FLOPs of the step over all ranks."""
     torch.manual_seed(data["dropout_seed"] + rank)  # dropout (LoRA's): one stream per rank
     for g in optimizer.param_groups:
         g["lr"] = get_lr(step, cfg)
-    train_loss, tokens = batch_loss(ddp_model, data, cfg, plan, world, device, backward=True)
-    stop_if_not_finite(train_loss, step, data["names"])
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return train_loss, grad_norm, tokens
+    train_loss, (tokens, caption_tokens) = batch_loss(ddp_model, data, cfg, plan, world, device, backward=True)
+    grad_norm, applied = optimizer_step(optimizer, params, cfg.grad_clip)
+    flops = world * train_flops(unwrap(ddp_model), tokens, caption_tokens, all_trained=cfg.lora_r == 0)
+    return train_loss, grad_norm, applied, tokens * world, flops
 
 
 @torch.no_grad()
@@ -491,16 +493,14 @@ def mean_text_tokens(model, items):
     return prompt + sum(len(model.caption_ids(c)) for _, c in items) / max(1, len(items))
 
 
-def starting_step(model, optimizer, cfg, init, files, train, ckpt_path):
+def starting_step(model, optimizer, cfg, init, resumed, files, train, ckpt_path):
     """Where training starts: the run's own checkpoint resumed (weights, optimizer, step), or a
     fine-tuning run's --init_from weights at step 0, or the data-dependent projector init."""
     step = 0
-    if cfg.resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path, "vatt-converter")
-        load_trained_weights(model, ckpt, ckpt_path, cfg.llm)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        print0(f"resuming from {ckpt_path} at step {step}")
+    if resumed is not None:
+        load_trained_weights(model, resumed, ckpt_path, cfg.llm)
+        optimizer.load_state_dict(resumed["optimizer"])
+        step = resumed["step"]
     elif init is not None:
         load_trained_weights(model, init, cfg.init_from, cfg.llm)
         print0(f"fine-tuning from {cfg.init_from} (trained {init['step']} steps): fresh optimizer, step 0")
@@ -511,16 +511,15 @@ def starting_step(model, optimizer, cfg, init, files, train, ckpt_path):
     return step
 
 
-def save(model, optimizer, cfg, step, meta, path):
+def checkpoint(model, optimizer, cfg, step, meta):
     """stage1.pt: the projector and the LLM's trained weights (LoRA, or all but the embeddings),
     the config (which names the base LLM) and the features' meta.json, from which
     load_converter rebuilds the Converter alone, and the optimizer to resume."""
-    llm = model.llm
-    trained = {n for n, p in llm.named_parameters() if p.requires_grad}
-    save_checkpoint({"kind": "vatt-converter", "config": asdict(cfg), "step": step, "vocab_size": len(model.tokenizer),
-                     "features_meta": meta, "projector": model.proj.state_dict(),
-                     "trainable": {k: v for k, v in llm.state_dict().items() if k in trained},
-                     "optimizer": optimizer.state_dict()}, path)
+    trained = {n for n, p in model.llm.named_parameters() if p.requires_grad}
+    return {"kind": "vatt-converter", "config": asdict(cfg), "step": step, "vocab_size": len(model.tokenizer),
+            "features_meta": meta, "projector": model.proj.state_dict(),
+            "trainable": {k: v for k, v in model.llm.state_dict().items() if k in trained},
+            "optimizer": optimizer.state_dict()}
 
 
 def main(argv=None):
@@ -540,34 +539,21 @@ def main(argv=None):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, cfg, device)
     print0(f"trainable parameters: {sum(p.numel() for p in params):,} of {sum(p.numel() for p in model.parameters()):,}")
-
-    step = starting_step(model, optimizer, cfg, init, files, train, ckpt_path)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    resumed, writer = start_checkpoints(ckpt_path, "vatt-converter", cfg.resume, rank)
+    step = starting_step(model, optimizer, cfg, init, resumed, files, train, ckpt_path)
+    del init, resumed  # their weights are in the model now
+    ddp_model = data_parallel(model, world)
     n_video = model.n_video_tokens(files.video_shape()[0])
     print_plan(cfg, world, *plan, n_video + mean_text_tokens(model, train[:256]), len(train))
-    batches = step_batches(functools.partial(step_data, files, train, cfg, rank, world), step, cfg.max_steps,
-                           cfg.workers, device)
-    log = TrainingLog(cfg, device, rank)
 
     model.train()
-    first = step
-    while True:
-        last = step >= cfg.max_steps
-        if step % cfg.eval_interval == 0 or last:
-            print0(f"step {step}: val loss {val_loss(model, files, val, cfg, plan, rank, world, device):.4f}")
-            if rank == 0 and step > first:
-                save(model, optimizer, cfg, step, files.meta, ckpt_path)
-            log.restart()
-        if last:
-            break
-        data = log.next(batches)
-        train_loss, grad_norm, tokens = train_step(ddp_model, optimizer, params, data, cfg, plan, step, rank, world,
-                                                   device)
-        step += 1
-        log.add(cfg.batch_size, tokens[0] * world, world * train_flops(model, *tokens, all_trained=cfg.lora_r == 0))
-        if step % cfg.log_interval == 0:  # on every rank: all_mean is a collective
-            log.write(step, all_mean(train_loss).item(), get_lr(step - 1, cfg), grad_norm.item(), world)
-
+    train_loop(cfg, step, cfg.max_steps,
+               step_batches(functools.partial(step_data, files, train, cfg, rank, world), step, cfg.max_steps,
+                            cfg.workers, device),
+               lambda data, i: train_step(ddp_model, optimizer, params, data, cfg, plan, i, rank, world, device),
+               lambda i: val_loss(model, files, val, cfg, plan, rank, world, device),
+               lambda i, loss: checkpoint(model, optimizer, cfg, i, files.meta),
+               writer, TrainingLog(cfg, device, rank, world, "stage1"), rank)
     print(f"rank {rank}: weights {weights_digest(params)}", flush=True)  # the same on every rank
     if rank == 0:
         model.eval()

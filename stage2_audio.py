@@ -32,9 +32,10 @@ from einops import rearrange, reduce
 from codec import load_codec
 from extract_features import train_val_split
 from stage1_caption import INSTRUCTIONS, load_converter, prefill_flops
-from utils import (TrainingLog, adamw, all_mean, autocast, get_lr, parse_config, pick_device, print0, print_plan,
-                   read_checkpoint, read_init_checkpoint, record_timing, save_checkpoint, setup_ddp, split_batch,
-                   step_batches, stop_if_not_finite, to_device, unwrap, weights_digest, weights_dtype)
+from utils import (TrainingLog, adamw, all_mean, autocast, data_parallel, get_lr, optimizer_step, parse_config,
+                   pick_device, print0, print_plan, read_checkpoint, read_init_checkpoint, record_timing, setup_ddp,
+                   split_batch, start_checkpoints, step_batches, to_device, train_loop, unwrap, weights_digest,
+                   weights_dtype)
 
 # -----------------------------------------------------------------------------
 # VATT Audio (§3.2.1): [condition ; audio tokens] through one bidirectional transformer
@@ -400,8 +401,10 @@ class Config:
     max_steps: int = 2000
     weight_decay: float = 1e-6  # as the released code
     grad_clip: float = 1.0
+    max_bad_steps: int = 10  # a step whose gradient is not finite is skipped; this many in a row stop the run
     val_fraction: float = 0.05  # held-out slice of the TRAIN split (the test split is never seen)
-    eval_interval: int = 500  # validate and save stage2.pt every this many steps
+    eval_interval: int = 500  # validate and save stage2.pt (the one before kept as stage2.prev.pt) every this many steps
+    save_every_min: float = 30.0  # also save every this many minutes between validations (0: only then)
     stop_at: int = 0  # stop early at this step (saved); a later run resumes it as if never stopped (0: max_steps)
     eval_batches: int = 4
     log_interval: int = 25  # print the training loss, speed and memory every this many steps
@@ -609,17 +612,14 @@ def batch_loss(model, mask_id, converter, batch, seed, cfg, plan, rank, world, p
 
 
 def train_step(ddp_model, converter, optimizer, data, cfg, plan, step, rank, world, device):
-    """One optimizer step on step_data's `data`. Returns the training loss and the gradient norm."""
+    """One optimizer step on step_data's `data` (optimizer_step: skipped when the gradient is not
+    finite). Returns the training loss, the gradient norm and whether the step was applied."""
     torch.manual_seed(data["dropout_seed"] + rank)  # dropout: one stream per rank
     for group in optimizer.param_groups:
         group["lr"] = get_lr(step, cfg)
     train_loss = batch_loss(ddp_model, unwrap(ddp_model).config.bins, converter, data["batch"], data["mask_seed"], cfg,
                             plan, rank, world, step / cfg.max_steps, device, backward=True)
-    stop_if_not_finite(train_loss, step, data["names"])
-    grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return train_loss, grad_norm
+    return (train_loss, *optimizer_step(optimizer, ddp_model.parameters(), cfg.grad_clip))
 
 
 @torch.no_grad()
@@ -691,11 +691,24 @@ def build_audio_model(cfg, converter, init, device):
     return model.to(device)
 
 
-def save(model, optimizer, cfg, step, validation_loss, codec, path):
+def checkpoint(model, optimizer, cfg, step, validation_loss, codec):
     """stage2.pt, which load_vatt_audio reads: the network and its weights, codec, Converter, config, optimizer."""
-    save_checkpoint({"kind": "vatt-audio", "config": asdict(cfg), "model_config": asdict(model.config),
-                     "codec": codec, "converter": cfg.converter, "step": step, "val_loss": validation_loss,
-                     "model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    return {"kind": "vatt-audio", "config": asdict(cfg), "model_config": asdict(model.config), "codec": codec,
+            "converter": cfg.converter, "step": step, "val_loss": validation_loss, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict()}
+
+
+def starting_step(model, optimizer, cfg, init, resumed):
+    """Where training starts: the run's own checkpoint resumed (weights, optimizer, step), or a
+    fine-tuning run's --init_from weights at step 0, or the random weights."""
+    if resumed is not None:
+        model.load_state_dict(model_weights(resumed))
+        optimizer.load_state_dict(resumed["optimizer"])
+        return resumed["step"]
+    if init is not None:
+        model.load_state_dict(model_weights(init))
+        print0(f"fine-tuning from {cfg.init_from} ({model.config.head_order} head order): fresh optimizer, step 0")
+    return 0
 
 
 def main(argv=None):
@@ -714,45 +727,25 @@ def main(argv=None):
     model = build_audio_model(cfg, converter, init, device)
     files, train, val = train_val_split(cfg, tokens=True, rank=rank, world=world)
     optimizer = adamw(model.parameters(), cfg, device)
-
-    step = 0
-    if cfg.resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path, "vatt-audio")
-        model.load_state_dict(model_weights(ckpt))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        print0(f"resuming from {ckpt_path} at step {step}")
-    elif init is not None:
-        model.load_state_dict(model_weights(init))
-        print0(f"fine-tuning from {cfg.init_from} ({model.config.head_order} head order): fresh optimizer, step 0")
+    resumed, writer = start_checkpoints(ckpt_path, "vatt-audio", cfg.resume, rank)
+    step = starting_step(model, optimizer, cfg, init, resumed)
+    del init, resumed  # their weights are in the model now
     end = cfg.stop_at if 0 < cfg.stop_at < cfg.max_steps else cfg.max_steps
     if step >= end:
         print0(f"{ckpt_path} is at step {step}, {'stop_at' if end < cfg.max_steps else 'max_steps'} is {end}: nothing to train")
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp_model = data_parallel(model, world)
     ddp_model = torch.compile(ddp_model) if cfg.compile else ddp_model
-    tokens, flops = step_cost(cfg, model.config, converter, files)
-    print_plan(cfg, world, *plan, tokens / cfg.batch_size, len(train))
-    batches = step_batches(functools.partial(step_data, files, train, cfg, rank, world), step, end, cfg.workers, device)
-    log = TrainingLog(cfg, device, rank)
+    cost = step_cost(cfg, model.config, converter, files)  # (tokens, model FLOPs) of every step
+    print_plan(cfg, world, *plan, cost[0] / cfg.batch_size, len(train))
+    codec = converter.features_meta["codec"]
 
     model.train()
-    first = step
-    while True:
-        last = step >= end
-        if step % cfg.eval_interval == 0 or last:
-            validation_loss = val_loss(ddp_model, converter, files, val, cfg, plan, step, rank, world, device)
-            print0(f"step {step}: val loss {validation_loss:.4f}")
-            if rank == 0 and step > first:
-                save(model, optimizer, cfg, step, validation_loss, converter.features_meta["codec"], ckpt_path)
-            log.restart()
-        if last:
-            break
-        train_loss, grad_norm = train_step(ddp_model, converter, optimizer, log.next(batches), cfg, plan, step, rank,
-                                           world, device)
-        step += 1
-        log.add(cfg.batch_size, tokens, flops)
-        if step % cfg.log_interval == 0:  # on every rank: all_mean is a collective
-            log.write(step, all_mean(train_loss).item(), get_lr(step - 1, cfg), grad_norm.item(), world)
+    train_loop(cfg, step, end,
+               step_batches(functools.partial(step_data, files, train, cfg, rank, world), step, end, cfg.workers, device),
+               lambda data, i: (*train_step(ddp_model, converter, optimizer, data, cfg, plan, i, rank, world, device), *cost),
+               lambda i: val_loss(ddp_model, converter, files, val, cfg, plan, i, rank, world, device),
+               lambda i, loss: checkpoint(model, optimizer, cfg, i, loss, codec),
+               writer, TrainingLog(cfg, device, rank, world, "stage2"), rank)
     print(f"rank {rank}: weights {weights_digest(model.parameters())}", flush=True)  # the same on every rank
     if rank == 0:
         record_timing(cfg.out_dir, "stage2_audio", t0)

@@ -9,9 +9,11 @@ import inspect
 import json
 import math
 import os
+import re
 import resource
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from contextlib import contextmanager, nullcontext
@@ -201,20 +203,21 @@ class TrainingLog:
             return torch.cuda.max_memory_allocated(device) / 1e9
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
 
-    def __init__(self, cfg, device, rank):
-        self.cfg, self.device, self.peak = cfg, device, self.peak_tflops(device)
+    def __init__(self, cfg, device, rank, world, name):
+        self.cfg, self.device, self.world, self.peak = cfg, device, world, self.peak_tflops(device)
         self.writer = None
         if cfg.tensorboard and rank == 0:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 sys.exit("error: --tensorboard needs the tensorboard package: pip install tensorboard")
-            self.writer = SummaryWriter(Path(cfg.out_dir) / "tensorboard")
+            self.writer = SummaryWriter(Path(cfg.out_dir) / "tensorboard" / name)  # a folder per stage
         self.restart()
 
     def restart(self):
         """Start a new interval (after a validation, which is no training time)."""
         self.t0, self.wait, self.steps, self.samples, self.tokens, self.flops = time.perf_counter(), 0.0, 0, 0, 0, 0.0
+        self.loss_sum, self.applied = 0.0, 0  # the interval's losses of the steps applied, summed on the device
 
     def next(self, batches):
         """The next step's data, the time spent waiting for it counted as data wait."""
@@ -223,28 +226,108 @@ class TrainingLog:
         self.wait += time.perf_counter() - t
         return data
 
-    def add(self, samples, tokens, flops):
+    def add(self, samples, tokens, flops, loss, applied):
+        """A step done: its samples, tokens and FLOPs, and its loss when it was applied (optimizer_step)."""
         self.steps, self.samples, self.tokens, self.flops = (self.steps + 1, self.samples + samples,
                                                              self.tokens + tokens, self.flops + flops)
+        if applied:
+            self.loss_sum, self.applied = self.loss_sum + loss, self.applied + 1
 
-    def write(self, step, loss, lr, grad_norm, world):
+    def write(self, step, lr, grad_norm):
+        """The interval's line (on every rank: the mean loss over the ranks is a collective)."""
+        loss = all_mean(torch.as_tensor(self.loss_sum)).item() / self.applied if self.applied else math.nan
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the GPU runs ahead of the host: count its work in
         wall = time.perf_counter() - self.t0
-        mfu = self.flops / world / wall / (self.peak * 1e12) if self.peak else None
-        row = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "step_ms": 1000 * wall / self.steps,
-               "data_wait": self.wait / wall, "samples_per_s": self.samples / wall,
+        mfu = self.flops / self.world / wall / (self.peak * 1e12) if self.peak else None
+        row = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "skipped_steps": self.steps - self.applied,
+               "step_ms": 1000 * wall / self.steps, "data_wait": self.wait / wall, "samples_per_s": self.samples / wall,
                "tokens_per_s": self.tokens / wall, "peak_memory_gb": self.peak_memory_gb(self.device)}
         print0(f"step {step}/{self.cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {grad_norm:.3f} | "
-               f"{row['step_ms']:.0f} ms/step ({100 * row['data_wait']:.0f}% data wait) | "
+               + (f"{row['skipped_steps']} skipped | " if row["skipped_steps"] else "")
+               + f"{row['step_ms']:.0f} ms/step ({100 * row['data_wait']:.0f}% data wait) | "
                f"{row['samples_per_s']:.1f} samples/s | {row['tokens_per_s']:,.0f} tok/s | "
                + (f"MFU {100 * mfu:.1f}% | " if mfu is not None else "")
                + f"peak memory {row['peak_memory_gb']:.1f} GB")
-        if self.writer:
-            for key, value in (row | ({"mfu": mfu} if mfu is not None else {})).items():
-                self.writer.add_scalar(f"train/{key}", value, step)
-            self.writer.flush()
+        self.scalars("train", row | ({"mfu": mfu} if mfu is not None else {}), step)
         self.restart()
+
+    def validation(self, step, loss):
+        print0(f"step {step}: val loss {loss:.4f}")
+        self.scalars("val", {"loss": loss}, step)
+
+    def scalars(self, group, row, step):
+        if self.writer:
+            for key, value in row.items():
+                self.writer.add_scalar(f"{group}/{key}", value, step)
+            self.writer.flush()
+
+
+def data_parallel(model, world):
+    """The model under DDP on several processes, itself on one. Its buffers (codebooks, positions)
+    never change, so they are not sent again at every forward, and the gradients live in DDP's
+    buckets rather than in a second copy."""
+    if world == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False, gradient_as_bucket_view=True)
+
+
+def optimizer_step(optimizer, params, grad_clip):
+    """The gradients, clipped to norm grad_clip, into the weights, unless their norm is not finite
+    (a NaN or an infinity in any of them: clipping would spread it to every weight): that step is
+    skipped. The norm is the same on every rank, as DDP has averaged the gradients, so the ranks
+    skip together. Returns the norm and whether the step was applied."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    applied = bool(torch.isfinite(grad_norm))
+    if applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, applied
+
+
+def train_loop(cfg, step, end, batches, train_step, validate, checkpoint, writer, log, rank):
+    """Steps `step` .. end - 1 of a stage, as both trainers run them. train_step(data, step) ->
+    (loss, grad_norm, applied, tokens, flops) on each step's data from `batches`; every
+    cfg.eval_interval steps and at the end, validate(step) -> the validation loss, and rank 0 saves
+    checkpoint(step, validation loss) through `writer` (start_checkpoints'), also every
+    cfg.save_every_min minutes in between. A skipped step (optimizer_step) is counted; after
+    cfg.max_bad_steps of them in a row the run stops. A non-finite validation loss saves nothing."""
+    first, bad, saved = step, 0, time.monotonic()
+    while True:
+        last = step >= end
+        if step % cfg.eval_interval == 0 or last:
+            validation_loss = validate(step)
+            log.validation(step, validation_loss)
+            if rank == 0 and step > first:
+                if math.isfinite(validation_loss):
+                    writer.save(checkpoint(step, validation_loss), step)
+                    saved = time.monotonic()
+                else:
+                    print0(f"warning: step {step}: the validation loss is {validation_loss}: nothing saved, "
+                           f"{writer.where()}")
+            log.restart()
+        elif rank == 0 and cfg.save_every_min > 0 and time.monotonic() - saved >= 60 * cfg.save_every_min:
+            writer.save(checkpoint(step, None), step)
+            saved = time.monotonic()
+        if last:
+            break
+        writer.check()
+        data = log.next(batches)
+        loss, grad_norm, applied, tokens, flops = train_step(data, step)
+        step += 1
+        bad = 0 if applied else bad + 1
+        if not applied:
+            where = (f"step {step - 1}: the gradient norm is {grad_norm.item()} (this rank's clips: "
+                     f"{', '.join(data['names'])})")
+            if bad >= cfg.max_bad_steps:
+                writer.wait()
+                sys.exit(f"error: {where}: {bad} steps in a row with a gradient that is not finite, none of them "
+                         f"applied (--max_bad_steps={cfg.max_bad_steps}); the weights stay finite, {writer.where()}")
+            print0(f"warning: {where}: step skipped")
+        log.add(cfg.batch_size, tokens, flops, loss, applied)
+        if step % cfg.log_interval == 0:  # on every rank: the log's mean loss is a collective
+            log.write(step, get_lr(step - 1, cfg), grad_norm.item())
+    writer.wait()
 
 
 # -----------------------------------------------------------------------------
@@ -270,14 +353,6 @@ def all_mean(x):
     x = x.clone()
     torch.distributed.all_reduce(x)
     return x / torch.distributed.get_world_size()
-
-
-def stop_if_not_finite(loss, step, stems):
-    """A NaN or infinite loss stops the run before the optimizer takes it in (every rank together),
-    naming the step and this rank's clips; the last checkpoint on disk stays the last good one."""
-    if not torch.isfinite(all_mean(loss)):
-        sys.exit(f"error: step {step}: the training loss is {loss.item()} (on some rank); this rank's clips: "
-                 f"{', '.join(stems)}. Nothing of this step was applied: the last checkpoint is the last good one")
 
 
 def weights_digest(params):
@@ -309,10 +384,28 @@ def _file_mode():
 _FILE_MODE = _file_mode()
 
 
+def _sync(path):
+    """Asks the disk to hold what was written to a file, or a folder's list of names (fsync)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _previous_path(path):
+    """Where a checkpoint's predecessor is kept: stage2.pt -> stage2.prev.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 @contextmanager
-def atomic_path(path):
+def atomic_path(path, keep_previous=False):
     """Yields a temporary path next to `path`; renames it to `path` on success. The file ends up
-    with the mode the umask gives a new file (mkstemp's temporary is private to its owner)."""
+    with the mode the umask gives a new file (mkstemp's temporary is private to its owner). With
+    keep_previous (checkpoints) a crash at any moment leaves a readable file: the new one is synced
+    to the disk before the rename and the folder after it, and the file it replaces is kept as
+    _previous_path(path)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
@@ -320,15 +413,102 @@ def atomic_path(path):
     try:
         yield tmp
         os.chmod(tmp, _FILE_MODE)
+        if keep_previous:
+            _sync(tmp)
+            if path.exists():
+                os.replace(path, _previous_path(path))
         os.replace(tmp, path)
+        if keep_previous:
+            _sync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def save_checkpoint(obj, path):
-    with atomic_path(path) as tmp:
+def _remove_unfinished_writes(path):
+    """Removes what a write of `path` killed midway left: atomic_path's temporary files of it
+    (.<stem>.<8 characters><suffix>, mkstemp's names), in its folder alone. Returns their names."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.[a-z0-9_]{{8}}{re.escape(path.suffix)}")
+    found = sorted(p for p in path.parent.glob(f".{path.stem}.*{path.suffix}") if pattern.fullmatch(p.name))
+    for p in found:
+        p.unlink()
+    return [p.name for p in found]
+
+
+def _save_checkpoint(obj, path):
+    """torch.save of obj to `path`, the checkpoint it replaces kept (atomic_path, keep_previous).
+    A write that fails, a full disk say, leaves both checkpoints as they were."""
+    with atomic_path(path, keep_previous=True) as tmp:
         torch.save(obj, tmp)
+
+
+def _host_copy(obj):
+    """obj with each tensor copied to host memory: what a checkpoint holds while training goes on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
+
+
+def _non_finite(obj, where=""):
+    """The places in a nested dict / list of a checkpoint whose floating-point tensors hold a NaN or an infinity."""
+    if isinstance(obj, torch.Tensor):
+        return [where] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    if isinstance(obj, dict):
+        return [w for k, v in obj.items() for w in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [w for i, v in enumerate(obj) for w in _non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+class _CheckpointWriter:
+    """Rank 0's checkpoints at `path`, written while training goes on: save() copies the state to
+    host memory (all the other ranks wait for), then a thread checks that every number is finite
+    and writes it (_save_checkpoint). A write that fails stops the run at the next check() with one
+    line; the checkpoints on disk stay as they were. `last`: (step) of the newest good checkpoint."""
+
+    def __init__(self, path, last=None):
+        self.path, self.last, self.thread, self.error = Path(path), last, None, None
+
+    def save(self, obj, step):
+        self.wait()
+        state = _host_copy(obj)
+        self.thread = threading.Thread(target=self._write, args=(state, step), name="checkpoint writer")
+        self.thread.start()
+
+    def _write(self, state, step):
+        try:
+            if bad := _non_finite(state):
+                raise ValueError(f"step {step}: not finite: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+            _save_checkpoint(state, self.path)
+            self.last = step
+        except BaseException as e:  # noqa: BLE001 (handed to the training thread by check())
+            self.error = e
+
+    def check(self):
+        """Stops the run if a write failed: with one line for a disk's error or non-finite weights, else re-raised."""
+        error, self.error = self.error, None
+        if isinstance(error, (OSError, ValueError)):
+            sys.exit(f"error: could not write {self.path} ({error}); {self.where()}")
+        if error is not None:
+            raise error
+
+    def wait(self):
+        """The write in progress finished, and checked."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        self.check()
+
+    def where(self):
+        """The newest good checkpoint, in words."""
+        if self.last is None:
+            return f"this run has no checkpoint at {self.path} yet"
+        return f"the last good checkpoint is {self.path} (step {self.last})"
 
 
 def _read_safetensors(path):
@@ -340,25 +520,67 @@ def _read_safetensors(path):
 _CHECKPOINT_KINDS = {"vatt-converter": "stage-1 (Converter)", "vatt-audio": "stage-2 (VATT Audio)"}
 
 
-def read_checkpoint(path, kind, hint=""):
+def _load_checkpoint(path, kind):
     """A checkpoint this project wrote, of `kind` (_CHECKPOINT_KINDS): a .pt loaded with
     weights_only=True (tensors and plain Python values only, so a file whose pickle would run code
-    is refused, never run), or a save_safetensors pair. A missing, unreadable or other file stops
-    the run with one line (`hint` says how to make it)."""
+    is refused, never run), or a save_safetensors pair. ValueError says why a file is not one."""
     what = _CHECKPOINT_KINDS[kind]
-    if not os.path.isfile(path):
-        sys.exit(f"error: {path}: no such checkpoint{hint}")
     try:
         if str(path).endswith(".safetensors"):
             ckpt = _read_safetensors(path)
         else:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (garbage, a truncated or empty file, pickled objects, no .json)
-        sys.exit(f"error: {path}: not a readable {what} checkpoint ({load_error(path, e)})")
+        raise ValueError(f"not a readable {what} checkpoint ({load_error(path, e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
         found = ckpt.get("kind") if isinstance(ckpt, dict) else None
-        sys.exit(f"error: {path}: not a {what} checkpoint" + (f" (a {found!r} one)" if found else ""))
+        raise ValueError(f"not a {what} checkpoint" + (f" (a {found!r} one)" if found else ""))
     return ckpt
+
+
+def read_checkpoint(path, kind, hint=""):
+    """A checkpoint this project wrote (_load_checkpoint); a missing, unreadable or other file stops
+    the run with one line (`hint` says how to make it)."""
+    if not os.path.isfile(path):
+        sys.exit(f"error: {path}: no such checkpoint{hint}")
+    try:
+        return _load_checkpoint(path, kind)
+    except ValueError as e:
+        sys.exit(f"error: {path}: {e}")
+
+
+def start_checkpoints(path, kind, resume, rank):
+    """A training run's checkpoints at `path`, at its start: what a killed write left removed (rank
+    0), the checkpoint to go on from when `resume`, and the writer of the next ones. That is the
+    run's own at `path`, or the one before it (.prev) when that one is missing, unreadable or not
+    finite: one line says so, and the bad file is moved aside (.bad), so that the next save does
+    not keep it as the one before. None when the run has neither. Returns it and the writer."""
+    path, previous = Path(path), _previous_path(path)
+    if rank == 0:
+        for name in _remove_unfinished_writes(path):
+            print0(f"removed {path.parent / name}: a checkpoint write that did not finish")
+    ckpt, problem = None, None
+    for candidate in (path, previous) if resume and (path.is_file() or previous.is_file()) else ():
+        try:
+            if not candidate.is_file():
+                raise ValueError("missing")
+            ckpt = _load_checkpoint(candidate, kind)
+            if bad := _non_finite(ckpt):
+                raise ValueError(f"not finite: {', '.join(bad[:3])}")
+            break
+        except ValueError as e:
+            ckpt, problem = None, problem or f"{candidate}: {e}"
+    if resume and ckpt is None and problem is not None:
+        sys.exit(f"error: nothing to resume from: {problem}, and {previous}: " +
+                 ("missing" if not previous.is_file() else "unusable too"))
+    if ckpt is not None:
+        aside = path.with_name(f"{path.stem}.bad{path.suffix}")
+        if candidate == previous and path.is_file() and rank == 0:
+            os.replace(path, aside)
+        print0(f"resuming from {candidate} at step {ckpt['step']}" +
+               (f" ({problem}{f'; moved to {aside.name}' if path != candidate and aside.is_file() else ''})"
+                if problem else ""))
+    return ckpt, _CheckpointWriter(path, None if ckpt is None else ckpt["step"])
 
 
 def read_init_checkpoint(path, kind, own_checkpoint):

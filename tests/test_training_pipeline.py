@@ -185,9 +185,26 @@ def test_sampling_casts_linears_once_as_autocast_would(monkeypatch):
         assert torch.equal(cast(codes, cond, cond_mask), want)
 
 
+def test_the_log_line_is_the_intervals_mean_and_counts_skipped_steps(tmp_path, capsys):
+    """The training loss a line shows is the mean over its interval's applied steps (a skipped
+    step's NaN left out, and counted)."""
+    from types import SimpleNamespace
+
+    from utils import TrainingLog
+
+    log = TrainingLog(SimpleNamespace(tensorboard=False, out_dir=str(tmp_path), max_steps=10), torch.device("cpu"),
+                      rank=0, world=1, name="stage2")
+    for loss, applied in ((2.0, True), (float("nan"), False), (4.0, True)):
+        log.add(samples=4, tokens=100, flops=1e9, loss=torch.tensor(loss), applied=applied)
+    log.write(3, lr=1e-3, grad_norm=0.5)
+    assert re.search(r"step 3/10 \| loss 3\.0000 \| lr 1\.00e-03 \| grad norm 0\.500 \| 1 skipped \|",
+                     capsys.readouterr().out)
+
+
 def test_tensorboard_flag_writes_events_or_says_what_is_missing(tmp_path):
-    """--tensorboard: the log's rows as TensorBoard scalars in out_dir/tensorboard, or, without the
-    optional tensorboard package, one line saying how to install it."""
+    """--tensorboard: the log's rows and the validation loss as TensorBoard scalars in a folder per
+    stage, out_dir/tensorboard/<stage>, or, without the optional tensorboard package, one line
+    saying how to install it."""
     from types import SimpleNamespace
 
     from utils import TrainingLog
@@ -195,9 +212,15 @@ def test_tensorboard_flag_writes_events_or_says_what_is_missing(tmp_path):
     cfg = SimpleNamespace(tensorboard=True, out_dir=str(tmp_path), max_steps=10)
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(SystemExit, match="pip install tensorboard"):
-            TrainingLog(cfg, torch.device("cpu"), rank=0)
+            TrainingLog(cfg, torch.device("cpu"), rank=0, world=1, name="stage2")
         return
-    log = TrainingLog(cfg, torch.device("cpu"), rank=0)
-    log.add(samples=4, tokens=100, flops=1e9)
-    log.write(1, loss=2.0, lr=1e-3, grad_norm=0.5, world=1)
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    log = TrainingLog(cfg, torch.device("cpu"), rank=0, world=1, name="stage2")
+    log.add(samples=4, tokens=100, flops=1e9, loss=torch.tensor(2.0), applied=True)
+    log.write(1, lr=1e-3, grad_norm=0.5)
+    log.validation(1, 1.5)
+    events = list((tmp_path / "tensorboard" / "stage2").glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/loss" in scalars and "val/loss" in scalars and "train/skipped_steps" in scalars

@@ -241,8 +241,9 @@ class Stage1:
 
     def step(self, model, cfg, plan, data, i):
         """One optimizer step: (loss, tokens run, model FLOPs: stage1_caption.train_flops on the real tokens)."""
-        loss, _, tokens = s1.train_step(model, self.optimizer, self.params, data, cfg, plan, i, 0, 1, self.device)
-        return loss, tokens[0], s1.train_flops(self.model, *tokens, self.all_trained)
+        loss, _, _, tokens, flops = s1.train_step(model, self.optimizer, self.params, data, cfg, plan, i, 0, 1,
+                                                  self.device)
+        return loss, tokens, flops
 
     @contextmanager
     def as_run(self):
@@ -293,7 +294,7 @@ class Stage2:
         return n * s2.train_flops(self.model.config, self.converter, self.n_video, n_cond, n_audio)
 
     def step(self, model, cfg, plan, data, i):
-        loss, _ = s2.train_step(model, self.converter, self.optimizer, data, cfg, plan, i, 0, 1, self.device)
+        loss, _, _ = s2.train_step(model, self.converter, self.optimizer, data, cfg, plan, i, 0, 1, self.device)
         n = cfg.batch_size
         return loss, n * (self.n_cond + self.n_audio), self.flops(n, self.n_cond, self.n_audio)
 
@@ -442,7 +443,8 @@ def checkpoint_part(one, two):
     one.model.eval()
     with autocast(one.device):
         before = one.model.condition(feats, [s1.TEMPLATE])[0]
-    s1.save(one.model, one.optimizer, one.config(), one.steps, one.files.meta, path)
+    with atomic_path(path) as tmp:
+        torch.save(s1.checkpoint(one.model, one.optimizer, one.config(), one.steps, one.files.meta), tmp)
     one.free()
     gc.collect()
     t = time.time()

@@ -21,7 +21,7 @@ from transformers import GemmaConfig, GemmaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from stage1_caption import INSTRUCTIONS  # noqa: E402
-from utils import parse_config, save_checkpoint  # noqa: E402
+from utils import atomic_path, parse_config  # noqa: E402
 
 
 @dataclass
@@ -81,7 +81,8 @@ def build_toy_llm(cfg, texts, folder):
     # a word's identity is not drowned by the layers' outputs in the last layer, whose states
     # stage 2 reads (docs/toy-tuning.md).
     nn.init.normal_(llm.get_input_embeddings().weight, std=cfg.toy_width ** -0.5)
-    save_checkpoint(torch.get_rng_state(), Path(folder) / "rng_state.pt")  # the stream after the last draw
+    with atomic_path(Path(folder) / "rng_state.pt") as tmp:
+        torch.save(torch.get_rng_state(), tmp)  # the stream after the last draw
     llm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
