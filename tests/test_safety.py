@@ -120,14 +120,15 @@ def test_resuming_at_or_past_max_steps_trains_nothing(world, tmp_path, capsys):
     assert (out / "stage2.pt").read_bytes() == before
 
 
-def test_a_non_finite_loss_stops_before_the_step_is_applied(world, tmp_path, monkeypatch):
+def test_a_non_finite_loss_is_never_applied(world, tmp_path, monkeypatch):
+    """A NaN loss gives a NaN gradient norm: the step is skipped, and --max_bad_steps of them stop the run."""
     out = tmp_path / "out"
     monkeypatch.setattr(stage2_audio, "masked_loss", lambda logits, *a: logits.sum() * float("nan"))
     args = [f"--data_json={world}/v2a_instruction.json", f"--features_dir={world}/features",
-            f"--converter={world}/out/stage1.pt", f"--out_dir={out}"]
+            f"--converter={world}/out/stage1.pt", f"--out_dir={out}", "--max_bad_steps=1"]
     with pytest.raises(SystemExit) as e:
         stage2_audio.main(args + TINY_STAGE2)
-    assert str(e.value.code).startswith("error: step 0: the training loss is nan") and "train_0000" in str(e.value.code)
+    assert str(e.value.code).startswith("error: step 0: the gradient norm is nan") and "train_0000" in str(e.value.code)
     assert not (out / "stage2.pt").exists()
 
 
