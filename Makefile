@@ -33,14 +33,15 @@ demo: .venv/installed
 	$(PY) data/toy/score.py --samples_dir=$(OUT)/samples --out=$(OUT)/eval.json
 	$(PY) tools/report.py --samples_dir=$(OUT)/samples --eval_json=$(OUT)/eval.json --out=$(OUT)/report.html
 
-# the five sampling modes of the demo, one after another (two at a time on one thread each took as
-# long on an idle machine: docs/toy-tuning.md, "The demo's compute")
-MODES := video_only gt_caption self_caption swapped_pitch_text negative_pitch
+# the demo's sampling modes, one after another (two at a time on one thread each took as long on an idle
+# machine: docs/toy-tuning.md, "The demo's compute"); the last edits a range of each clip's own sound
+MODES := video_only gt_caption self_caption swapped_pitch_text negative_pitch edit_swapped
 video_only_ARGS :=
 gt_caption_ARGS := --prompt_field=output --save_steps
 self_caption_ARGS := --self_prompt
 swapped_pitch_text_ARGS := --prompt_field=swapped
 negative_pitch_ARGS := --negative_field=swapped
+edit_swapped_ARGS := --edit_field=edit --prompt_field=swapped
 samples: $(MODES:%=sample-%)
 sample-%: .venv/installed
 	$(SAMPLE) --name=$* $($*_ARGS)

@@ -50,12 +50,13 @@ class Frames:
     frame nearest to it, as uint8 RGB (H, W, 3). Works for any container, codec and (variable)
     frame rate, since it reads each frame's timestamp instead of trusting a nominal rate. With
     `seconds`, exactly round(seconds * fps) frames (the last held past the end); without, the
-    whole video. Nothing but the current decoded frames is held, so memory does not grow with the
-    video's length, and a frame held over several target times (a still, a gap in a variable-rate
-    video) is converted once. `duration` (seconds) is set once the frames have all been read."""
+    whole video; from `start` seconds on (the decoder seeks there). Nothing but the current
+    decoded frames is held, so memory does not grow with the video's length, and a frame held over
+    several target times (a still, a gap in a variable-rate video) is converted once. `duration`
+    (seconds) is set once the frames have all been read."""
 
-    def __init__(self, path, fps, seconds=None):
-        self.path, self.fps, self.seconds, self.duration = path, fps, seconds, None
+    def __init__(self, path, fps, seconds=None, start=0.0):
+        self.path, self.fps, self.seconds, self.start, self.duration = path, fps, seconds, start, None
 
     def __iter__(self):
         path, fps = self.path, self.fps
@@ -71,9 +72,11 @@ class Frames:
             if not container.streams.video:
                 raise VideoError(f"{path}: no video stream")
             stream = container.streams.video[0]
-            origin = stream_origin(container)
+            origin, start = stream_origin(container), self.start
             n_max = round(self.seconds * fps) if self.seconds is not None else None
             n, last, prev, prev_t, t, last_dt = 0, None, None, None, None, 1.0 / fps
+            if start > 0:  # from the keyframe at or before `start`: the frames before it are passed over
+                container.seek(int((start + origin) / stream.time_base), stream=stream, backward=True)
             try:
                 for frame in container.decode(stream):
                     t = frame.time - origin if frame.time is not None else n / fps
@@ -85,8 +88,8 @@ class Frames:
                         # and this is where the video ends for a player (and for the copied stream)
                         last_dt = float(frame.duration * frame.time_base)
                     # every target time passed by this frame takes the nearer of it and its predecessor
-                    while (n_max is None or n < n_max) and n / fps <= t:
-                        target = n / fps
+                    while (n_max is None or n < n_max) and start + n / fps <= t:
+                        target = start + n / fps
                         last = prev if prev is not None and target - prev_t < t - target else frame
                         n += 1
                         yield rgb(last)
@@ -106,25 +109,7 @@ class Frames:
 def load_audio(path, sr, seconds=None):
     """The first audio track as float32 mono at `sr` Hz (FFmpeg's resampler), aligned to the
     container's start so it stays in sync with load_frames; cut or zero-padded to `seconds`."""
-    with _open(path) as container:
-        if not container.streams.audio:
-            raise VideoError(f"{path}: no audio track")
-        origin = stream_origin(container)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
-        chunks, start = [], None
-        try:
-            for frame in container.decode(container.streams.audio[0]):
-                if start is None:
-                    start = frame.time - origin if frame.time is not None else 0.0
-                chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
-        except av.error.FFmpegError as e:
-            raise VideoError(f"{path}: corrupt audio stream ({e})") from None
-    if not chunks:
-        raise VideoError(f"{path}: the audio track is empty")
-    wav = np.concatenate(chunks).astype(np.float32)
-    lead = round((start or 0.0) * sr)  # audio that starts after the container start gets leading silence
-    wav = np.concatenate([np.zeros(lead, np.float32), wav]) if lead > 0 else wav[-lead:]
+    wav = decode_audio(path, "flt", "mono", sr)[0][0]
     if seconds is not None:
         n = round(seconds * sr)
         wav = np.pad(wav[:n], (0, max(0, n - len(wav))))
@@ -207,6 +192,33 @@ def _open(path):
         raise VideoError(f"{path}: not a readable video ({e})") from None
 
 
+def decode_audio(path, fmt, layout=None, rate=None):
+    """The first audio track through FFmpeg's resampler into sample format `fmt` ("flt", "fltp"),
+    `layout` and `rate` (None: the track's own), aligned to the container's start (audio that
+    starts after it gets leading silence). Returns float32 (channels, samples) and the rate."""
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise VideoError(f"{path}: no audio track")
+        stream = container.streams.audio[0]
+        origin, rate = stream_origin(container), rate or stream.rate
+        resampler = av.AudioResampler(format=fmt, layout=layout or stream.layout.name, rate=rate)
+        chunks, start = [], None
+        try:
+            for frame in container.decode(stream):
+                if start is None:
+                    start = frame.time - origin if frame.time is not None else 0.0
+                chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray() for f in resampler.resample(None)]
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: corrupt audio stream ({e})") from None
+    if not chunks:
+        raise VideoError(f"{path}: the audio track is empty")
+    wav = np.concatenate(chunks, axis=1).astype(np.float32)  # (channels, samples)
+    lead = round((start or 0.0) * rate)
+    wav = np.concatenate([np.zeros((len(wav), lead), np.float32), wav], 1) if lead > 0 else wav[:, -lead:]
+    return wav, rate
+
+
 def load_frames(path, fps, seconds=None):
     """Frames (see Frames) all at once: (frames uint8 (N, H, W, 3), duration). For a fixed window
     (`seconds`); a whole video is read a chunk at a time (VideoFeatures)."""
@@ -242,16 +254,17 @@ def build_visual_encoder(cfg, device):
 class VideoFeatures:
     """Sampling's encoder: a video file -> (features (N, D) at the extraction's frame rate, its
     duration), with the visual encoder the Converter was trained on (rebuilt from the extraction
-    settings that stage1.pt stores), the whole video however long."""
+    settings that stage1.pt stores), the whole video however long, or `seconds` of it from `start`
+    (an edit's windows)."""
 
     def __init__(self, meta, device):
         self.meta, self.device = meta, device
         self.model, self.preprocess = build_visual_encoder(SimpleNamespace(**meta), device)
 
-    def __call__(self, path):
+    def __call__(self, path, start=0.0, seconds=None):
         # the frames are preprocessed and encoded 64 at a time as they are decoded: memory does not
         # grow with the video's length (an hour at 5 fps is 18000 frames)
-        frames, feats, chunk = Frames(path, self.meta["fps"]), [], []
+        frames, feats, chunk = Frames(path, self.meta["fps"], seconds, start), [], []
         for frame in frames:
             chunk.append(frame)
             if len(chunk) == 64:
@@ -318,18 +331,30 @@ class Clips(torch.utils.data.Dataset):
 
 
 def write_wav(path, pieces, sr, n_samples=None):
-    """16-bit PCM mono wav, atomically: `pieces`, an array or an iterable of arrays (codec.
-    decode_windows), written as they come and cut at n_samples."""
+    """16-bit PCM wav, atomically: `pieces`, an array or an iterable of arrays (codec.
+    decode_windows), written as they come and cut at n_samples; mono (S,) pieces, or (C, S) ones
+    of C channels."""
     written = 0
     with atomic_path(path) as tmp:
         with wave.open(tmp, "wb") as f:
-            f.setnchannels(1)
-            f.setsampwidth(2)
-            f.setframerate(sr)
-            for wav in [pieces] if isinstance(pieces, np.ndarray) else pieces:
-                wav = wav[: None if n_samples is None else n_samples - written]
-                f.writeframes((np.clip(wav, -1, 1) * 32767).round().astype("<i2").tobytes())
-                written += len(wav)
+            for i, wav in enumerate([pieces] if isinstance(pieces, np.ndarray) else pieces):
+                if i == 0:
+                    f.setnchannels(1 if wav.ndim == 1 else len(wav))
+                    f.setsampwidth(2)
+                    f.setframerate(sr)
+                wav = wav[..., : None if n_samples is None else n_samples - written]
+                f.writeframes((np.clip(wav, -1, 1) * 32767).round().astype("<i2").T.tobytes())
+                written += wav.shape[-1]
+
+
+def resample_audio(wav, rate, to):
+    """Mono float32 audio at `rate` Hz -> at `to` Hz (FFmpeg's resampler), starting at the same instant."""
+    if rate == to:
+        return wav
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=to)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav, np.float32)[None], format="flt", layout="mono")
+    frame.sample_rate, frame.pts = rate, 0
+    return np.concatenate([f.to_ndarray()[0] for f in [*resampler.resample(frame), *resampler.resample(None)]])
 
 
 def mux(video_path, wav_path, out_base):
@@ -352,7 +377,8 @@ def mux(video_path, wav_path, out_base):
             # opaque: reuse the decoder's codec for the copied stream, so a codec FFmpeg can decode
             # but not encode (no encoder to look up) still copies
             vout = dst.add_stream_from_template(vin, opaque=True)
-            aout = dst.add_stream("aac", rate=sr, layout="mono")
+            channels = wav.getnchannels()
+            aout = dst.add_stream("aac", rate=sr, layout=av.AudioLayout(f"{channels}c").name)  # FFmpeg's default layout
             # the audio was generated for the timeline that starts at the container's start
             # (Frames' origin), so the copy moves that start to 0 and the audio starts at 0 too,
             # as ffmpeg's stream copy does: a video whose frames start at, say, 3 s stays in sync, and
@@ -369,8 +395,9 @@ def mux(video_path, wav_path, out_base):
                 packet.stream = vout
                 dst.mux(packet)
             for pts in range(0, wav.getnframes(), sr):
-                pcm = np.frombuffer(wav.readframes(sr), "<i2")
-                frame = av.AudioFrame.from_ndarray(pcm[None].astype(np.float32) / 32767, format="fltp", layout="mono")
+                pcm = np.frombuffer(wav.readframes(sr), "<i2").reshape(-1, channels).T  # (channels, samples)
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm, np.float32) / 32767, format="fltp",
+                                                   layout=aout.layout.name)
                 frame.sample_rate, frame.pts = sr, pts
                 for packet in aout.encode(frame):
                     dst.mux(packet)

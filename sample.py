@@ -32,11 +32,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from codec import decode_windows, load_codec
-from extract_features import VideoFeatures, list_videos, mux, write_wav
+from extract_features import (VideoFeatures, audio_tokens, decode_audio, list_videos, load_audio, mux, resample_audio,
+                              write_wav)
 from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter
 from stage2_audio import audio_condition, load_vatt_audio
 from utils import atomic_path, autocast, parse_config, pick_device, save_json
@@ -194,6 +196,9 @@ class Config:
     # a text to steer away from: guidance n + w (c - n), its condition n in place of the null one
     negative_prompt: str = ""
     self_prompt: bool = False  # generate with the Converter's own caption as the prompt
+    # START:END in seconds: redo that range of the video's own sound, keeping the rest sample for
+    # sample, from the video and --prompt (or the Converter's caption); see edit_audio
+    edit: str = ""
     caption_only: bool = False  # only write the caption (no audio)
     # captioning (Table 3): the instruction (empty = the training template; the paper's Table 3 used
     # stage1_caption.TABLE3_INSTRUCTION) and greedy decoding's new-token limit (0 = the Converter's
@@ -399,6 +404,172 @@ def save_steps(path, result, steps):
 
 
 # -----------------------------------------------------------------------------
+# editing a range of a video's own sound with text: MaskGIT's in-painting (known tokens stay, the
+# masked ones are decoded, the schedule runs over them alone), in the windows that cover the range
+
+
+class Edit(NamedTuple):
+    """One edit of a run: its key (a video's path, or a clip's name), the video whose sound is
+    redone, the range (start, end) in seconds, its prompt and negative prompt (None = none)."""
+    key: str
+    video: str
+    span: tuple
+    prompt: Optional[str]
+    negative: Optional[str]
+
+
+def parse_span(text):
+    """"START:END" in seconds -> (start, end); a ValueError says what is wrong with it."""
+    try:
+        start, end = map(float, str(text).split(":"))
+    except ValueError:
+        raise ValueError(f"the range {text!r} is not START:END in seconds, e.g. 3.2:5.0") from None
+    if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
+        raise ValueError(f"the range {text!r}: START and END are seconds from the video's start")
+    if start >= end:
+        raise ValueError(f"the range {text!r}: START must come before END")
+    return start, end
+
+
+def edit_windows(a, b, n_tokens, win, hop, period):
+    """The first tokens of the windows that redo tokens [a, b) of a clip of n_tokens, on the grid
+    of video frames and audio tokens (`period` tokens): the first puts the range in the middle of
+    a window (a range longer than a window gets the windows' overlap of context before it), inside
+    the clip where it is long enough; the next ones a hop apart, the last reaching as far past b."""
+    context = max(win - hop, (win - (b - a)) // 2)
+    starts = [min(max(0, a - context), max(0, n_tokens - win)) // period * period]
+    while starts[-1] + win < b:
+        starts.append(min(starts[-1] + hop, -(-(min(n_tokens, b + context) - win) // period) * period))
+    return starts
+
+
+def splice(original, new, first, last, sr, fade=0.02):
+    """original (C, S) with its samples [first, last) replaced by `new` (last - first,), faded in
+    and out over `fade` seconds inside the range (a quarter of it at most) by raised cosines:
+    outside the range every sample is the original's."""
+    n = last - first
+    f = min(round(fade * sr), n // 4)
+    weight = np.ones(n, np.float32)
+    if f:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(f) + 0.5) / f)
+        weight[:f], weight[n - f:] = ramp, ramp[::-1]
+    out = original.copy()
+    out[:, first:last] = (1 - weight) * original[:, first:last] + weight * new
+    return out
+
+
+def edit_plan(models, encoder, edit, args, device):
+    """What an edit needs before decoding: the video's own sound (C, S) at its own rate; the range
+    [a, b) in codec tokens; the windows that cover it (edit_windows; only these are read: the time
+    grows with the range, not with the video) and, over [lo, hi), the sound's tokens (the sound at
+    the codec's rate, encoded) and the video's frame features."""
+    codec, meta, mask_id = models.codec, models.meta, models.audio.config.bins
+    original, sr = decode_audio(edit.video, "fltp")  # (C, S): the video's own sound, as it is
+    start, end = edit.span
+    if end > original.shape[1] / sr:
+        raise ValueError(f"{edit.video}: the range {start:g}:{end:g} s lies outside its sound "
+                         f"({original.shape[1] / sr:.2f} s)")
+    rate, fps, window = codec.frame_rate, meta["fps"], meta["seconds"]
+    win = round(window * rate)
+    n_tokens = math.ceil(round(original.shape[1] / sr * rate, 6))
+    a, b = math.floor(start * rate), min(n_tokens, math.ceil(end * rate))
+    starts = edit_windows(a, b, n_tokens, win, window_hop(window, args.overlap, fps, rate)[1],
+                          int(grid_period(fps, rate) * rate))
+    lo, hi = starts[0], starts[-1] + win  # the tokens the windows see
+    per_token = codec.sample_rate // rate
+    sound = load_audio(edit.video, codec.sample_rate)[lo * per_token: hi * per_token]
+    sound = np.pad(sound, (0, (hi - lo) * per_token - len(sound)))
+    codes = audio_tokens(codec, torch.from_numpy(sound)[None].to(device))[0]  # (L, hi - lo)
+    codes[:, n_tokens - lo:] = mask_id  # past the end of the clip: nothing is known
+    feats, _ = encoder(edit.video, lo / rate, (hi - lo) / rate)  # (frames, D) of [lo, hi)
+    return dict(edit=edit, original=original, sr=sr, a=a, b=b, n_tokens=n_tokens, starts=starts, lo=lo, hi=hi,
+                codes=codes, feats=feats, done=a, prompt=edit.prompt, caption=None)
+
+
+@torch.no_grad()
+def edit_audio(models, plans, seeds, args, device):
+    """MaskGIT's in-painting of a batch of edits (edit_plan's), window by window: in each window
+    the part of the range not yet redone is masked and decoded (decode_tokens: its schedule runs
+    over the masked tokens alone, the known ones stay) from the window's frames and the text, the
+    prompt or else the Converter's caption of the range's first window; `seeds`: clip_seed's. Then
+    each range is decoded to audio, resampled to the video's own rate and spliced into its own
+    sound (splice). Returns per edit the sound (C, S) at its own rate, the rate, the caption (None
+    with a prompt), the prompt used and the windows' first tokens."""
+    conv, vatt, codec, meta = models.converter, models.audio, models.codec, models.meta
+    win, win_frames = round(meta["seconds"] * codec.frame_rate), round(meta["seconds"] * meta["fps"])
+    generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+    sampling = RELEASED_CAPTION_SAMPLING if args.caption_sampling else None
+    for w in range(max(len(p["starts"]) for p in plans)):
+        active = [p for p in plans if w < len(p["starts"])]
+        first = [p["starts"][w] - p["lo"] for p in active]  # each window's first token, from lo
+        x = torch.stack([window_frames(p["feats"], f * win_frames // win, win_frames) for p, f in zip(active, first)])
+        x = x.to(device)
+        untold = [j for j, p in enumerate(active) if p["prompt"] is None]
+        if untold:  # the Converter's own caption of the range's first window
+            captions = conv.caption(x[untold], args.caption_prompt or TEMPLATE, args.caption_max_tokens, sampling)[0]
+            for j, caption in zip(untold, captions):
+                active[j]["caption"] = active[j]["prompt"] = caption
+        todo = [slice(max(p["done"], p["lo"] + f) - p["lo"], min(p["b"], p["lo"] + f + win) - p["lo"])
+                for p, f in zip(active, first)]  # the part of each range this window redoes
+        for p, t in zip(active, todo):
+            p["codes"][:, t] = vatt.config.bins
+        codes = torch.stack([p["codes"][:, f: f + win] for p, f in zip(active, first)])
+        with autocast(device):  # bf16 on a GPU, float32 elsewhere
+            cond, cond_mask, null_cond = text_conditions(conv, vatt.config.condition, x, [p["prompt"] for p in active],
+                                                         [p["edit"].negative for p in active])
+            codes = decode_tokens(vatt, cond, cond_mask, null_cond, codes, [generators[plans.index(p)] for p in active],
+                                  args.steps, args.guidance_scale, args.temperature, args.top_k, args.mask_temperature)
+        for j, (p, f, t) in enumerate(zip(active, first, todo)):
+            p["codes"][:, t] = codes[j, :, t.start - f: t.stop - f]
+            p["done"] = p["lo"] + t.stop
+    results = []
+    for p in plans:  # each range decoded to audio (from lo / rate s), resampled, spliced
+        new = np.concatenate(list(decode_windows(codec, p["codes"][:, : min(p["hi"], p["n_tokens"]) - p["lo"]])))
+        sr, (start, end) = p["sr"], p["edit"].span
+        new = resample_audio(new, codec.sample_rate, sr)
+        first, last, offset = round(start * sr), round(end * sr), round(p["lo"] / codec.frame_rate * sr)
+        new = np.pad(new, (0, max(0, last - offset - len(new))))[first - offset: last - offset]
+        results.append(dict(audio=splice(p["original"], new, first, last, sr), rate=sr, caption=p["caption"],
+                            prompt=p["prompt"], windows=p["starts"]))
+    return results
+
+
+def edit_clips(args, models, device, encoder, jobs, write, after_batch=None):
+    """jobs: [(key, load)], load() -> an Edit. --batch_size edits at a time: each one planned
+    (edit_plan) and redone (edit_audio), then write(edit, result, k, info) writes sample k of it.
+    A clip that fails to load, plan, edit or write fails alone, with one line. Returns the tally,
+    as sample_clips'."""
+    tally = dict(failed=[], captions_at_limit=0, done=0)
+
+    def failed(key, e):
+        tally["failed"].append(str(e) if str(key) in str(e) else f"{key}: {e}")
+
+    bar = tqdm(total=len(jobs) * args.num_samples, desc="edits", disable=len(jobs) < 2)
+    for i in range(0, len(jobs), args.batch_size):
+        plans = []
+        for key, load in jobs[i: i + args.batch_size]:
+            try:
+                plans.append(edit_plan(models, encoder, load(), args, device))
+            except (ValueError, OSError) as e:  # a bad video or range: this clip alone
+                failed(key, e)
+        for k in range(args.num_samples if plans else 0):
+            names = [Path(p["edit"].key).name for p in plans]
+            seeds = [clip_seed(args.seed, k, name) for name in names]
+            fresh = [dict(p, codes=p["codes"].clone()) for p in plans]  # edit_audio fills in the codes it gets
+            for p, name, seed, result in zip(plans, names, seeds, edit_audio(models, fresh, seeds, args, device)):
+                try:
+                    write(p["edit"], result, k, {"seed": seed, "seed_from": {"seed": args.seed, "sample": k, "key": name}})
+                    tally["done"] += 1
+                except (ValueError, OSError) as e:  # a stream the muxer refuses, a full disk: this clip fails
+                    failed(p["edit"].key, f"could not write its outputs ({e})")
+        bar.update(len(jobs[i: i + args.batch_size]) * args.num_samples)
+        if after_batch is not None:
+            after_batch()
+    bar.close()
+    return tally
+
+
+# -----------------------------------------------------------------------------
 # a sampling run: its clips, generated batch by batch, each one's outputs written as it is done
 
 TEXT_OPTIONS = ("prompt", "negative_prompt", "self_prompt")  # the options that give the model text
@@ -505,18 +676,37 @@ def video_paths(video):
     return paths
 
 
-def video_jobs(args, paths, encoder):
-    """The videos -> [(path, load)], each video decoded and encoded (by `encoder`, a
-    VideoFeatures) when its batch comes; and the output folder (None: beside each video)."""
+def output_folder(args, paths):
+    """Where the videos' outputs go (None: beside each video), once two videos whose outputs would
+    overwrite each other are refused, before any work."""
     out = Path(args.out_dir) if args.out_dir else None
-    bases = {}  # two videos whose outputs would overwrite each other are refused before any work
+    bases = {}
     for p in paths:
         base = (out or Path(p).parent) / f"{Path(p).stem}.vatt"
         if base in bases:
             sys.exit(f"error: {bases[base]} and {p} would both write {base}.*: rename one, or sample them "
                      "into different --out_dir folders")
         bases[base] = p
-    return [(p, lambda p=p: (*encoder(p), args.prompt or None, args.negative_prompt or None)) for p in paths], out
+    return out
+
+
+def video_jobs(args, paths, encoder):
+    """The videos -> [(path, load)], each video decoded and encoded (by `encoder`, a
+    VideoFeatures) when its batch comes; and the output folder."""
+    jobs = [(p, lambda p=p: (*encoder(p), args.prompt or None, args.negative_prompt or None)) for p in paths]
+    return jobs, output_folder(args, paths)
+
+
+def write_outputs(path, base, wav, sr, record, n_samples=None):
+    """A video's outputs: <base>.wav (`wav`: an array or write_wav's pieces, cut at n_samples),
+    <base>.mp4 (the video stream copied, the wav muxed in; .mkv when mp4 cannot hold its codec)
+    and <base>.json (`record`)."""
+    write_wav(base + ".wav", wav, sr, n_samples)
+    record["video_out"] = mux(path, base + ".wav", base)
+    if record["video_out"] is None:
+        print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; wrote the wav and json only",
+              file=sys.stderr)
+    save_json(record, base + ".json")
 
 
 def sample_videos(args, models, device, paths, encoder=None):
@@ -536,23 +726,47 @@ def sample_videos(args, models, device, paths, encoder=None):
                   "seed": info["seed"], "seed_from": info["seed_from"], "duration": clip.duration, **settings,
                   "checkpoints": checkpoints}
         print(f"{path}: {record['caption']!r}" if record["caption"] else f"{path}")
-        if not args.caption_only:  # the audio is decoded window by window and written as it goes
-            write_wav(base + ".wav", decode_windows(models.codec, result["codes"]), sr,
-                      n_samples=round(clip.duration * sr))
-            record["video_out"] = mux(path, base + ".wav", base)
-            if record["video_out"] is None:
-                print(f"warning: {path}: neither MP4 nor Matroska can hold its video codec; "
-                      "wrote the wav and json only", file=sys.stderr)
-            if args.save_steps:
-                save_steps(base + ".steps.json", result, args.steps)
-        save_json(record, base + ".json")
+        if args.caption_only:
+            save_json(record, base + ".json")
+            return
+        if args.save_steps:
+            save_steps(base + ".steps.json", result, args.steps)
+        # the audio is decoded window by window and written as it goes
+        write_outputs(path, base, decode_windows(models.codec, result["codes"]), sr, record, round(clip.duration * sr))
 
     return sample_clips(args, models, device, jobs, write), len(jobs), settings
 
 
+def edit_videos(args, models, device, paths, encoder=None):
+    """An editing run (--edit) of the videos at `paths`, the same range of each one's own sound
+    redone (edit_audio): <video>.vatt.wav at the video's own rate and channels, .mp4, .json.
+    Returns edit_clips' tally, the number of videos and the settings every output records."""
+    for option in ("caption_only", "self_prompt", "save_steps"):
+        if getattr(args, option):
+            sys.exit(f"error: --{option} does not go with --edit")
+    checkpoints = models.files
+    settings = start_run(args, models, checkpoints.get("audio", "the model"))
+    out = output_folder(args, paths)
+    jobs = [(p, lambda p=p: Edit(p, p, parse_span(args.edit), args.prompt or None, args.negative_prompt or None))
+            for p in paths]  # a bad range fails each video with one line naming it
+
+    def write(edit, result, k, info):  # <video>.vatt.wav, .mp4 (or .mkv), .json
+        path = Path(edit.key)
+        base = str((out or path.parent) / f"{path.stem}.vatt{f'.{k}' if args.num_samples > 1 else ''}")
+        record = {"video": str(path), "edit": list(edit.span), "prompt": edit.prompt, "negative_prompt": edit.negative,
+                  "caption": result["caption"], "prompt_used": result["prompt"], "windows": result["windows"],
+                  "seed": info["seed"], "seed_from": info["seed_from"], **settings, "checkpoints": checkpoints}
+        print(f"{path}: {edit.span[0]:g} to {edit.span[1]:g} s redone: {result['prompt']!r}")
+        write_outputs(path, base, result["audio"], result["rate"], record)
+
+    tally = edit_clips(args, models, device, encoder or VideoFeatures(models.meta, device), jobs, write)
+    return tally, len(jobs), settings
+
+
 def run(args, models, device):
-    """sample_videos of --video, then its report. Returns the exit status."""
-    tally, n_videos, settings = sample_videos(args, models, device, video_paths(args.video))
+    """sample_videos (or edit_videos with --edit) of --video, then its report. Returns the exit status."""
+    tally, n_videos, settings = (edit_videos if args.edit else sample_videos)(args, models, device,
+                                                                             video_paths(args.video))
     return report(tally, n_videos, settings["caption_max_tokens"])
 
 
@@ -560,6 +774,10 @@ def main(argv=None):
     args = parse_config(Config, PRESETS, argv)
     if not args.video:
         sys.exit("error: give --video FILE|FOLDER|LIST (see --help)")
+    try:  # a bad range is refused before the models load
+        args.edit and parse_span(args.edit)
+    except ValueError as e:
+        sys.exit(f"error: {args.video}: {e}")
     device = pick_device(args.device)
     return run(args, load_models(args.ckpt_dir, device), device)
 

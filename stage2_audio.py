@@ -253,14 +253,21 @@ def random_mask(ratios, shape, generator):
     return (rank < n_masked[:, None]).view(shape)
 
 
-def training_draw(n, shape, generator, mask_mean, mask_std, cond_dropout, mask_dist="truncnorm", progress=0.0):
+def training_draw(n, shape, generator, mask_mean, mask_std, cond_dropout, mask_dist="truncnorm", progress=0.0,
+                  spans=None):
     """What §3.2.2 hides from a batch of n samples whose tokens have `shape` (L, T): per sample a
     ratio r (training_ratios) and exactly max(1, round(r L T)) masked tokens, and, with probability
     cond_dropout, the null condition (classifier-free guidance: p(tokens | no condition) too).
+    `spans` (n, 2), [start, stop) in tokens (start = stop: none): in-filling samples (this
+    project's, for editing), whose every level is masked over their span and nowhere else.
     Returns mask (n, L, T), null_cond (n,) bool."""
     ratios = training_ratios(mask_dist, n, generator, mask_mean, mask_std, progress)
     mask = random_mask(ratios, (n,) + tuple(shape), generator)
     null_cond = torch.rand(n, generator=generator, device=generator.device) < cond_dropout
+    if spans is not None:
+        spans, t = spans.to(mask.device), torch.arange(shape[-1], device=mask.device)
+        span = ((t >= spans[:, :1]) & (t < spans[:, 1:]))[:, None, :].expand_as(mask)  # (n, L, T)
+        mask = torch.where((spans[:, 1] > spans[:, 0])[:, None, None], span, mask)
     return mask, null_cond
 
 
@@ -270,16 +277,19 @@ def masked_loss(logits, codes, mask, label_smoothing):
     return F.cross_entropy(logits[mask], codes[mask], label_smoothing=label_smoothing)
 
 
-def masked_token_loss(model, mask_id, cond, cond_mask, codes, generator, cfg, progress=0.0):
+def masked_token_loss(model, mask_id, cond, cond_mask, codes, generator, cfg, progress=0.0, spans=None, context=None):
     """One batch of §3.2.2's training, to eq. 2: cond (B, Lc, cond_dim) and cond_mask (B, Lc), the
     Converter's states over [video ; prompt] (audio_condition); codes (B, L, T) the clips' tokens;
     mask_id the MASK token (ModelConfig.bins). The masks and null conditions are drawn from
     `generator` (training_draw with cfg's mask_mean, mask_std, mask_dist and cond_dropout;
     progress = step / max_steps), VATT Audio predicts every token of the masked sequence, and eq. 2
-    scores the masked ones (cfg.label_smoothing)."""
+    scores the masked ones (cfg.label_smoothing). In-filling samples (`spans`, for editing) may be
+    shown another clip's tokens around their span (`context`, (B, L, T)), as an edit's text
+    may describe a span that sounds unlike its surroundings."""
     mask, null_cond = training_draw(len(codes), codes.shape[1:], generator, cfg.mask_mean, cfg.mask_std,
-                                    cfg.cond_dropout, cfg.mask_dist, progress)
-    logits = model(codes.masked_fill(mask, mask_id), cond, cond_mask, null_cond)
+                                    cfg.cond_dropout, cfg.mask_dist, progress, spans)
+    known = codes if context is None else context
+    logits = model(known.masked_fill(mask, mask_id), cond, cond_mask, null_cond)
     return masked_loss(logits.float(), codes, mask, cfg.label_smoothing)
 
 
@@ -391,6 +401,10 @@ class Config:
     # frames. The released values
     splice_prob: float = 0.5
     roll_prob: float = 0.1
+    # in-filling (this project's, for sample.py --edit): the share of training samples masked over
+    # one span of 1/10 to 1/2 of the clip instead (MaskGIT's and VoiceBox's in-filling), shown
+    # another clip's tokens around the span when their prompt is their caption (docs/toy-tuning.md)
+    span_prob: float = 0.0
     # optimisation: AdamW, linear warm-up, cosine decay to lr/10 (the toy's batch: docs/toy-tuning.md)
     batch_size: int = 32  # the global batch: samples per optimizer step, all processes together
     # the most samples a process runs at once (0: its whole share); gradients accumulate. Each
@@ -428,7 +442,7 @@ PAPER_SIZE = dict(dim=1024, n_multiway=12, n_plain=12, n_head=16, head_dim=64, d
                   micro_batch=16, workers=4, warmup_steps=1000, max_steps=300000, eval_interval=2000,
                   data_json="vggsound/v2a_instruction.json", features_dir="vggsound/features")
 PRESETS = {
-    "toy": dict(mask_mean=1.0, mask_std=0.05),
+    "toy": dict(mask_mean=1.0, mask_std=0.05, span_prob=0.2),
     "gemma-2b": dict(PAPER_SIZE, converter="out/gemma-2b/stage1.pt", out_dir="out/gemma-2b"),
     "llama-2-7b": dict(PAPER_SIZE, converter="out/llama-2-7b/stage1.pt", out_dir="out/llama-2-7b"),
 }
@@ -534,7 +548,10 @@ def draw_batch(files, items, r, cfg, rank, world, augment=False):
     feats, codes = torch.stack(feats), torch.stack(codes)
     if augment and cfg.splice_prob + cfg.roll_prob > 0:
         feats, codes = splice_and_roll(files, items, feats, codes, ~use_caption, r, cfg, n, mine)
-    return [items[i][0] for i in pick], (feats, prompts, codes)
+    spans = context = None
+    if augment and cfg.span_prob > 0:
+        spans, context = infill_spans(files, items, codes, use_caption, r, cfg, n, mine)
+    return [items[i][0] for i in pick], (feats, prompts, codes, spans, context)
 
 
 def splice_and_roll(files, items, feats, codes, instructed, r, cfg, n, mine):
@@ -554,6 +571,23 @@ def splice_and_roll(files, items, feats, codes, instructed, r, cfg, n, mine):
         elif cfg.splice_prob <= u[b] < cfg.splice_prob + cfg.roll_prob:  # a consistent time shift
             feats[b], codes[b] = feats[b].roll(int(shift[b]), 0), codes[b].roll(int(shift[b]) * per_frame, 1)
     return feats, codes
+
+
+def infill_spans(files, items, codes, captioned, r, cfg, n, mine):
+    """The in-filling samples of a global batch of n (Config.span_prob; this rank's `mine` kept):
+    a span of 1/10 to 1/2 of the clip each, and the tokens around it, another clip's when the
+    prompt is the caption (the text, not the sound around, then says what the span sounds like),
+    its own otherwise. Returns the global batch's spans (n, 2), [start, stop) in tokens (none:
+    start = stop), and this rank's context (S, L, T)."""
+    n_tokens = codes.shape[-1]
+    u, donor = r.random(n), r.choice(len(items), n)[mine]
+    width = (r.uniform(0.1, 0.5, size=n) * n_tokens).astype(int)
+    start = (r.random(n) * (n_tokens - width + 1)).astype(int)
+    spans = torch.from_numpy(np.stack([start, start + width], 1) * (u < cfg.span_prob)[:, None])
+    context = codes.clone()
+    for b in np.flatnonzero((u[mine] < cfg.span_prob) & captioned):
+        context[b] = files.load_clip(items[donor[b]][0], tokens=True)[1]
+    return spans, context
 
 
 def step_data(files, items, cfg, rank, world, step):
@@ -577,13 +611,14 @@ def mask_generator(seed, first, device):
     return torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(seed + first)
 
 
-def masked_counts(shape, seed, cfg, micro, progress, device):
-    """The masked tokens of every micro-batch of the global batch: eq. 2's mean runs over the whole
-    batch's masked tokens, so each micro-batch's loss is scaled by its count over that total before
-    its backward. Drawn ahead, from the generators masked_token_loss will draw from (a draw costs
-    nothing beside a forward)."""
+def masked_counts(shape, seed, cfg, micro, progress, device, spans=None):
+    """The masked tokens of every micro-batch of the global batch (`spans`: its in-filling spans):
+    eq. 2's mean runs over the whole batch's masked tokens, so each micro-batch's loss is scaled
+    by its count over that total before its backward. Drawn ahead, from the generators
+    masked_token_loss will draw from (a draw costs nothing beside a forward)."""
     return [training_draw(micro, shape, mask_generator(seed, first, device), cfg.mask_mean, cfg.mask_std,
-                          cfg.cond_dropout, cfg.mask_dist, progress)[0].sum() for first in range(0, cfg.batch_size, micro)]
+                          cfg.cond_dropout, cfg.mask_dist, progress, None if spans is None else spans[first:first + micro]
+                          )[0].sum() for first in range(0, cfg.batch_size, micro)]
 
 
 def batch_loss(model, mask_id, converter, batch, seed, cfg, plan, rank, world, progress, device, backward=False):
@@ -591,9 +626,9 @@ def batch_loss(model, mask_id, converter, batch, seed, cfg, plan, rank, world, p
     plan[0] samples at a time, with the masks drawn from `seed`. `backward`: each micro-batch's
     gradients too, synced over ranks on the last. Returns this rank's part of the global mean
     (all_mean over ranks gives the mean)."""
-    feats, prompts, codes = batch
+    feats, prompts, codes, spans, context = batch
     micro, accum = plan
-    counts = masked_counts(codes.shape[1:], seed, cfg, micro, progress, device)
+    counts = masked_counts(codes.shape[1:], seed, cfg, micro, progress, device, spans)
     n_per_rank = sum(counts) / world  # DDP averages the ranks' gradients
     total = 0.0
     for m in range(accum):
@@ -603,7 +638,9 @@ def batch_loss(model, mask_id, converter, batch, seed, cfg, plan, rank, world, p
         with autocast(device):  # bf16 on a GPU, float32 elsewhere
             cond, cond_mask = audio_condition(converter, to_device(feats[part], device), prompts[part], cfg.condition)
             loss = masked_token_loss(model, mask_id, cond, cond_mask, to_device(codes[part], device),
-                                     mask_generator(seed, first, device), cfg, progress)
+                                     mask_generator(seed, first, device), cfg, progress,
+                                     None if spans is None else spans[first:first + micro],
+                                     None if context is None else to_device(context[part], device))
         loss = loss * counts[first // micro] / n_per_rank
         if backward:
             loss.backward()

@@ -15,12 +15,19 @@ It listens on 127.0.0.1 (the address is printed), on --port or else Gradio's usu
 value (--prompt, --steps, --guidance_scale, --seed, --video) or the sampler's setting
 (--temperature, --overlap, ...); the batch options (--num_samples, --batch_size, ...) do not apply.
 
+Below it, an edit of a range of the video's own sound (sample.py --edit): a start and an end in
+seconds, a prompt (empty: the Converter's caption) and a negative prompt; the page shows the
+original and the edited sound, their spectrograms one above the other.
+
 From a script (gradio_client, installed with gradio): the endpoint /generate takes (video, prompt,
-negative_prompt, steps, guidance_scale, seed) and returns (caption, audio file, video file):
+negative_prompt, steps, guidance_scale, seed) and returns (caption, audio file, video file); /edit
+takes (video, start, end, prompt, negative_prompt, steps, guidance_scale, seed) and returns (audio
+file, video file):
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
     caption, wav, mp4 = client.predict(handle_file("clip.mp4"), "", "", 16, 2.0, 0, api_name="/generate")
+    wav, mp4 = client.predict(handle_file("clip.mp4"), 0.5, 0.9, "a low bell", "", 16, 2.0, 0, api_name="/edit")
 
 A bad request (not a video, no frames, a prompt longer than the model takes) gets one message and
 the app goes on serving. Requests are answered one at a time, in order (the models are shared).
@@ -45,8 +52,9 @@ except ImportError:
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
 import sample  # noqa: E402
-from extract_features import VideoFeatures  # noqa: E402
-from tools.report import decoding_picture  # noqa: E402
+from eval import read_wav  # noqa: E402
+from extract_features import VideoFeatures, decode_audio  # noqa: E402
+from tools.report import decoding_picture, spectrograms  # noqa: E402
 from utils import parse_config, pick_device  # noqa: E402
 
 
@@ -64,11 +72,11 @@ class Config(sample.Config):
 # one request: a video (+ text) -> sample.py's outputs, in the request's own folder
 
 
-def generate(session, video, prompt, negative_prompt, steps, guidance_scale, seed):
-    """sample.py on one video with this request's settings. Returns the suggested caption (empty
-    when a prompt was given), the wav, the video with that audio muxed in, and the picture of the
-    token grid after each decoding step. A bad input raises gr.Error: one message, no traceback
-    (Gradio itself refuses steps, guidance or seed outside the page's ranges)."""
+def request(session, run, video, prompt, negative_prompt, steps, guidance_scale, seed, **options):
+    """One request through `run` (sample.sample_videos, or sample.edit_videos) on one video with
+    this request's settings and `options`, in a folder of its own. Returns the outputs' base path
+    and the record. A bad input raises gr.Error: one message, no traceback (Gradio itself refuses
+    steps, guidance or seed outside the page's ranges)."""
     if not video:
         raise gr.Error("No video: upload one, or pick an example clip below.")
     prompt, negative_prompt = prompt.strip(), negative_prompt.strip()
@@ -79,19 +87,43 @@ def generate(session, video, prompt, negative_prompt, steps, guidance_scale, see
     args = dataclasses.replace(session.args, out_dir=str(folder), prompt=prompt, negative_prompt=negative_prompt,
                                steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed),
                                self_prompt=False, caption_only=False, num_samples=1, batch_size=1,
-                               save_steps=True, compile=False)  # compiled once, at the start
+                               compile=False, **options)  # compiled once, at the start
     try:
-        tally, _, _ = sample.sample_videos(args, session.models, session.device, [video], session.encoder)
+        tally, _, _ = run(args, session.models, session.device, [video], session.encoder)
     except SystemExit as e:  # a setting the model refuses (sample.start_run's one line)
         raise gr.Error(str(e.code).removeprefix("error: "))
     if tally["failed"]:  # the upload's temporary path, said as the file's name
         raise gr.Error(tally["failed"][0].replace(video, Path(video).name))
     base = folder / f"{Path(video).stem}.vatt"
-    record = json.loads(Path(f"{base}.json").read_text(encoding="utf-8"))
+    return base, json.loads(Path(f"{base}.json").read_text(encoding="utf-8"))
+
+
+def generate(session, video, prompt, negative_prompt, steps, guidance_scale, seed):
+    """sample.py on one video. Returns the suggested caption (empty when a prompt was given), the
+    wav, the video with that audio muxed in, and the picture of the token grid after each
+    decoding step."""
+    base, record = request(session, sample.sample_videos, video, prompt, negative_prompt, steps, guidance_scale, seed,
+                           save_steps=True, edit="")
     history = json.loads(Path(f"{base}.steps.json").read_text(encoding="utf-8"))
-    picture = folder / "decoding.png"
+    picture = base.parent / "decoding.png"
     decoding_picture(picture, history["revealed_at"], history["steps"], session.models.codec.frame_rate)
     return record["caption"] or "", f"{base}.wav", record["video_out"], str(picture)
+
+
+def edit(session, video, start, end, prompt, negative_prompt, steps, guidance_scale, seed):
+    """sample.py --edit on one video: its own sound from `start` to `end` seconds redone. Returns
+    the edited wav, the video with it muxed in, and the picture of the original and the edited
+    sound's spectrograms, one above the other. A bad range, or a video without sound, raises
+    gr.Error as any bad input does."""
+    if start is None or end is None:
+        raise gr.Error("Give the range to edit: a start and an end, in seconds.")
+    base, record = request(session, sample.edit_videos, video, prompt, negative_prompt, steps, guidance_scale, seed,
+                           save_steps=False, edit=f"{float(start)!r}:{float(end)!r}")
+    own, sr = decode_audio(video, "fltp")
+    picture = base.parent / "edit.png"
+    rows = [("its own sound", own[0]), (f"{start:g} to {end:g} s redone", read_wav(f"{base}.wav")[0][:, 0])]
+    spectrograms(picture, rows, sr, span=(start, end))
+    return f"{base}.wav", record["video_out"], str(picture)
 
 
 # -----------------------------------------------------------------------------
@@ -134,12 +166,30 @@ def build_page(session, examples):
                 grid = gr.Image(label="decoding", show_label=False, type="filepath", interactive=False, elem_id="grid")
         if examples:
             gr.Examples(examples, inputs=[video], label="test clips")
-        # the API returns (caption, audio, video): the picture reaches the page through a State
-        picture = gr.State()
+        gr.Markdown("### Edit a range of the video's own sound\nThe sound between the start and the end is redone "
+                    "from the video and the text (empty: the model's caption); the rest stays as it is.")
+        with gr.Row():
+            with gr.Column():
+                with gr.Row():
+                    start = gr.Number(label="start (s)", minimum=0, elem_id="edit-start")
+                    end = gr.Number(label="end (s)", minimum=0, elem_id="edit-end")
+                edit_prompt = gr.Textbox(label="prompt for the range (empty: the model's caption)", elem_id="edit-prompt")
+                edit_negative = gr.Textbox(label="negative prompt for the range", elem_id="edit-negative")
+                run_edit = gr.Button("Edit the range", variant="primary", elem_id="edit")
+            with gr.Column():
+                edited_audio = gr.Audio(label="edited audio", type="filepath", interactive=False, elem_id="edited-audio")
+                edited_video = gr.Video(label="video with the edited audio", interactive=False, elem_id="edited-video")
+                edit_picture = gr.Image(label="before and after", show_label=False, type="filepath", interactive=False,
+                                        elem_id="edit-picture")
+        # the APIs return (caption, audio, video) and (audio, video): the pictures reach the page through States
+        picture, before_after = gr.State(), gr.State()
         run.click(partial(generate, session), [video, prompt, negative, steps, guidance, seed],
                   [caption, audio, video_out, picture], api_name="generate").then(
             lambda path: path, picture, grid, api_visibility="private")
         use_caption.click(lambda text: text, caption, prompt, api_visibility="private")
+        run_edit.click(partial(edit, session), [video, start, end, edit_prompt, edit_negative, steps, guidance, seed],
+                       [edited_audio, edited_video, before_after], api_name="edit").then(
+            lambda path: path, before_after, edit_picture, api_visibility="private")
     return page
 
 

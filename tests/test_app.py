@@ -25,7 +25,7 @@ import pytest
 
 import sample
 from browser import Chromium, find_chromium
-from test_sample_videos import _audio_only
+from test_sample_videos import _audio_only, make_video
 
 gradio_client = pytest.importorskip("gradio_client",
                                     reason="the app's requirements: pip install -r app/requirements.txt")
@@ -107,7 +107,7 @@ def test_3_2_generate_endpoint_is_sample_py(app, client, world, tmp_path):
     (caption, wav, video): with no prompt a caption, and the very audio sample.py writes for the
     same clip and settings."""
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert list(api) == ["/generate"]
+    assert sorted(api) == ["/edit", "/generate"]
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == [
         "video", "prompt", "negative_prompt", "steps", "guidance_scale", "seed"]
     assert len(api["/generate"]["returns"]) == 3
@@ -126,6 +126,35 @@ def test_3_2_generate_endpoint_is_sample_py(app, client, world, tmp_path):
     assert sample.main([f"--ckpt_dir={world}/out", f"--video={clip(world)}", f"--out_dir={tmp_path}",
                         "--prompt=a low bell rings three times"]) == 0
     assert Path(wav).read_bytes() == (tmp_path / "test_00000.vatt.wav").read_bytes()
+
+
+def edit(client, video, start, end, prompt="", negative_prompt="", steps=16, guidance_scale=2.0, seed=0):
+    file = None if video is None else gradio_client.handle_file(str(video))
+    return client.predict(file, start, end, prompt, negative_prompt, steps, guidance_scale, seed, api_name="/edit")
+
+
+def test_edit_endpoint_is_sample_py_edit(app, client, world, tmp_path):
+    """/edit takes (video, start, end, prompt, negative_prompt, steps, guidance_scale, seed) and
+    returns (wav, video): the very edit sample.py --edit writes; a range outside the sound, or a
+    video without sound, gets one message and the app goes on."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert [p["parameter_name"] for p in api["/edit"]["parameters"]] == [
+        "video", "start", "end", "prompt", "negative_prompt", "steps", "guidance_scale", "seed"]
+    assert len(api["/edit"]["returns"]) == 2
+    wav, video = edit(client, clip(world), 0.5, 0.9, "a low bell rings three times")
+    with av.open(video) as c:
+        assert c.streams.video and c.streams.audio
+    assert sample.main([f"--ckpt_dir={world}/out", f"--video={clip(world)}", f"--out_dir={tmp_path}", "--edit=0.5:0.9",
+                        "--prompt=a low bell rings three times"]) == 0
+    assert Path(wav).read_bytes() == (tmp_path / "test_00000.vatt.wav").read_bytes()
+    for video, start, end, message in ((clip(world), 1.5, 4.0, "test_00000.mp4: the range 1.5:4 s lies outside its sound"),
+                                       (clip(world), 0.9, 0.5, "test_00000.mp4: the range '0.9:0.5': START must come"),
+                                       (make_video(tmp_path / "silent.mp4", seconds=1.0), 0.1, 0.5,
+                                        "silent.mp4: no audio track")):
+        with pytest.raises(gradio_client.exceptions.AppError) as e:
+            edit(client, video, start, end, "a bell")
+        assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert app.proc.poll() is None
 
 
 BAD_REQUESTS = {  # name: (how to make the upload, the request's other inputs, the message's start)
@@ -220,6 +249,16 @@ def test_3_2_page_in_chromium(app, world, tmp_path):
         browser.evaluate(page, "document.querySelector('#generate').click()")
         wait_for(browser, page, f"document.querySelector('#audio a[download]').href !== {json.dumps(first)}")
         assert browser.evaluate(page, "document.querySelector('#caption textarea').value") == ""
+        # an edit of a range of the clip's own sound: the edited audio, and the picture before / after
+        for selector, value in (("#edit-start input", "0.5"), ("#edit-end input", "0.9"),
+                                ("#edit-prompt textarea", "a high bell rings three times")):
+            browser.evaluate(page, f"""(() => {{ const box = document.querySelector({json.dumps(selector)});
+              box.value = {json.dumps(value)}; box.dispatchEvent(new Event('input', {{bubbles: true}})); }})()""")
+        browser.evaluate(page, "document.querySelector('#edit').click()")
+        wait_for(browser, page, "!!document.querySelector('#edited-audio a[download]') && "
+                                "!!document.querySelector('#edit-picture img')")
+        assert browser.evaluate(page, "document.querySelector('#edited-audio a[download]').getAttribute('download')"
+                                ) == "test_00000.vatt.wav"
         shot = browser.send("Page.captureScreenshot", page, format="png")
         (tmp_path / "app.png").write_bytes(base64.b64decode(shot["data"]))
         # bad uploads: a text file (refused by the page itself), then random bytes named .mp4 (by the app)

@@ -20,7 +20,8 @@ LAYERS = [
     # the paper's size; then the toy's measurement instruments (tools/toy); then the browser app (app/)
     "tools.sample_split", "tools.official", "tools.caption_audio", "tools.bench", "tools.report", "tools.ablations",
     "tools.gpu_check", "tools.train_check", "tools.toy.text_gain", "tools.toy.negative_check",
-    "tools.toy.masking_curves", "tools.toy.step_time", "tools.toy.video_memory", "tools.toy.app_check", "app.app",
+    "tools.toy.masking_curves", "tools.toy.step_time", "tools.toy.video_memory", "tools.toy.app_check",
+    "tools.toy.edit_context", "tools.toy.source_probe", "tools.toy.stage1_curve", "app.app",
 ]
 CORE = LAYERS[: LAYERS.index("eval") + 1]
 

@@ -582,7 +582,7 @@ def test_3_2_released_prompt_schedule_and_augmentation():
     files, items = ClipFiles(), [(str(c), f"caption {c}" if c % 4 else "") for c in range(1, 9)]
     for prompts, splice, roll in (("templates", 1.0, 0.0), ("captions", 1.0, 0.0), ("mix", 0.5, 0.5), ("mix", 0.0, 1.0)):
         cfg = Config(prompts=prompts, splice_prob=splice, roll_prob=roll, batch_size=64)
-        names, (feats, texts, codes) = draw_batch(files, items, np.random.default_rng(0), cfg, 0, 1, augment=True)
+        names, (feats, texts, codes, _, _) = draw_batch(files, items, np.random.default_rng(0), cfg, 0, 1, augment=True)
         frame_of_token = feats[:, :, 0].repeat_interleave(10, dim=1)  # (B, T): the frame each token time shows
         assert torch.equal(codes[:, 0].float(), frame_of_token) and (codes == codes[:, :1]).all()  # in step
         kinds = []

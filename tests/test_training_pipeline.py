@@ -72,7 +72,7 @@ def test_3_2_2_eq_2_is_the_mean_over_the_global_batchs_masked_tokens():
     codes = torch.randint(0, 8, (4, 2, 10), generator=torch.Generator().manual_seed(1))
     cpu = torch.device("cpu")
     with torch.no_grad():
-        loss = stage2_audio.batch_loss(model, c.bins, StateConverter(), (feats, [""] * 4, codes), 7, cfg, (2, 2), 0, 1,
+        loss = stage2_audio.batch_loss(model, c.bins, StateConverter(), (feats, [""] * 4, codes, None, None), 7, cfg, (2, 2), 0, 1,
                                        0.0, cpu)
         token_losses = []
         for first in (0, 2):  # what each micro-batch draws and scores

@@ -110,7 +110,8 @@ def run_variant(cfg, name):
     data = [f"--data_json={cfg.data_json}"]
     if not stage2_done(out / "stage2.pt"):
         s2.main([f"--preset={cfg.preset}", *data, f"--features_dir={cfg.features_dir}", f"--converter={cfg.stage1}",
-                 f"--out_dir={out}", f"--seed={seed}", *v["stage2"], *shlex.split(cfg.stage2_args)])
+                 f"--out_dir={out}", f"--seed={seed}", "--span_prob=0",  # the paper's training: no in-filling
+                 *v["stage2"], *shlex.split(cfg.stage2_args)])
     modes = MODES if v.get("text", True) else {"video_only": MODES["video_only"]}
     for mode, options in modes.items():
         if not (out / "samples" / mode / "captions.json").is_file():

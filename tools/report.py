@@ -137,25 +137,28 @@ def save_png(fig, path):
     Image.open(buffer).convert("RGB").quantize(64).save(path, optimize=True)
 
 
-def spectrograms(path, real, generated, onsets, sr):
-    """One figure: the real audio's and each mode's spectrogram on the same axes and colour scale,
-    the true strike times dashed, the analyzer's register split (low | high) dotted."""
+def spectrograms(path, rows, sr, onsets=(), span=None):
+    """One figure: each (label, wav) of `rows` as a spectrogram, one above the other, on the same
+    axes and colour scale (the first row's), the true strike times dashed, the analyzer's register
+    split (low | high) dotted, an edited range (start, end) between two solid lines."""
     import matplotlib.pyplot as plt
     from matplotlib import mlab
 
-    rows = [("real audio", real)] + [(label, generated[name]) for name, label in MODES]
     spec = dict(NFFT=512, Fs=sr, noverlap=448)
-    top = 10 * np.log10(mlab.specgram(real, **spec)[0].max())  # dB; the real clip sets the scale of all rows
+    top = 10 * np.log10(mlab.specgram(rows[0][1], **spec)[0].max())  # dB; the first row sets the scale of all
     fig, axes = plt.subplots(len(rows), 1, figsize=(6.4, 0.95 * len(rows) + 0.5), sharex=True, sharey=True)
     for ax, (label, wav) in zip(axes, rows):
         ax.specgram(wav, cmap="magma", vmin=top - 80, vmax=top, **spec)
         for t in onsets:
             ax.axvline(t, color="white", ls="--", lw=0.8)
+        for t in span or ():
+            ax.axvline(t, color="lime", lw=1.2)
         ax.axhline(REGISTER_SPLIT_HZ, color="cyan", ls=":", lw=0.8)
         ax.set_ylim(0, 4000)
         ax.set_yticks([0, 2000, 4000], ["0", "2k", "4k"])
         ax.text(0.005, 0.93, label, transform=ax.transAxes, color="white", fontsize=8, va="top")
-    axes[-1].set_xlabel("seconds (dashed: the video's strikes; dotted: low | high register split)")
+    axes[-1].set_xlabel("seconds (" + ("dashed: the video's strikes; " if len(onsets) else "")
+                        + ("solid: the edited range; " if span else "") + "dotted: low | high register split)")
     fig.supylabel("Hz", fontsize=9)
     fig.tight_layout(h_pad=0.2)
     save_png(fig, path)
@@ -238,6 +241,33 @@ def clip_html(entry, caption, media, stem, videos, strikes):
             f'<img src="{src(stem + ".spectrograms.png")}" alt="spectrograms of {html.escape(stem)}"></section>')
 
 
+def edit_html(data, edits, entry, building, media, sr, seconds):
+    """The editing section: one clip's own sound and the same sound with a range redone
+    (sample.py --edit, make demo's edit_swapped run), as videos and as spectrograms one above the
+    other; empty when the run has no edits."""
+    stem, video = Path(entry["video_path"]).stem, data.parent / entry["video_path"]
+    if not (edits / "captions.json").is_file() or not (edits / f"{stem}.wav").is_file():
+        return ""
+    record = json.loads((edits / "captions.json").read_text(encoding="utf-8"))["clips"][stem]
+    start, end = record["edit"]
+    edited = read_wav(edits / f"{stem}.wav")[0][:, 0]
+    spectrograms(building / f"{stem}.edit.png", [("its own sound", load_audio(str(video), sr, seconds)),
+                                                 (f"{start:g} to {end:g} s redone", edited[: round(seconds * sr)])],
+                 sr, entry["onsets"], (start, end))
+    after = Path(mux(video, edits / f"{stem}.wav", str(building / f"{stem}.edited"))).name
+
+    def src(name):
+        return html.escape(quote(f"{media}/{name}"))
+
+    return (f"<h2>Editing a range of a video's own sound</h2><p>Clip {html.escape(stem)}: its sound from {start:g} to "
+            f"{end:g} s redone with <q>{html.escape(record['prompt'] or '')}</q> (MaskGIT's in-painting: the tokens of "
+            "the range masked and decoded from the video and the text, the rest of the sound kept sample for sample)."
+            f'</p><div class=videos><figure><video controls preload="auto" src="{src(f"{stem}.real.mp4")}"></video>'
+            f'<figcaption>before</figcaption></figure><figure><video controls preload="auto" src="{src(after)}">'
+            f'</video><figcaption>after</figcaption></figure></div><img src="{src(f"{stem}.edit.png")}" '
+            f'alt="spectrograms of {html.escape(stem)} before and after the edit">')
+
+
 def write_report(cfg):
     """The page and its media folder from a finished toy run (see the module docstring)."""
     import matplotlib
@@ -265,8 +295,8 @@ def write_report(cfg):
         videos = {"real": f"{stem}.real.mp4"}  # a video whose codec MP4 cannot hold is muxed into Matroska
         videos.update({name: Path(mux(video, samples / name / f"{stem}.wav", str(building / f"{stem}.{name}"))).name
                        for name in generated})
-        spectrograms(building / f"{stem}.spectrograms.png", load_audio(str(video), sr, seconds), generated,
-                     e["onsets"], sr)
+        rows = [("real audio", load_audio(str(video), sr, seconds))] + [(label, generated[name]) for name, label in MODES]
+        spectrograms(building / f"{stem}.spectrograms.png", rows, sr, e["onsets"])
         strikes = f"{e['count']} strike{'s' if e['count'] > 1 else ''} at " + ", ".join(f"{t:g}" for t in e["onsets"]) + " s"
         sections.append(clip_html(e, captions[stem]["caption"], media.name, stem, videos, strikes))
         if steps_clip is None:
@@ -284,6 +314,7 @@ def write_report(cfg):
         decoding = ("<p>No step history among these clips: sample a mode with <code>sample.py --save_steps</code> "
                     "(make demo does so for the ground-truth caption).</p>")
 
+    editing = edit_html(data, samples / "edit_swapped", chosen[0], building, media.name, sr, seconds)
     shutil.rmtree(media, ignore_errors=True)
     building.rename(media)
     timing = ", ".join(f"{k} {t['wall_s']} s ({t['cpu_s']} CPU s)" for k, t in result.get("timing", {}).items())
@@ -292,7 +323,7 @@ def write_report(cfg):
             "video decides when and what sounds (source, strikes); only the text says the pitch register. Each audio "
             "row is what the analyzer (data/toy/world.py) hears in the generated audio, scored against the clip.</p>"
             f"<h2>Evaluation</h2>{table_html(result)}<p class=reading>Timing: {html.escape(timing)}.</p>"
-            f"<h2>Iterative parallel decoding (§3.2.2)</h2>{decoding}"
+            f"<h2>Iterative parallel decoding (§3.2.2)</h2>{decoding}{editing}"
             f"<h2>Test clips</h2><p>Each video plays its clip's picture with the real or a generated sound track; "
             "the spectrograms below share their axes and colour scale.</p>" + "".join(sections) + "</body></html>\n")
     with atomic_path(out) as tmp:

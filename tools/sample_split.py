@@ -6,6 +6,9 @@ sample.py's sampler, from the clips' extracted features rather than their videos
     python tools/sample_split.py --data_json data/toy/v2a_instruction.json --prompt_field output --name gt_caption
     python tools/sample_split.py --data_json data/toy/v2a_instruction.json --negative_field swapped \
         --name negative_pitch
+    # editing (sample.py --edit): each clip's own sound redone over the range in its entry's field
+    python tools/sample_split.py --data_json data/toy/v2a_instruction.json --edit_field edit --prompt_field swapped \
+        --name edit_swapped
     # Table 3's captioning protocol: the paper's instruction, captions only
     python tools/sample_split.py --preset gemma-2b --data_json vggsound/v2a_instruction.json --caption_only \
         --caption_prompt "Describe the possible audio for this video:" --name captions
@@ -19,7 +22,9 @@ Outputs, in ckpt_dir/samples/<name>/ (or --out_dir): <stem>.wav per clip (<stem>
 --num_samples k), <stem>.steps.json with --save_steps, and captions.json: the run's settings, its
 counts and one entry per clip (caption, prompts, seed), written after every batch. A rerun with
 the same settings keeps the clips already made and samples the rest; other settings (or a
-retrained checkpoint) start over.
+retrained checkpoint) start over. An editing run (--edit_field, or --edit for every clip) reads
+each clip's video (its entry's video_path) and writes its own sound with the range redone, at the
+video's own rate.
 """
 import json
 import os
@@ -31,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
 import sample  # noqa: E402
 from codec import decode_windows  # noqa: E402
-from extract_features import load_features, load_split, write_wav  # noqa: E402
+from extract_features import VideoFeatures, load_features, load_split, write_wav  # noqa: E402
 from utils import parse_config, pick_device, record_timing, save_json  # noqa: E402
 
 
@@ -41,6 +46,7 @@ class Config(sample.Config):
     split: str = "test"
     prompt_field: str = ""  # each entry's field that holds its prompt (empty = no text)
     negative_field: str = ""  # each entry's field that holds its negative prompt (empty = none)
+    edit_field: str = ""  # each entry's field that holds the range to edit, "START:END" in seconds (sample.py --edit)
     name: str = "samples"  # the run's folder, ckpt_dir/samples/<name> (unless --out_dir)
     strict: bool = False  # a clip skipped (an entry without features) is an error, not a warning
 
@@ -52,6 +58,8 @@ def check_options(args):
         sys.exit("error: --video is sample.py's (this samples the clips of --data_json)")
     if args.negative_field and args.negative_prompt:
         sys.exit("error: give --negative_prompt or --negative_field, not both")
+    if args.edit_field and args.edit:
+        sys.exit("error: give --edit or --edit_field, not both")
 
 
 def split_jobs(args, models):
@@ -73,12 +81,19 @@ def split_jobs(args, models):
             raise ValueError(f"{stem}: its entry in {args.data_json} has no text in the field {field!r}")
         return text
 
-    def load_entry(stem):
-        return (load_features(features_dir, stem), models.meta["seconds"],
-                entry_text(stem, args.prompt_field) if args.prompt_field else None,
+    def texts(stem):
+        return (entry_text(stem, args.prompt_field) if args.prompt_field else None,
                 entry_text(stem, args.negative_field) if args.negative_field else args.negative_prompt or None)
 
-    jobs = [(stem, lambda s=stem: load_entry(s)) for stem, _ in items]
+    def load_entry(stem):
+        return (load_features(features_dir, stem), models.meta["seconds"], *texts(stem))
+
+    def load_edit(stem):  # the clip's video, whose sound is edited
+        span = sample.parse_span(entry_text(stem, args.edit_field) if args.edit_field else args.edit)
+        return sample.Edit(stem, str(Path(args.data_json).parent / entries[stem]["video_path"]), span, *texts(stem))
+
+    load = load_edit if args.edit_field or args.edit else load_entry
+    jobs = [(stem, lambda s=stem: load(s)) for stem, _ in items]
     return jobs, Path(args.out_dir or Path(args.ckpt_dir) / "samples" / args.name)
 
 
@@ -126,8 +141,10 @@ def run(args, models, device):
     settings = sample.start_run(args, models, checkpoints.get("audio", "the model"),
                                 sample.TEXT_OPTIONS + ("prompt_field", "negative_field"))
     jobs, out = split_jobs(args, models)
+    editing = bool(args.edit_field or args.edit)
     run_settings = {"data_json": args.data_json, "split": args.split, "prompt_field": args.prompt_field,
-                    "negative_field": args.negative_field, "negative_prompt": args.negative_prompt, "seed": args.seed,
+                    "negative_field": args.negative_field, "negative_prompt": args.negative_prompt,
+                    **({"edit_field": args.edit_field, "edit": args.edit} if editing else {}), "seed": args.seed,
                     "num_samples": args.num_samples, "caption_only": args.caption_only, **settings,
                     "checkpoints": checkpoints,  # and when they were written: a retrained model starts over
                     "checkpoint_times": {k: os.stat(p).st_mtime_ns for k, p in checkpoints.items()
@@ -150,9 +167,21 @@ def run(args, models, device):
             if args.save_steps:
                 sample.save_steps(out / f"{clip.key}{suffix}.steps.json", result, args.steps)
 
+    def write_edit(edit, result, k, info):
+        suffix = f".{k}" if args.num_samples > 1 else ""
+        clips[edit.key + suffix] = {"edit": list(edit.span), "caption": result["caption"], "prompt": edit.prompt,
+                                    "negative_prompt": edit.negative, "seed": info["seed"], "seed_from": info["seed_from"]}
+        write_wav(out / f"{edit.key}{suffix}.wav", result["audio"], result["rate"])
+
     # captions.json after every batch: an interrupted run keeps what it made
-    tally = sample.sample_clips(args, models, device, jobs, write, cut_prompts=True,
-                                after_batch=lambda: write_captions(out, run_settings, clips))
+    after_batch = lambda: write_captions(out, run_settings, clips)  # noqa: E731
+    if editing:
+        if args.caption_only or args.self_prompt:
+            sys.exit("error: --caption_only and --self_prompt do not go with an edit")
+        tally = sample.edit_clips(args, models, device, VideoFeatures(models.meta, device), jobs, write_edit,
+                                  after_batch)
+    else:
+        tally = sample.sample_clips(args, models, device, jobs, write, cut_prompts=True, after_batch=after_batch)
     counts = caption_counts(clips)
     for name, field in (("prompts_cut", args.prompt_field), ("negative_prompts_cut", args.negative_field)):
         if counts[name]:

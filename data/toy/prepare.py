@@ -10,7 +10,7 @@ V2A-Instruction-style JSON, so that the pipeline reads the toy world exactly lik
 Output:
     {out_dir}/clips/{split}_{i:05d}.mp4
     {out_dir}/v2a_instruction.json: a list of {"video_path" (relative to the JSON's folder),
-        "output" (the caption), "split", "class", "pitch", "f0", "onsets", "count", "swapped"}
+        "output" (the caption), "split", "class", "pitch", "f0", "onsets", "count", "swapped", "edit"}
 
 Every clip is seeded from (seed, split, index) alone, so a clip does not depend on how many
 clips are made, and an interrupted run resumes: clips whose file exists are not encoded again
@@ -97,8 +97,12 @@ def make_clip(job):
     if not os.path.exists(path):
         write_mp4(path, frames, audio, cfg.fps, cfg.crf)
     # `swapped`: the caption with its pitch words swapped, the prompt of the demo's test of whether
-    # the text, not the video, sets the register, and the negative prompt of its negative-prompt test
-    return {"video_path": name, "output": caption, "split": split, **meta, "swapped": swap_pitch(caption)}
+    # the text, not the video, sets the register, and the negative prompt of its negative-prompt test;
+    # `edit`: the range of its editing test (sample.py --edit), around the first strike: from 0.1 s
+    # before it to 0.3 s after (the next strike comes 0.4 s after it at the soonest)
+    first = meta["onsets"][0]
+    return {"video_path": name, "output": caption, "split": split, **meta, "swapped": swap_pitch(caption),
+            "edit": f"{round(first - 0.1, 3):g}:{round(first + 0.3, 3):g}"}
 
 
 def main(argv):
