@@ -213,7 +213,7 @@ def decode_audio(path, fmt, layout=None, rate=None):
             raise VideoError(f"{path}: corrupt audio stream ({e})") from None
     if not chunks:
         raise VideoError(f"{path}: the audio track is empty")
-    wav = np.concatenate(chunks, axis=1).astype(np.float32)  # (channels, samples)
+    wav = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)  # (channels, samples)
     lead = round((start or 0.0) * rate)
     wav = np.concatenate([np.zeros((len(wav), lead), np.float32), wav], 1) if lead > 0 else wav[:, -lead:]
     return wav, rate
@@ -333,11 +333,14 @@ class Clips(torch.utils.data.Dataset):
 def write_wav(path, pieces, sr, n_samples=None):
     """16-bit PCM wav, atomically: `pieces`, an array or an iterable of arrays (codec.
     decode_windows), written as they come and cut at n_samples; mono (S,) pieces, or (C, S) ones
-    of C channels."""
+    of C channels. An array is converted a second at a time: memory stays flat however long."""
     written = 0
+    if isinstance(pieces, np.ndarray):
+        whole = pieces
+        pieces = (whole[..., i: i + sr] for i in range(0, max(1, whole.shape[-1]), sr))
     with atomic_path(path) as tmp:
         with wave.open(tmp, "wb") as f:
-            for i, wav in enumerate([pieces] if isinstance(pieces, np.ndarray) else pieces):
+            for i, wav in enumerate(pieces):
                 if i == 0:
                     f.setnchannels(1 if wav.ndim == 1 else len(wav))
                     f.setsampwidth(2)

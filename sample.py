@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from codec import decode_windows, load_codec
-from extract_features import (VideoFeatures, audio_tokens, decode_audio, list_videos, load_audio, mux, resample_audio,
+from extract_features import (VideoFeatures, audio_tokens, decode_audio, list_videos, mux, resample_audio,
                               write_wav)
 from stage1_caption import RELEASED_CAPTION_SAMPLING, TEMPLATE, load_converter
 from stage2_audio import audio_condition, load_vatt_audio
@@ -461,8 +461,8 @@ def splice(original, new, first, last, sr, fade=0.02):
 def edit_plan(models, encoder, edit, args, device):
     """What an edit needs before decoding: the video's own sound (C, S) at its own rate; the range
     [a, b) in codec tokens; the windows that cover it (edit_windows; only these are read: the time
-    grows with the range, not with the video) and, over [lo, hi), the sound's tokens (the sound at
-    the codec's rate, encoded) and the video's frame features."""
+    grows with the range, not with the video) and, over [lo, hi), the sound's tokens (its channels'
+    mean at the codec's rate, encoded) and the video's frame features."""
     codec, meta, mask_id = models.codec, models.meta, models.audio.config.bins
     original, sr = decode_audio(edit.video, "fltp")  # (C, S): the video's own sound, as it is
     start, end = edit.span
@@ -476,9 +476,11 @@ def edit_plan(models, encoder, edit, args, device):
     starts = edit_windows(a, b, n_tokens, win, window_hop(window, args.overlap, fps, rate)[1],
                           int(grid_period(fps, rate) * rate))
     lo, hi = starts[0], starts[-1] + win  # the tokens the windows see
-    per_token = codec.sample_rate // rate
-    sound = load_audio(edit.video, codec.sample_rate)[lo * per_token: hi * per_token]
-    sound = np.pad(sound, (0, (hi - lo) * per_token - len(sound)))
+    n = (hi - lo) * (codec.sample_rate // rate)  # [lo, hi)'s samples at the codec's rate
+    first = round(lo / rate * sr)  # the channels' mean over [lo, hi), resampled: no second decode
+    sound = resample_audio(original[:, first: first + math.ceil((hi - lo) / rate * sr) + 1].mean(0), sr,
+                           codec.sample_rate)[:n]
+    sound = np.pad(sound, (0, n - len(sound)))
     codes = audio_tokens(codec, torch.from_numpy(sound)[None].to(device))[0]  # (L, hi - lo)
     codes[:, n_tokens - lo:] = mask_id  # past the end of the clip: nothing is known
     feats, _ = encoder(edit.video, lo / rate, (hi - lo) / rate)  # (frames, D) of [lo, hi)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import sample
+from tools import bench_edit
 from extract_features import decode_audio
 from test_sample_videos import _audio_only, make_video
 
@@ -216,3 +217,13 @@ def test_a_batch_of_edits_is_each_edit_alone(world, tmp_path):
                     f"--out_dir={tmp_path / str(batch)}") == 0
     for i in range(3):
         assert (tmp_path / "1" / f"clip{i}.vatt.wav").read_bytes() == (tmp_path / "3" / f"clip{i}.vatt.wav").read_bytes()
+
+
+def test_the_edit_benchmark_times_each_length(world, tmp_path, capsys):
+    """tools/bench_edit.py: one edit command per made video, its time and peak memory, in a table
+    and bench_edit.json."""
+    assert bench_edit.main([f"--ckpt_dir={world}/out", "--lengths=3,6", "--edit=1:2", "--repeats=1", "--size=32",
+                            f"--out_dir={tmp_path}"]) == 0
+    rows = json.loads((tmp_path / "bench_edit.json").read_text())["rows"]
+    assert [r["video_s"] for r in rows] == [3.0, 6.0] and all(r["wall_s"] > 0 and r["peak_rss_gb"] > 0 for r in rows)
+    assert (tmp_path / "edits" / "video_6s.vatt.wav").is_file() and "| 6 s |" in capsys.readouterr().out

@@ -16,12 +16,13 @@ LAYERS = [
     # the toy world (data/toy): its generator and analyzer, codec, LLM, data and scoring
     "data.toy.world", "data.toy.codec", "data.toy.llm", "data.toy.prepare", "data.toy.score",
     # the leaves (tools/): split sampling runs, the authors' checkpoints, the V2A-Instruction
-    # captioner, the benchmark, the report page, the ablations, the GPU check, the training check at
-    # the paper's size; then the toy's measurement instruments (tools/toy); then the browser app (app/)
-    "tools.sample_split", "tools.official", "tools.caption_audio", "tools.bench", "tools.report", "tools.ablations",
-    "tools.gpu_check", "tools.train_check", "tools.toy.text_gain", "tools.toy.negative_check",
-    "tools.toy.masking_curves", "tools.toy.step_time", "tools.toy.video_memory", "tools.toy.app_check",
-    "tools.toy.edit_context", "tools.toy.source_probe", "tools.toy.stage1_curve", "app.app",
+    # captioner, the benchmarks (sampling, editing), the report page, the ablations, the GPU check,
+    # the training check at the paper's size; then the toy's measurement instruments (tools/toy);
+    # then the browser app (app/)
+    "tools.sample_split", "tools.official", "tools.caption_audio", "tools.bench", "tools.bench_edit",
+    "tools.report", "tools.ablations", "tools.gpu_check", "tools.train_check", "tools.toy.text_gain",
+    "tools.toy.negative_check", "tools.toy.masking_curves", "tools.toy.step_time", "tools.toy.video_memory",
+    "tools.toy.app_check", "tools.toy.edit_context", "tools.toy.source_probe", "tools.toy.stage1_curve", "app.app",
 ]
 CORE = LAYERS[: LAYERS.index("eval") + 1]
 

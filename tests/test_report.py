@@ -49,7 +49,7 @@ PROBE = r"""(async () => {
 })()"""
 MODES = [("video_only", []), ("gt_caption", ["--prompt_field=output", "--save_steps"]),
          ("self_caption", ["--self_prompt"]), ("swapped_pitch_text", ["--prompt_field=swapped"]),
-         ("negative_pitch", ["--negative_field=swapped"])]
+         ("negative_pitch", ["--negative_field=swapped"]), ("edit_swapped", ["--edit_field=edit", "--prompt_field=swapped"])]
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +109,15 @@ def test_report_page_in_chromium(run, world, chromium):
     problems, found = page_problems(chromium, page, seconds, screenshot=run / "report.png")
     assert problems == []
     # the micro world's 2 test clips: 5 videos each (the real sound, 4 modes) and a spectrogram
-    # figure each, plus the decoding picture
-    assert len(found["media"]) == 10 and {m["tag"] for m in found["media"]} == {"video"}
+    # figure each, the decoding picture, and one clip before and after its edit (2 videos, a figure)
+    assert len(found["media"]) == 12 and {m["tag"] for m in found["media"]} == {"video"}
     assert sorted(Path(i["src"]).name for i in found["images"]) == [
-        "decoding.png", "test_00000.spectrograms.png", "test_00001.spectrograms.png"]
+        "decoding.png", "test_00000.edit.png", "test_00000.spectrograms.png", "test_00001.spectrograms.png"]
     with Image.open(run / "report.png") as shot:  # the whole page, as wide as the window less its scroll bar
         assert shot.format == "PNG" and 1100 < shot.width <= 1200 and shot.height > 2000
     text = page.read_text()
     for row in ("ground_truth", "codec_roundtrip", "video_only", "gt_caption", "self_caption", "swapped_pitch_text",
-                "negative_pitch"):
+                "negative_pitch", "edit_swapped"):
         assert f"<th>{row}</th>" in text
 
 
@@ -156,16 +156,18 @@ def test_a_clip_and_page_named_with_html_and_hash_load_in_chromium(run, world, c
     samples = shutil.copytree(run / "samples", tmp_path / "samples")
     for f in samples.rglob("test_00000.*"):
         f.rename(f.with_name(stem + f.name[len("test_00000"):]))
-    captions = json.loads((samples / "video_only" / "captions.json").read_text())
-    captions["clips"][stem] = captions["clips"].pop("test_00000")
-    (samples / "video_only" / "captions.json").write_text(json.dumps(captions))
+    for mode in ("video_only", "edit_swapped"):
+        captions = json.loads((samples / mode / "captions.json").read_text())
+        captions["clips"][stem] = captions["clips"].pop("test_00000")
+        (samples / mode / "captions.json").write_text(json.dumps(captions))
     page = tmp_path / "my report #2.html"
     assert report.main([f"--data_json={tmp_path}/data.json", f"--features_dir={world}/features", f"--samples_dir={samples}",
                         "--split=test", f"--eval_json={run}/eval.json", f"--out={page}"]) == 0
     seconds = json.loads((world / "features" / "meta.json").read_text())["seconds"]
     problems, found = page_problems(chromium, page, seconds)
-    assert problems == [] and len(found["media"]) == 10 and len(found["images"]) == 3
-    assert sum(stem in unquote(link) for link in found["links"]) == 6  # 5 videos and the spectrograms
+    assert problems == [] and len(found["media"]) == 12 and len(found["images"]) == 4
+    # 5 videos and the spectrograms, the edit's before and after and its spectrograms
+    assert sum(stem in unquote(link) for link in found["links"]) == 9
     text = page.read_text()
     assert "a&lt;b&gt;&amp;c #1" in text and stem not in text
 

@@ -90,6 +90,11 @@ def readings(result):
                           f"n + w (c - n)): near 100 % means guidance steers away from it ("
                           f"{a['negative_pitch']['pitch_avoids_negative']:.0%} take the other register), the strikes "
                           f"still on the video's beat (onset F1 {a['negative_pitch']['onset_f1']:.2f}).",
+        **({"edit_swapped": f"The clip's own sound with a range around one strike redone from the swapped caption "
+                            f"(sample.py --edit): near 100 % means the range takes the text's register "
+                            f"({a['edit_swapped']['pitch_follows_text']:.0%}), its strikes on the video's beat (onset "
+                            f"F1 {a['edit_swapped']['onset_f1']:.2f}), and outside it the wav is the clip's own "
+                            f"({a['edit_swapped']['outside_untouched']:.0%} of the clips)."} if "edit_swapped" in a else {}),
     }
 
 
@@ -104,6 +109,9 @@ def table_html(result):
             cells = f"<td></td><td></td><td>{r['onset_f1']:.3f}</td><td>{r['pitch_follows_text']:.3f} (follows the text)</td>"
         elif name == "negative_pitch":
             cells = f"<td></td><td></td><td>{r['onset_f1']:.3f}</td><td>{r['pitch_avoids_negative']:.3f} (avoids the negative)</td>"
+        elif name == "edit_swapped":
+            cells = (f"<td></td><td></td><td>{r['onset_f1']:.3f}</td><td>{r['pitch_follows_text']:.3f} (follows the text; "
+                     f"outside untouched {r['outside_untouched']:.3f})</td>")
         else:
             cells = "".join(f"<td>{r[k]:.3f}</td>" for k in ("class_acc", "count_acc", "onset_f1", "pitch_acc"))
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}<td class=reading>{html.escape(read.get(name, ''))}</td></tr>")
