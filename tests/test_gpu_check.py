@@ -41,7 +41,8 @@ def bench_json(compiled, fast):
 
 
 STAGES = ["prepare (CPU)", "extract_features", "toy LLM (CPU)", "stage 1", "stage 2", "sample video_only",
-          "sample gt_caption", "sample self_caption", "sample swapped_pitch_text", "sample negative_pitch", "score (CPU)"]
+          "sample gt_caption", "sample self_caption", "sample swapped_pitch_text", "sample negative_pitch",
+          "sample edit_swapped", "score (CPU)"]
 GPU_TEST = "tests/test_bench.py::test_decode_tokens_never_waits_for_the_gpu"
 RESULT = dict(
     device="NVIDIA H200", torch="2.14.1+cu130", cuda="13.0", commit="abc1234", date="2026-01-02", budget_s=470,
@@ -160,7 +161,7 @@ def test_tables_from_a_recorded_result():
                       "6000 steps, stage 2 500 of 2000, sampled on 64 of its 200 test clips; the scores are this "
                       "short training's, not the README's:")
     assert toy[2:5] == ["| stage | status | wall s |", "|---|---|---|", "| prepare (CPU) | ok | 10.0 |"]
-    assert toy[15:] == ["| total | ok | 110.0 |", "",
+    assert toy[16:] == ["| total | ok | 110.0 |", "",
                         "| 64 test clips | class | count | onset F1 | pitch |", "|---|---|---|---|---|",
                         "| captions (Converter) | 0.900 | 0.850 |  | 0.500 |",
                         "| `ground_truth` | 1.000 | 1.000 | 1.000 | 1.000 |",
@@ -172,7 +173,7 @@ def test_tables_from_a_recorded_result():
         "| step | status | wall s | found |", "|---|---|---|---|",
         "| gpu_tests | ok | 12.5 | 1 passed: `test_decode_tokens_never_waits_for_the_gpu` |",
         "| bench_eager | ok | 60.2 | ms per clip at batch 1 / 8 / 32: 250.0 / 70.0 / 45.0; naive 1000.0 |",
-        "| toy_demo | ok | 110.0 | 11 stages, shortened training (1000 + 500 steps) |",
+        "| toy_demo | ok | 110.0 | 12 stages, shortened training (1000 + 500 steps) |",
         "| bench_compile | ok | 118.7 | ms per clip at batch 1 / 8 / 32: 195.0 / 60.0 / 75.0; naive 1000.0 |"])
 
 
@@ -298,7 +299,7 @@ def test_the_steps_run_the_expected_commands(tmp_path, monkeypatch):
     assert [s["name"] for s in step["stages"]] == STAGES
     scripts = [c[0] for c in ran]
     assert scripts == ["data/toy/prepare.py", "extract_features.py", "data/toy/llm.py", "stage1_caption.py",
-                       "stage2_audio.py"] + ["tools/sample_split.py"] * 5 + ["data/toy/score.py"]
+                       "stage2_audio.py"] + ["tools/sample_split.py"] * 6 + ["data/toy/score.py"]
     for name, cmd in zip(STAGES, ran):  # every stage but the CPU ones on the GPU, and no silent fallback
         assert ("--device=cuda" in cmd) == ("(CPU)" not in name), name
     assert "--max_steps=1000" in ran[3] and "--max_steps=500" in ran[4] and "--n_test=64" in ran[0]
@@ -329,7 +330,7 @@ def test_main_records_every_step_and_fails_on_one(tmp_path, monkeypatch, capsys)
 
 
 def test_the_toy_demo_on_the_gpu_samples_what_make_demo_samples():
-    """gpu_check's toy demo times make demo's five sampling runs: the same names and options as
+    """gpu_check's toy demo times make demo's six sampling runs: the same names and options as
     the Makefile's `samples` target."""
     out = subprocess.run(["make", "-n", "--no-print-directory", "samples"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     runs = [(m[1], m[2].split()) for m in re.finditer(r"sample_split\.py .*--name=(\S+) ?(.*)$", out, re.M)]

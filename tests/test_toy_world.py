@@ -220,7 +220,9 @@ def test_prepare_end_to_end(tmp_path):
     assert [e["video_path"] for e in entries] == [f"clips/train_{i:05d}.mp4" for i in range(4)] + \
         [f"clips/test_{i:05d}.mp4" for i in range(2)] + ["clips/val_00000.mp4"]
     for e in entries:
-        assert set(e) == {"video_path", "output", "split", "class", "pitch", "f0", "onsets", "count", "swapped"}
+        assert set(e) == {"video_path", "output", "split", "class", "pitch", "f0", "onsets", "count", "swapped", "edit"}
+        start, end = map(float, e["edit"].split(":"))  # the editing test's range: 0.1 s before the first strike, 0.3 after
+        assert start == pytest.approx(e["onsets"][0] - 0.1, abs=1e-3) and end == pytest.approx(e["onsets"][0] + 0.3, abs=1e-3)
         assert world.parse_caption(e["swapped"])["pitch"] != world.parse_caption(e["output"])["pitch"]
         assert world.parse_caption(e["output"]) == {k: e[k] for k in ("class", "pitch", "count")}
         info, n_frames, audio = read_mp4(tmp_path / e["video_path"])

@@ -78,7 +78,8 @@ TARGET_MS = {1: 300, 32: 65}
 # make demo's sampling runs (the Makefile): name, then sample.py's extra options
 TOY_MODES = [("video_only", []), ("gt_caption", ["--prompt_field=output", "--save_steps"]),
              ("self_caption", ["--self_prompt"]), ("swapped_pitch_text", ["--prompt_field=swapped"]),
-             ("negative_pitch", ["--negative_field=swapped"])]
+             ("negative_pitch", ["--negative_field=swapped"]),
+             ("edit_swapped", ["--edit_field=edit", "--prompt_field=swapped"])]
 
 # -----------------------------------------------------------------------------
 # running a command: its own process group (DataLoader and compile workers die with it on a timeout)
