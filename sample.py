@@ -499,7 +499,8 @@ def edit_audio(models, plans, seeds, args, device):
     with a prompt), the prompt used and the windows' first tokens."""
     conv, vatt, codec, meta = models.converter, models.audio, models.codec, models.meta
     win, win_frames = round(meta["seconds"] * codec.frame_rate), round(meta["seconds"] * meta["fps"])
-    generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+    for p, s in zip(plans, seeds):  # each edit's own noise stream, whichever edits share its windows' batch
+        p["generator"] = torch.Generator(device).manual_seed(s)
     sampling = RELEASED_CAPTION_SAMPLING if args.caption_sampling else None
     for w in range(max(len(p["starts"]) for p in plans)):
         active = [p for p in plans if w < len(p["starts"])]
@@ -519,7 +520,7 @@ def edit_audio(models, plans, seeds, args, device):
         with autocast(device):  # bf16 on a GPU, float32 elsewhere
             cond, cond_mask, null_cond = text_conditions(conv, vatt.config.condition, x, [p["prompt"] for p in active],
                                                          [p["edit"].negative for p in active])
-            codes = decode_tokens(vatt, cond, cond_mask, null_cond, codes, [generators[plans.index(p)] for p in active],
+            codes = decode_tokens(vatt, cond, cond_mask, null_cond, codes, [p["generator"] for p in active],
                                   args.steps, args.guidance_scale, args.temperature, args.top_k, args.mask_temperature)
         for j, (p, f, t) in enumerate(zip(active, first, todo)):
             p["codes"][:, t] = codes[j, :, t.start - f: t.stop - f]
